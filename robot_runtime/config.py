@@ -1,0 +1,146 @@
+"""Job configs: YAML files under configs/, validated by frozen pydantic models.
+
+A file may hold a ``presets:`` map of named overlays (``--quick`` applies ``presets.quick``);
+``--set a.b=value`` overrides one key (the value is parsed as YAML). Any unknown or invalid key is
+a ConfigError naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from world_model.config import AgentConfig, BehaviorConfig, ModelConfig, TrainConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EnvConfig(Frozen):
+    id: str = "Pendulum-v1"
+    obs_key: str = Field("state", description="name under which a vector observation is stored")
+    dim_names: tuple[str, ...] = Field((), description="names of the observation's dimensions")
+
+
+class DataConfig(Frozen):
+    episodes: str | None = Field(None, description="folder of recorded episodes; None: collect")
+    random_steps: int = Field(5000, gt=0, description="random-policy steps collected for training")
+    holdout_episodes: int = Field(5, ge=1, description="episodes collected for evaluation only")
+    seed: int = 0
+
+
+class LabConfig(Frozen):
+    context: int = Field(16, gt=0, description="posterior steps before imagining")
+    horizon: int = Field(50, gt=0, description="open-loop steps evaluated")
+    samples: int = Field(8, gt=0, description="imagined samples averaged per prediction")
+    report_horizons: tuple[int, ...] = (1, 5, 15)
+
+
+class PendulumJob(Frozen):
+    """configs/pendulum.yaml: the RSSM lab and the Dreamer agent on gymnasium's Pendulum-v1."""
+
+    env: EnvConfig = EnvConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    behavior: BehaviorConfig = BehaviorConfig()
+    agent: AgentConfig = AgentConfig()
+    lab: LabConfig = LabConfig()
+
+
+Job = TypeVar("Job", bound=BaseModel)
+
+
+def resolve_path(path: str | Path) -> Path:
+    """``pendulum`` or ``pendulum.yaml`` finds configs/pendulum.yaml; a real path wins."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config file not found: {path}")
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    out = dict(base)
+    for k, v in overlay.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}`` with value parsed as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse value {value!r}: {e}") from e
+    node: Any = parsed
+    for part in reversed(key.strip().split(".")):
+        node = {part: node}
+    return node
+
+
+def load_config(path: str | Path, cls: type[Job], overrides: list[str] | tuple[str, ...] = (),
+                preset: str | None = None) -> tuple[Job, Path]:
+    path = resolve_path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    presets = raw.pop("presets", {}) or {}
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(f"{path}: no preset {preset!r} (has: {sorted(presets)})")
+        raw = deep_merge(raw, presets[preset])
+    for text in overrides:
+        raw = deep_merge(raw, parse_override(text))
+    try:
+        return cls.model_validate(raw), path
+    except ValidationError as e:
+        raise ConfigError(describe_errors(path, e, cls, bool(overrides))) from None
+
+
+def describe_errors(path: Path, error: ValidationError, cls: type[BaseModel],
+                    with_overrides: bool) -> str:
+    lines = [f"{path}{' (with --set overrides)' if with_overrides else ''}: invalid config"]
+    for err in error.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            hint = _suggest(cls, err["loc"])
+            lines.append(f"  {key}: unknown key{hint}")
+        else:
+            lines.append(f"  {key}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _suggest(cls: type[BaseModel], loc: tuple) -> str:
+    model: Any = cls
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        model = field.annotation
+    names = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def dump_config(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

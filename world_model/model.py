@@ -1,0 +1,164 @@
+"""WorldModel = encoder + RSSM + decoder + reward and continue heads; its loss; save and load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checkpoint
+from .config import ModelConfig, ModelSpec
+from .nets import BernoulliHead, Decoder, Encoder, ScalarHead, init_weights, symexp
+from .objective import image_mse, kl_balance, symlog_mse
+from .rssm import RSSM, State
+
+
+class WorldModel(nn.Module):
+    def __init__(self, config: ModelConfig, spec: ModelSpec):
+        super().__init__()
+        missing = [k for k in config.mlp_keys if k not in spec.vector_dims]
+        missing += [k for k in config.cnn_keys if k not in spec.image_keys]
+        if missing:
+            raise ValueError(f"model observation keys {missing} are not in the data "
+                             f"(vectors: {sorted(spec.vector_dims)}, images: {list(spec.image_keys)})")
+        self.config, self.spec = config, spec
+        vector_dims = {k: spec.vector_dims[k] for k in config.mlp_keys}
+        self.encoder = Encoder(vector_dims, config.cnn_keys, config.units, config.layers,
+                               config.cnn_depth)
+        self.rssm = RSSM(config.deter, config.hidden, config.stoch, config.classes, spec.action_dim,
+                         self.encoder.out_dim, config.unimix)
+        feat = self.rssm.feat_dim
+        self.decoder = Decoder(feat, vector_dims, config.cnn_keys, config.units, config.layers,
+                               config.cnn_depth)
+        self.reward = (ScalarHead(feat, config.units, config.layers, config.reward_head,
+                                  config.reward_bins) if config.reward_head != "none" else None)
+        self.cont = BernoulliHead(feat, config.units, config.layers) if config.cont_head else None
+        for m in (self.encoder, self.decoder, self.reward, self.cont):
+            if m is not None:
+                init_weights(m)
+
+        low = spec.action_low or [-1.0] * spec.action_dim
+        high = spec.action_high or [1.0] * spec.action_dim
+        if len(low) != spec.action_dim or len(high) != spec.action_dim:
+            raise ValueError(f"action bounds must have {spec.action_dim} entries")
+        self.register_buffer("action_low", torch.tensor(low, dtype=torch.float32), persistent=False)
+        self.register_buffer("action_high", torch.tensor(high, dtype=torch.float32),
+                             persistent=False)
+
+    @property
+    def obs_keys(self) -> tuple[str, ...]:
+        return tuple(self.config.mlp_keys) + tuple(self.config.cnn_keys)
+
+    def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Data units (e.g. degrees, newton-metres) -> the model's [-1, 1]."""
+        return 2.0 * (action - self.action_low) / (self.action_high - self.action_low) - 1.0
+
+    def denormalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        return self.action_low + (action + 1.0) * 0.5 * (self.action_high - self.action_low)
+
+    # --- the step functions (shared by training, imagination and the runtime) -------------
+    def initial(self, batch: int) -> State:
+        return self.rssm.initial(batch)
+
+    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder(obs)
+
+    def img_step(self, state: State, action: torch.Tensor,
+                 generator: torch.Generator | None = None) -> State:
+        return self.rssm.img_step(state, action, generator)
+
+    def obs_step(self, state: State, prev_action: torch.Tensor, obs: dict[str, torch.Tensor],
+                 is_first: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> tuple[State, State]:
+        return self.rssm.obs_step(state, prev_action, self.encode(obs), is_first, generator)
+
+    def observe(self, obs: dict[str, torch.Tensor], prev_action: torch.Tensor,
+                is_first: torch.Tensor, state: State | None = None,
+                generator: torch.Generator | None = None) -> tuple[State, State]:
+        """obs ``{key: [B, T, ...]}``; prev_action[:, t] led to obs[:, t]. See RSSM.observe."""
+        return self.rssm.observe(self.encode(obs), prev_action, is_first, state, generator)
+
+    def imagine(self, state: State, actions, horizon: int | None = None,
+                generator: torch.Generator | None = None) -> tuple[State, torch.Tensor]:
+        return self.rssm.imagine(state, actions, horizon, generator)
+
+    def decode(self, state: State) -> dict[str, torch.Tensor]:
+        """Predicted observation in its own units (images as floats in [0, 1]), plus ``reward``
+        and ``cont`` (probability) where the model has those heads."""
+        feat = state.feat()
+        out = {}
+        for key, value in self.decoder(feat).items():
+            out[key] = (value + 0.5).clamp(0, 1) if key in self.config.cnn_keys else symexp(value)
+        if self.reward is not None:
+            out["reward"] = self.reward.mean(self.reward(feat))
+        if self.cont is not None:
+            out["cont"] = torch.sigmoid(self.cont(feat))
+        return out
+
+    # --- training ------------------------------------------------------------------------
+    def loss(self, batch: dict[str, torch.Tensor], state: State | None = None,
+             generator: torch.Generator | None = None
+             ) -> tuple[torch.Tensor, dict[str, float], State]:
+        """ELBO on a batch of sequences ``{key: [B, T, ...]}`` from the replay (actions in the
+        data's units).
+
+        ``action[:, t]`` is the action taken after seeing obs[:, t] and ``reward[:, t]`` the reward
+        received on arriving at obs[:, t] (the replay's convention), so the action that led to
+        obs[:, t] is action[:, t-1]. A sequence starts from the initial state (is_first at t=0).
+        """
+        cfg = self.config.loss
+        action = self.normalize_action(batch["action"])
+        prev_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
+        is_first = batch["is_first"].clone().bool()
+        if state is None:
+            is_first[:, 0] = True
+        obs = {k: batch[k] for k in self.obs_keys}
+        post, prior = self.observe(obs, prev_action, is_first, state, generator)
+        feat = post.feat()
+        parts: dict[str, torch.Tensor] = {}
+        recon = self.decoder(feat)
+        rec = 0
+        for key, pred in recon.items():
+            rec = rec + (image_mse(pred, batch[key]) if key in self.config.cnn_keys
+                         else symlog_mse(pred, batch[key]))
+        parts["obs"] = rec
+        if self.reward is not None:
+            parts["reward"] = self.reward.loss(self.reward(feat), batch["reward"])
+        if self.cont is not None:
+            cont_target = 1.0 - batch["is_terminal"].float()
+            parts["cont"] = self.cont.loss(self.cont(feat), cont_target)
+        kl_loss, kl = kl_balance(post.logits, prior.logits, self.config.unimix, cfg.dyn_scale,
+                                 cfg.rep_scale, cfg.free_nats)
+        scales = {"obs": cfg.obs_scale, "reward": cfg.reward_scale, "cont": cfg.cont_scale}
+        total = kl_loss + sum(scales[k] * v for k, v in parts.items())
+        loss = total.mean()
+        metrics = {f"loss_{k}": v.mean().item() for k, v in parts.items()}
+        metrics["loss_kl"] = kl_loss.mean().item()
+        metrics.update({k: v.mean().item() for k, v in kl.items()})
+        metrics["loss"] = loss.item()
+        with torch.no_grad():
+            for key in self.config.mlp_keys:
+                err = (symexp(recon[key]) - batch[key]) ** 2
+                metrics[f"recon_mse_{key}"] = err.mean().item()
+        return loss, metrics, post
+
+    # --- files ---------------------------------------------------------------------------
+    def save(self, path: Path, meta: dict[str, Any] | None = None,
+             extra: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+        """Atomic safetensors file holding the weights, the ModelConfig and the ModelSpec."""
+        header = {"model_config": self.config.model_dump(mode="json"),
+                  "spec": self.spec.model_dump(mode="json"), **(meta or {})}
+        checkpoint.save_tensors(path, {"model": self.state_dict(), **(extra or {})}, header)
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[WorldModel, dict[str, Any], dict[str, dict]]:
+        """Returns (model, metadata, the file's other tensor groups such as optimizer state)."""
+        groups, meta = checkpoint.load_tensors(path)
+        if "model_config" not in meta or "model" not in groups:
+            raise checkpoint.CheckpointError(f"{path} holds no world model")
+        model = cls(ModelConfig.model_validate(meta["model_config"]),
+                    ModelSpec.model_validate(meta["spec"]))
+        model.load_state_dict(groups.pop("model"))
+        return model, meta, groups

@@ -1,0 +1,334 @@
+"""Training loops: the world model on a replay, and an agent that learns from its own experience.
+
+Environments are passed in as factories and used through the gymnasium API only (reset/step),
+with dict observations; nothing here imports a simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .behavior import Behavior
+from .checkpoint import load_optimizer_tensors, optimizer_tensors
+from .config import AgentConfig, BehaviorConfig, ModelConfig, TrainConfig
+from .model import ModelSpec, WorldModel
+from .replay import Replay, episode_from_steps
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Floats become float32; uint8 images and bool flags keep their dtype."""
+    out = {}
+    for k, v in batch.items():
+        t = torch.from_numpy(np.ascontiguousarray(v))
+        out[k] = t.float() if t.is_floating_point() else t
+    return out
+
+
+def obs_to_torch(obs: dict[str, np.ndarray], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """One observation dict -> a batch of one."""
+    return {k: to_torch({k: np.asarray(obs[k])[None]})[k] for k in keys}
+
+
+class MetricLog:
+    """Metrics as JSON lines (one object per logging point) plus a running mean for printing."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.count += 1
+
+    def flush(self, **extra: Any) -> dict[str, float]:
+        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        record = {**extra, **means}
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.sums, self.count = {}, 0
+        return record
+
+
+def format_metrics(record: dict[str, float], keys: tuple[str, ...]) -> str:
+    return "  ".join(f"{k}={record[k]:.4g}" for k in keys if k in record)
+
+
+class WorldModelTrainer:
+    """Adam on the ELBO, with gradient clipping; saves and resumes through one checkpoint file."""
+
+    def __init__(self, model: WorldModel, config: TrainConfig):
+        self.model, self.config = model, config
+        self.opt = torch.optim.Adam(model.parameters(), config.lr, eps=config.eps)
+        self.step = 0
+
+    def update(self, batch: dict[str, torch.Tensor],
+               generator: torch.Generator | None = None) -> tuple[dict[str, float], Any]:
+        loss, metrics, post = self.model.loss(batch, generator=generator)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                                     self.config.grad_clip))
+        self.opt.step()
+        self.step += 1
+        return metrics, post
+
+    def save(self, path: Path, meta: dict[str, Any] | None = None,
+             extra: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+        groups = {"opt": optimizer_tensors(self.opt, "wm"), **(extra or {})}
+        self.model.save(path, {"step": self.step, **(meta or {})}, groups)
+
+    def restore(self, groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]) -> None:
+        if "opt" in groups:
+            load_optimizer_tensors(self.opt, groups["opt"], "wm")
+        self.step = int(meta.get("step", 0))
+
+
+def train_world_model(model: WorldModel, replay: Replay, config: TrainConfig, out_dir: Path,
+                      steps: int, job_config: dict | None = None,
+                      trainer: WorldModelTrainer | None = None, progress: bool = True,
+                      log: Callable[[str], None] = tqdm.write) -> WorldModelTrainer:
+    """Trains until ``trainer.step == steps``, logging and checkpointing into ``out_dir``.
+
+    Pass a restored trainer to resume; the replay sampler is reseeded from the step so a resumed
+    run does not replay the same batches again.
+    """
+    out_dir = Path(out_dir)
+    trainer = trainer or WorldModelTrainer(model, config)
+    rng = np.random.default_rng([config.seed, trainer.step])
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + trainer.step)
+    metrics_log = MetricLog(out_dir / "metrics.jsonl")
+    meta = {"job_config": job_config or {}}
+    model.train()
+    bar = tqdm(total=steps, initial=trainer.step, desc="world model", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    while trainer.step < steps:
+        batch = to_torch(replay.sample(config.batch_size, config.seq_len, rng))
+        metrics, _ = trainer.update(batch, gen)
+        metrics_log.add(metrics)
+        bar.update(1)
+        if trainer.step % config.log_every == 0 or trainer.step == steps:
+            record = metrics_log.flush(step=trainer.step, wall_s=time.perf_counter() - t0)
+            bar.set_postfix_str(format_metrics(record, ("loss", "loss_obs", "kl")))
+            log(f"step {trainer.step}: " + format_metrics(
+                record, ("loss", "loss_obs", "loss_reward", "loss_cont", "loss_kl", "kl",
+                         *[k for k in record if k.startswith("recon_mse")])))
+        if trainer.step % config.checkpoint_every == 0 or trainer.step == steps:
+            trainer.save(out_dir / CHECKPOINT, meta)
+    bar.close()
+    return trainer
+
+
+# --- acting in an environment -------------------------------------------------------------
+
+class Agent:
+    """World model + behaviour, acting on one environment step at a time (batch of one)."""
+
+    def __init__(self, wm: WorldModel, behavior: Behavior | None):
+        self.wm, self.behavior = wm, behavior
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.wm.initial(1)
+        self.prev_action = torch.zeros(1, self.wm.spec.action_dim)
+        self.first = True
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, np.ndarray], sample: bool,
+            generator: torch.Generator | None = None) -> np.ndarray:
+        """Returns the action in [-1, 1] (model units)."""
+        first = torch.tensor([self.first])
+        self.state, _ = self.wm.obs_step(self.state, self.prev_action,
+                                         obs_to_torch(obs, self.wm.obs_keys), first, generator)
+        action = self.behavior.policy(self.state, sample, generator)
+        self.prev_action, self.first = action, False
+        return action[0].numpy()
+
+
+def step_record(obs: dict, action: np.ndarray, reward: float, first: bool, last: bool = False,
+                terminal: bool = False) -> dict[str, np.ndarray]:
+    """One step in the replay's convention (see world_model/replay.py)."""
+    return {**{k: np.asarray(v) for k, v in obs.items()}, "action": action,
+            "reward": np.float32(reward), "is_first": first, "is_last": last,
+            "is_terminal": terminal}
+
+
+def to_env_action(action: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    low, high = np.asarray(spec.action_low), np.asarray(spec.action_high)
+    return (low + (np.clip(action, -1, 1) + 1) * 0.5 * (high - low)).astype(np.float32)
+
+
+def run_episode(env, policy: Callable[[dict[str, np.ndarray]], np.ndarray], spec: ModelSpec,
+                seed: int | None = None) -> dict[str, np.ndarray]:
+    """Plays one episode; ``policy`` maps an observation to an action in [-1, 1].
+
+    Recorded in the replay's convention: action[t] taken after obs t (zeros on the last step),
+    reward[t] received on arriving at obs t, actions stored in the environment's own units.
+    """
+    obs, _ = env.reset(seed=seed)
+    steps, reward, first = [], 0.0, True
+    while True:
+        env_action = to_env_action(policy(obs), spec)
+        steps.append(step_record(obs, env_action, reward, first))
+        obs, reward, terminated, truncated, _ = env.step(env_action)
+        first = False
+        if terminated or truncated:
+            steps.append(step_record(obs, np.zeros_like(env_action), reward, False, True,
+                                     bool(terminated)))
+            return episode_from_steps(steps)
+
+
+def random_policy(action_dim: int, rng: np.random.Generator) -> Callable:
+    return lambda obs: rng.uniform(-1, 1, size=action_dim).astype(np.float32)
+
+
+def collect_random(make_env: Callable, spec: ModelSpec, replay: Replay, seed: int, steps: int = 0,
+                   episodes: int = 0, progress: bool = True) -> None:
+    """Adds uniform-random-policy episodes to ``replay`` until it has gained at least ``steps``
+    transitions and ``episodes`` episodes. Episode i is reset with seed ``seed + i``."""
+    env = make_env()
+    rng = np.random.default_rng(seed)
+    policy = random_policy(spec.action_dim, rng)
+    bar = tqdm(total=steps or episodes, desc="collect", unit="step" if steps else "episode",
+               disable=not progress, dynamic_ncols=True)
+    done, episode = 0, 0
+    while done < steps or episode < episodes:
+        ep = run_episode(env, policy, spec, seed=seed + episode)
+        replay.add(ep)
+        done += len(ep["action"]) - 1
+        episode += 1
+        bar.update(len(ep["action"]) - 1 if steps else 1)
+    bar.close()
+    env.close()
+
+
+def evaluate_policy(make_env: Callable, agent: Agent, spec: ModelSpec, episodes: int, seed: int,
+                    progress: bool = True) -> list[float]:
+    """Returns of ``episodes`` episodes with the actor's mode (deterministic)."""
+    env = make_env()
+    returns = []
+    for i in tqdm(range(episodes), desc="evaluate", unit="episode", disable=not progress,
+                  dynamic_ncols=True):
+        agent.reset()
+        ep = run_episode(env, lambda obs: agent.act(obs, sample=False), spec, seed=seed + i)
+        returns.append(float(ep["reward"].sum()))
+    env.close()
+    return returns
+
+
+def spec_from_env(env, image_keys: tuple[str, ...] = ()) -> ModelSpec:
+    obs_space = env.observation_space
+    vector_dims = {k: int(math.prod(s.shape)) for k, s in obs_space.spaces.items()
+                   if k not in image_keys and len(s.shape) == 1}
+    return ModelSpec(vector_dims=vector_dims, image_keys=image_keys,
+                     action_dim=int(env.action_space.shape[0]),
+                     action_low=[float(x) for x in env.action_space.low],
+                     action_high=[float(x) for x in env.action_space.high])
+
+
+def train_agent(make_env: Callable, model_config: ModelConfig, train_config: TrainConfig,
+                behavior_config: BehaviorConfig, agent_config: AgentConfig, out_dir: Path,
+                job_config: dict | None = None, progress: bool = True,
+                log: Callable[[str], None] = tqdm.write) -> dict[str, Any]:
+    """Learns a policy from scratch: random prefill, then act / train world model and behaviour
+    at ``train_ratio`` replayed steps per environment step. Writes eval.json and returns it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(train_config.seed)
+    env = make_env()
+    spec = spec_from_env(env)
+    wm = WorldModel(model_config, spec)
+    behavior = Behavior(wm.rssm.feat_dim, spec.action_dim, behavior_config)
+    trainer = WorldModelTrainer(wm, train_config)
+    replay = Replay(out_dir / "replay")
+    rng = np.random.default_rng(train_config.seed)
+    gen = torch.Generator().manual_seed(train_config.seed)
+    agent = Agent(wm, behavior)
+    random_act = random_policy(spec.action_dim, rng)
+    per_update = train_config.batch_size * train_config.seq_len
+    metrics_log = MetricLog(out_dir / "metrics.jsonl")
+    t0 = time.perf_counter()
+    budget = 0.0
+    episode_steps: list[dict] = []
+    episode_returns: list[float] = []
+    obs, _ = env.reset(seed=train_config.seed)
+    reward, first, ep_return, episode = 0.0, True, 0.0, 0
+    bar = tqdm(total=agent_config.env_steps, desc="agent", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    for step in range(agent_config.env_steps):
+        if first:
+            agent.reset()
+        if step < agent_config.prefill:
+            action = random_act(obs)
+        else:
+            action = agent.act(obs, sample=True, generator=gen)
+        env_action = to_env_action(action, spec)
+        episode_steps.append(step_record(obs, env_action, reward, first))
+        obs, reward, terminated, truncated, _ = env.step(env_action)
+        ep_return += reward
+        first = False
+        if terminated or truncated:
+            episode_steps.append(step_record(obs, np.zeros_like(env_action), reward, False, True,
+                                             bool(terminated)))
+            replay.add(episode_from_steps(episode_steps))
+            episode_returns.append(ep_return)
+            episode += 1
+            episode_steps, ep_return, reward, first = [], 0.0, 0.0, True
+            obs, _ = env.reset(seed=train_config.seed + episode)
+        bar.update(1)
+        if step + 1 >= agent_config.prefill and replay.num_episodes:
+            budget += agent_config.train_ratio / per_update
+            while budget >= 1:
+                budget -= 1
+                batch = to_torch(replay.sample(train_config.batch_size, train_config.seq_len, rng))
+                metrics, post = trainer.update(batch, gen)
+                metrics.update(behavior.train_step(wm, post.detach(), gen))
+                metrics_log.add(metrics)
+        if (step + 1) % agent_config.log_every == 0 and metrics_log.count:
+            recent = episode_returns[-5:]
+            record = metrics_log.flush(env_step=step + 1, updates=trainer.step,
+                                       wall_s=time.perf_counter() - t0,
+                                       train_return=float(np.mean(recent)) if recent else float("nan"))
+            bar.set_postfix_str(format_metrics(record, ("train_return", "loss", "imag_return")))
+            log(f"env step {step + 1}: " + format_metrics(
+                record, ("train_return", "updates", "loss", "loss_obs", "kl", "imag_return",
+                         "actor_entropy", "critic_loss")))
+        if (step + 1) % agent_config.checkpoint_every == 0:
+            save_agent(out_dir / CHECKPOINT, trainer, behavior, {"env_step": step + 1,
+                                                                 "job_config": job_config or {}})
+    bar.close()
+    env.close()
+    train_wall = time.perf_counter() - t0
+    save_agent(out_dir / CHECKPOINT, trainer, behavior,
+               {"env_step": agent_config.env_steps, "job_config": job_config or {}})
+    returns = evaluate_policy(make_env, agent, spec, agent_config.eval_episodes,
+                              seed=10_000_000 + train_config.seed, progress=progress)
+    result = {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
+              "episodes": len(returns), "env_steps": agent_config.env_steps,
+              "wall_s": time.perf_counter() - t0, "train_wall_s": train_wall,
+              "updates": trainer.step, "returns": returns}
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def save_agent(path: Path, trainer: WorldModelTrainer, behavior: Behavior,
+               meta: dict[str, Any]) -> None:
+    groups = {"actor": behavior.actor.state_dict(), "critic": behavior.critic.state_dict(),
+              "slow_critic": behavior.slow_critic.state_dict()}
+    trainer.save(path, {"behavior_config": behavior.config.model_dump(mode="json"), **meta},
+                 groups)
