@@ -18,19 +18,23 @@ from .rssm import unimix_logprobs
 
 def categorical_kl(lhs_logits: torch.Tensor, rhs_logits: torch.Tensor, unimix: float) -> torch.Tensor:
     """KL[lhs || rhs] of ``[..., S, C]`` unimix categoricals, summed over the S latents: ``[...]``."""
-    lhs_logp = unimix_logprobs(lhs_logits, unimix)
-    rhs_logp = unimix_logprobs(rhs_logits, unimix)
+    return _kl_logprobs(unimix_logprobs(lhs_logits, unimix), unimix_logprobs(rhs_logits, unimix))
+
+
+def _kl_logprobs(lhs_logp: torch.Tensor, rhs_logp: torch.Tensor) -> torch.Tensor:
     return (lhs_logp.exp() * (lhs_logp - rhs_logp)).sum((-2, -1))
 
 
 def kl_balance(post_logits: torch.Tensor, prior_logits: torch.Tensor, unimix: float,
                dyn_scale: float, rep_scale: float, free_nats: float
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Returns the per-element loss ``[...]`` and the raw KL parts for logging."""
-    dyn = categorical_kl(post_logits.detach(), prior_logits, unimix)
-    rep = categorical_kl(post_logits, prior_logits.detach(), unimix)
+    """Returns the per-element loss ``[...]`` and the KL (same value in both terms) for logging."""
+    post = unimix_logprobs(post_logits, unimix)
+    prior = unimix_logprobs(prior_logits, unimix)
+    dyn = _kl_logprobs(post.detach(), prior)  # trains the prior towards the posterior
+    rep = _kl_logprobs(post, prior.detach())  # keeps the posterior predictable
     loss = dyn_scale * dyn.clamp(min=free_nats) + rep_scale * rep.clamp(min=free_nats)
-    return loss, {"kl": dyn.detach(), "dyn": dyn.detach(), "rep": rep.detach()}
+    return loss, {"kl": dyn.detach()}
 
 
 def symlog_mse(pred_symlog: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Benchmarks behind `kiwi bench ...`: each prints a table and can write JSON."""

@@ -1,0 +1,40 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from robot_runtime.cli import main
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    code = ("import sys; from robot_runtime.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_config_typo_is_an_error_exit_not_a_traceback(capsys):
+    assert main(["lab", "pendulum", "--set", "model.detr=3", "--out", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "model.detr" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_lab_quick_runs_end_to_end(tmp_path):
+    out = tmp_path / "lab"
+    assert main(["lab", "pendulum", "--quick", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["nmse_open_loop"]) == {"1", "5", "15"}
+    assert set(report["nmse_persistence"]) == {"1", "5", "15"}
+    assert report["train_wall_s"] > 0
+    # Persistence at horizon 1 on random-torque Pendulum is about 0.03 (a property of the data).
+    assert 0.005 < report["nmse_persistence"]["1"] < 0.1
+    for name in ("recon.png", "imagination.png", "horizon.png", "checkpoint.safetensors"):
+        assert (out / name).stat().st_size > 1000, name
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --resume picks the checkpoint up and trains on to a larger step budget.
+    assert main(["lab", "pendulum", "--quick", "--out", str(out), "--no-progress", "--resume",
+                 "--set", "train.steps=70"]) == 0
+    assert json.loads((out / "report.json").read_text())["train_steps"] == 70

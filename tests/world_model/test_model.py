@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+
+from world_model.config import TrainConfig
+from world_model.errors import CheckpointError
+from world_model.model import WorldModel
+from world_model.train import WorldModelTrainer
+
+from .helpers import random_batch, tiny_model
+
+
+def test_save_load_gives_identical_outputs(tmp_path):
+    wm = tiny_model()
+    batch = random_batch(2, 6)
+    trainer = WorldModelTrainer(wm, TrainConfig(lr=1e-3))
+    trainer.update(batch)  # move weights away from their initial values and fill Adam's moments
+    path = tmp_path / "ckpt.safetensors"
+    trainer.save(path, {"note": "hello"})
+    loaded, meta, groups = WorldModel.load(path)
+    assert meta["note"] == "hello" and meta["step"] == 1
+    assert loaded.config == wm.config and loaded.spec == wm.spec
+    with torch.no_grad():
+        a = wm.loss(batch, generator=torch.Generator().manual_seed(5))
+        b = loaded.loss(batch, generator=torch.Generator().manual_seed(5))
+    assert a[1] == b[1]
+    assert torch.equal(a[2].deter, b[2].deter) and torch.equal(a[2].stoch, b[2].stoch)
+    # The optimizer state comes back too, so a resumed run takes the same next step.
+    resumed = WorldModelTrainer(loaded, TrainConfig(lr=1e-3))
+    resumed.restore(groups, meta)
+    trainer.update(batch, torch.Generator().manual_seed(9))
+    resumed.update(batch, torch.Generator().manual_seed(9))
+    for p, q in zip(wm.parameters(), loaded.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert not list(tmp_path.glob(".*tmp")), "no temporary file left behind"
+
+
+def test_missing_and_damaged_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        WorldModel.load(tmp_path / "nope.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        WorldModel.load(bad)
+
+
+def test_a_tiny_training_run_lowers_the_loss():
+    wm = tiny_model()
+    trainer = WorldModelTrainer(wm, TrainConfig(lr=3e-3))
+    batch = random_batch(4, 12, seed=1)
+    # A structured signal the model can learn: state follows the action.
+    batch["state"] = torch.cumsum(batch["action"].repeat(1, 1, 3), 1) * 0.3
+    batch["reward"] = batch["state"][..., 0]
+    gen = torch.Generator().manual_seed(0)
+    losses = [trainer.update(batch, gen)[0]["loss"] for _ in range(60)]
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5])
+
+
+def test_wrong_observation_keys_name_the_key():
+    with pytest.raises(ValueError, match="camera"):
+        tiny_model(mlp_keys=("state", "camera"))
+
+
+def test_decode_returns_observation_units():
+    wm = tiny_model()
+    with torch.no_grad():
+        out = wm.decode(wm.initial(2))
+    assert out["state"].shape == (2, 3) and out["reward"].shape == (2,)
+    assert torch.all((out["cont"] >= 0) & (out["cont"] <= 1))
