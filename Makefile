@@ -17,6 +17,7 @@ lab: setup
 	$(KIWI) lab pendulum --out runs/lab
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 lint: setup

@@ -76,7 +76,9 @@ def resolve_path(path: str | Path) -> Path:
 def deep_merge(base: dict, overlay: dict) -> dict:
     out = dict(base)
     for k, v in overlay.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
@@ -95,8 +97,12 @@ def parse_override(text: str) -> dict:
     return node
 
 
-def load_config(path: str | Path, cls: type[Job], overrides: list[str] | tuple[str, ...] = (),
-                preset: str | None = None) -> tuple[Job, Path]:
+def load_config(
+    path: str | Path,
+    cls: type[Job],
+    overrides: list[str] | tuple[str, ...] = (),
+    preset: str | None = None,
+) -> tuple[Job, Path]:
     path = resolve_path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -117,8 +123,9 @@ def load_config(path: str | Path, cls: type[Job], overrides: list[str] | tuple[s
         raise ConfigError(describe_errors(path, e, cls, bool(overrides))) from None
 
 
-def describe_errors(path: Path, error: ValidationError, cls: type[BaseModel],
-                    with_overrides: bool) -> str:
+def describe_errors(
+    path: Path, error: ValidationError, cls: type[BaseModel], with_overrides: bool
+) -> str:
     lines = [f"{path}{' (with --set overrides)' if with_overrides else ''}: invalid config"]
     for err in error.errors():
         key = ".".join(str(p) for p in err["loc"])

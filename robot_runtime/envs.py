@@ -15,8 +15,12 @@ class DictObservation(gymnasium.ObservationWrapper):
         box = env.observation_space
         self.key = key
         self.observation_space = spaces.Dict(
-            {key: spaces.Box(box.low.astype(np.float32), box.high.astype(np.float32),
-                             dtype=np.float32)})
+            {
+                key: spaces.Box(
+                    box.low.astype(np.float32), box.high.astype(np.float32), dtype=np.float32
+                )
+            }
+        )
 
     def observation(self, observation):
         return {self.key: np.asarray(observation, dtype=np.float32)}

@@ -16,15 +16,21 @@ from world_model import evaluate as ev
 from world_model.checkpoint import atomic_write_bytes
 from world_model.model import WorldModel
 from world_model.replay import Replay, save_spec
-from world_model.train import (CHECKPOINT, WorldModelTrainer, collect_random, spec_from_env,
-                               train_world_model)
+from world_model.train import (
+    CHECKPOINT,
+    WorldModelTrainer,
+    collect_random,
+    spec_from_env,
+    train_world_model,
+)
 
 from .config import PendulumJob, dump_config
 from .envs import make_env
 
 
-def prepare_data(job: PendulumJob, out: Path, progress: bool, log: Callable[[str], None]
-                 ) -> tuple[Replay, Replay, object]:
+def prepare_data(
+    job: PendulumJob, out: Path, progress: bool, log: Callable[[str], None]
+) -> tuple[Replay, Replay, object]:
     """Training and held-out replays (collected with a random policy unless already there)."""
     make = lambda: make_env(job.env.id, job.env.obs_key)  # noqa: E731
     env = make()
@@ -35,25 +41,44 @@ def prepare_data(job: PendulumJob, out: Path, progress: bool, log: Callable[[str
         save_spec(out / "replay", spec)
     if len(train) < job.data.random_steps and not job.data.episodes:
         log(f"collecting {job.data.random_steps - len(train)} random-policy steps of {job.env.id}")
-        collect_random(make, spec, train, job.data.seed, steps=job.data.random_steps - len(train),
-                       progress=progress)
+        collect_random(
+            make,
+            spec,
+            train,
+            job.data.seed,
+            steps=job.data.random_steps - len(train),
+            progress=progress,
+        )
     holdout = Replay(out / "holdout")
     if holdout.num_episodes < job.data.holdout_episodes:
         # Seeds far from the training seeds, so held-out episodes never repeat training ones.
-        collect_random(make, spec, holdout, 1_000_000 + job.data.seed,
-                       episodes=job.data.holdout_episodes - holdout.num_episodes, progress=False)
+        collect_random(
+            make,
+            spec,
+            holdout,
+            1_000_000 + job.data.seed,
+            episodes=job.data.holdout_episodes - holdout.num_episodes,
+            progress=False,
+        )
     return train, holdout, spec
 
 
-def run_lab(job: PendulumJob, out: Path, resume: bool = False, progress: bool = True,
-            log: Callable[[str], None] = tqdm.write) -> dict:
+def run_lab(
+    job: PendulumJob,
+    out: Path,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = tqdm.write,
+) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(job))
     torch.manual_seed(job.train.seed)
     train, holdout, spec = prepare_data(job, out, progress, log)
-    log(f"data: {len(train)} training steps in {train.num_episodes} episodes, "
-        f"{holdout.num_episodes} held-out episodes")
+    log(
+        f"data: {len(train)} training steps in {train.num_episodes} episodes, "
+        f"{holdout.num_episodes} held-out episodes"
+    )
     ckpt = out / CHECKPOINT
     if resume and ckpt.is_file():
         wm, meta, groups = WorldModel.load(ckpt)
@@ -64,15 +89,27 @@ def run_lab(job: PendulumJob, out: Path, resume: bool = False, progress: bool = 
         wm = WorldModel(job.model, spec)
         trainer = WorldModelTrainer(wm, job.train)
     t0 = time.perf_counter()
-    train_world_model(wm, train, job.train, out, job.train.steps,
-                      job.model_dump(mode="json"), trainer, progress, log)
+    train_world_model(
+        wm,
+        train,
+        job.train,
+        out,
+        job.train.steps,
+        job.model_dump(mode="json"),
+        trainer,
+        progress,
+        log,
+    )
     train_wall = time.perf_counter() - t0
     wm.eval()
     report = evaluate_lab(wm, job, holdout, out)
     report["train_wall_s"] = train_wall
     report["train_steps"] = trainer.step
-    report["data"] = {"train_steps": len(train), "train_episodes": train.num_episodes,
-                      "holdout_episodes": holdout.num_episodes}
+    report["data"] = {
+        "train_steps": len(train),
+        "train_episodes": train.num_episodes,
+        "holdout_episodes": holdout.num_episodes,
+    }
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
     return report
 
@@ -81,28 +118,51 @@ def run_lab(job: PendulumJob, out: Path, resume: bool = False, progress: bool = 
 def evaluate_lab(wm: WorldModel, job: PendulumJob, holdout: Replay, out: Path) -> dict:
     key, lab = job.env.obs_key, job.lab
     names = list(job.env.dim_names) or [f"{key}[{d}]" for d in range(wm.spec.vector_dims[key])]
-    curves = ev.open_loop_nmse(wm, holdout.episodes, key, lab.context, lab.horizon, lab.samples,
-                               seed=job.train.seed)
+    curves = ev.open_loop_nmse(
+        wm, holdout.episodes, key, lab.context, lab.horizon, lab.samples, seed=job.train.seed
+    )
     episode = holdout.episodes[0]
     recon = ev.reconstruct(wm, episode)
-    ev.plot_reconstruction(episode[key], recon[key], names, out / "recon.png",
-                           f"{job.env.id}: posterior reconstructions of a held-out episode")
+    ev.plot_reconstruction(
+        episode[key],
+        recon[key],
+        names,
+        out / "recon.png",
+        f"{job.env.id}: posterior reconstructions of a held-out episode",
+    )
     window_len = lab.context + lab.horizon
     window = ev.tensors({k: v[None, :window_len] for k, v in episode.items()})
-    _, imagined = ev.posterior_then_prior(wm, window, lab.context, lab.horizon, 16,
-                                          torch.Generator().manual_seed(1))
+    _, imagined = ev.posterior_then_prior(
+        wm, window, lab.context, lab.horizon, 16, torch.Generator().manual_seed(1)
+    )
     futures = wm.decode(imagined)[key].numpy()  # [16, H, D]
     var = np.concatenate([ep[key] for ep in holdout.episodes]).var(0) + 1e-8
     true = episode[key][:window_len]
-    diverge = ev.divergence_step(true[lab.context:], futures.mean(0), var)
-    ev.plot_imagination(true, futures, lab.context, names, out / "imagination.png",
-                        f"{job.env.id}: the prior rolled forward with the true actions", diverge)
-    ev.plot_horizon(curves["model"], curves["persistence"], out / "horizon.png",
-                    f"{job.env.id}: open-loop error after {lab.context} steps of context",
-                    lab.report_horizons)
+    diverge = ev.divergence_step(true[lab.context :], futures.mean(0), var)
+    ev.plot_imagination(
+        true,
+        futures,
+        lab.context,
+        names,
+        out / "imagination.png",
+        f"{job.env.id}: the prior rolled forward with the true actions",
+        diverge,
+    )
+    ev.plot_horizon(
+        curves["model"],
+        curves["persistence"],
+        out / "horizon.png",
+        f"{job.env.id}: open-loop error after {lab.context} steps of context",
+        lab.report_horizons,
+    )
     pick = lambda c: {str(h): float(c[h - 1]) for h in lab.report_horizons if h <= lab.horizon}  # noqa: E731
-    return {"nmse_open_loop": pick(curves["model"]), "nmse_persistence": pick(curves["persistence"]),
-            "nmse_open_loop_curve": [float(x) for x in curves["model"]],
-            "nmse_persistence_curve": [float(x) for x in curves["persistence"]],
-            "windows": curves["windows"], "context": lab.context, "samples": lab.samples,
-            "imagination_diverges_at_step": None if diverge is None else diverge + 1}
+    return {
+        "nmse_open_loop": pick(curves["model"]),
+        "nmse_persistence": pick(curves["persistence"]),
+        "nmse_open_loop_curve": [float(x) for x in curves["model"]],
+        "nmse_persistence_curve": [float(x) for x in curves["persistence"]],
+        "windows": curves["windows"],
+        "context": lab.context,
+        "samples": lab.samples,
+        "imagination_diverges_at_step": None if diverge is None else diverge + 1,
+    }

@@ -25,8 +25,15 @@ from .rssm import State, flatten_state
 class Actor(nn.Module):
     """A Gaussian over actions in [-1, 1]: mean tanh-squashed, std in [min_std, max_std]."""
 
-    def __init__(self, feat_dim: int, action_dim: int, units: int, layers: int,
-                 min_std: float, max_std: float):
+    def __init__(
+        self,
+        feat_dim: int,
+        action_dim: int,
+        units: int,
+        layers: int,
+        min_std: float,
+        max_std: float,
+    ):
         super().__init__()
         self.mlp = mlp(feat_dim, units, layers)
         self.out = nn.Linear(units, 2 * action_dim)
@@ -38,8 +45,9 @@ class Actor(nn.Module):
         std = (self.max_std - self.min_std) * torch.sigmoid(std + 2.0) + self.min_std
         return torch.tanh(mean), std
 
-    def sample(self, feat: torch.Tensor, generator: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(
+        self, feat: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reparameterised sample clipped to [-1, 1] with a straight-through gradient.
         Returns (action, log-prob of the unclipped sample, entropy)."""
         mean, std = self.dist(feat)
@@ -89,26 +97,34 @@ class Behavior(nn.Module):
     def __init__(self, feat_dim: int, action_dim: int, config: BehaviorConfig):
         super().__init__()
         self.config = config
-        self.actor = Actor(feat_dim, action_dim, config.units, config.layers, config.min_std,
-                           config.max_std)
+        self.actor = Actor(
+            feat_dim, action_dim, config.units, config.layers, config.min_std, config.max_std
+        )
         self.critic = Critic(feat_dim, config.units, config.layers, config.critic_bins)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.retnorm = ReturnNormalizer(config.retnorm_low, config.retnorm_high,
-                                        config.retnorm_decay)
+        self.retnorm = ReturnNormalizer(
+            config.retnorm_low, config.retnorm_high, config.retnorm_decay
+        )
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), config.actor_lr, eps=config.eps)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), config.critic_lr,
-                                           eps=config.eps)
+        self.critic_opt = torch.optim.Adam(
+            self.critic.parameters(), config.critic_lr, eps=config.eps
+        )
 
-    def policy(self, state: State, sample: bool = True,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def policy(
+        self, state: State, sample: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         feat = state.feat()
         return self.actor.sample(feat, generator)[0] if sample else self.actor.mode(feat)
 
-    def train_step(self, world_model, start: State,
-                   generator: torch.Generator | None = None) -> dict[str, float]:
+    def train_step(
+        self, world_model, start: State, generator: torch.Generator | None = None
+    ) -> dict[str, float]:
         """One actor and one critic update from the posterior states ``start`` ``[B, T, ...]``."""
         cfg = self.config
         start = flatten_state(start).detach()
+        if cfg.imag_starts is not None and cfg.imag_starts < start.deter.shape[0]:
+            pick = torch.randperm(start.deter.shape[0], generator=generator)[: cfg.imag_starts]
+            start = State(*(x[pick] for x in start))
         world_model.requires_grad_(False)
         try:
             feats, entropies, logps = [start.feat()], [], []
@@ -124,16 +140,22 @@ class Behavior(nn.Module):
             states, _ = world_model.imagine(start, act, cfg.horizon, generator)
             feats += list(states.feat().unbind(1))
             feat = torch.stack(feats, 1)  # [N, H+1, F]: s_0 .. s_H
-            arrived = feat[:, 1:]
-            reward = world_model.reward.mean(world_model.reward(arrived))
-            cont = (torch.sigmoid(world_model.cont(arrived)) if world_model.cont is not None
-                    else torch.ones_like(reward))
+            arrived = feat[:, 1:].reshape(-1, feat.shape[-1])  # 2-D: linear layers avoid bmm
+            n, horizon = feat.shape[0], feat.shape[1] - 1
+            reward = world_model.reward.mean(world_model.reward(arrived)).view(n, horizon)
+            cont = (
+                torch.sigmoid(world_model.cont(arrived)).view(n, horizon)
+                if world_model.cont is not None
+                else torch.ones_like(reward)
+            )
         finally:
             world_model.requires_grad_(True)
         disc = cfg.discount * cont  # [N, H]
-        value = self.critic.value(feat)  # [N, H+1], gradients stop at the critic's parameters
+        value = self.critic.value(feat.reshape(-1, feat.shape[-1])).view(n, horizon + 1)
         returns = lambda_return(reward, value[:, 1:], disc, cfg.lam)  # R_0 .. R_{H-1}
-        weight = torch.cumprod(torch.cat([torch.ones_like(disc[:, :1]), disc[:, :-1]], 1), 1).detach()
+        weight = torch.cumprod(
+            torch.cat([torch.ones_like(disc[:, :1]), disc[:, :-1]], 1), 1
+        ).detach()
         low, scale = self.retnorm.update(returns)
         entropy = torch.stack(entropies, 1)
         if cfg.actor_grad == "dynamics":
@@ -147,12 +169,12 @@ class Behavior(nn.Module):
         actor_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_clip)
         self.actor_opt.step()
 
-        critic_feat = feat[:, :-1].detach()
-        out = self.critic(critic_feat)
+        critic_feat = feat[:, :-1].detach().reshape(-1, feat.shape[-1])
+        out = self.critic(critic_feat).view(n, horizon, -1)
         target = returns.detach()
         critic_loss = self.critic.head.loss(out, target)
         with torch.no_grad():
-            slow_target = self.slow_critic.value(critic_feat)
+            slow_target = self.slow_critic.value(critic_feat).view(n, horizon)
         critic_loss = critic_loss + cfg.slow_critic_reg * self.critic.head.loss(out, slow_target)
         critic_loss = (weight * critic_loss).mean()
         self.critic_opt.zero_grad(set_to_none=True)
@@ -162,7 +184,13 @@ class Behavior(nn.Module):
         with torch.no_grad():
             for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
                 slow.lerp_(fast, cfg.slow_critic_rate)
-        return {"actor_loss": actor_loss.item(), "critic_loss": critic_loss.item(),
-                "imag_return": returns.mean().item(), "imag_reward": reward.mean().item(),
-                "return_scale": float(scale), "actor_entropy": entropy.mean().item(),
-                "actor_grad_norm": float(actor_norm), "critic_grad_norm": float(critic_norm)}
+        return {
+            "actor_loss": actor_loss.item(),
+            "critic_loss": critic_loss.item(),
+            "imag_return": returns.mean().item(),
+            "imag_reward": reward.mean().item(),
+            "return_scale": float(scale),
+            "actor_entropy": entropy.mean().item(),
+            "actor_grad_norm": float(actor_norm),
+            "critic_grad_norm": float(critic_norm),
+        }

@@ -24,13 +24,17 @@ FORMAT = "kiwi-checkpoint/1"
 __all__ = ["CheckpointError", "save_tensors", "load_tensors", "atomic_write_bytes"]
 
 
-def save_tensors(path: Path, groups: dict[str, dict[str, torch.Tensor]],
-                 meta: dict[str, Any]) -> None:
+def save_tensors(
+    path: Path, groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]
+) -> None:
     """Writes ``{group: {name: tensor}}`` and JSON-able ``meta`` to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    flat = {f"{g}/{k}": v.detach().contiguous().cpu() for g, tensors in groups.items()
-            for k, v in tensors.items()}
+    flat = {
+        f"{g}/{k}": v.detach().contiguous().cpu()
+        for g, tensors in groups.items()
+        for k, v in tensors.items()
+    }
     header = {"format": FORMAT, **{k: json.dumps(v) for k, v in meta.items()}}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -63,16 +67,20 @@ def load_tensors(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[s
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
-    """Flattens an optimizer's per-parameter state to named tensors (hyperparameters come from config)."""
+    """Flattens an optimizer's per-parameter state to named tensors (its hyperparameters come
+    from the config, not the file)."""
     out = {}
     for index, state in opt.state_dict()["state"].items():
         for key, value in state.items():
-            out[f"{prefix}.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+            out[f"{prefix}.{index}.{key}"] = (
+                value if torch.is_tensor(value) else torch.tensor(value)
+            )
     return out
 
 
-def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                           prefix: str) -> None:
+def load_optimizer_tensors(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str
+) -> None:
     sd = opt.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():

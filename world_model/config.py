@@ -20,7 +20,9 @@ class LossConfig(Frozen):
     """Scales of the ELBO's parts (DreamerV3, 2023 code: dyn 0.5, rep 0.1, free bits 1 nat)."""
 
     dyn_scale: float = Field(0.5, ge=0, description="KL[sg(post) || prior]: trains the prior")
-    rep_scale: float = Field(0.1, ge=0, description="KL[post || sg(prior)]: regularises the posterior")
+    rep_scale: float = Field(
+        0.1, ge=0, description="KL[post || sg(prior)]: regularises the posterior"
+    )
     free_nats: float = Field(1.0, ge=0, description="KL below this (summed over latents) is free")
     obs_scale: float = Field(1.0, ge=0)
     reward_scale: float = Field(1.0, ge=0)
@@ -35,7 +37,9 @@ class ModelConfig(Frozen):
     """
 
     deter: int = Field(256, gt=0)
-    hidden: int = Field(256, gt=0, description="width of the RSSM's input and prior/posterior layers")
+    hidden: int = Field(
+        256, gt=0, description="width of the RSSM's input and prior/posterior layers"
+    )
     stoch: int = Field(32, gt=0)
     classes: int = Field(16, gt=1)
     unimix: float = Field(0.01, ge=0, lt=1, description="share of the uniform in every categorical")
@@ -88,6 +92,11 @@ class BehaviorConfig(Frozen):
     """Actor-critic learned in imagination."""
 
     horizon: int = Field(15, gt=0)
+    imag_starts: int | None = Field(
+        None,
+        gt=0,
+        description="imagine from this many random posterior states of the batch (None: all B*T)",
+    )
     discount: float = Field(0.99, gt=0, le=1)
     lam: float = Field(0.95, ge=0, le=1, description="lambda of the lambda-returns")
     units: int = Field(256, gt=0)

@@ -18,26 +18,38 @@ from .model import WorldModel
 from .rssm import State, index_state
 
 
-def make_windows(episodes: list[dict[str, np.ndarray]], length: int, stride: int) -> dict[str, np.ndarray]:
-    """All windows of ``length`` steps, ``stride`` apart, from each episode: ``[N, length, ...]``."""
+def make_windows(
+    episodes: list[dict[str, np.ndarray]], length: int, stride: int
+) -> dict[str, np.ndarray]:
+    """All windows of ``length`` steps, ``stride`` apart, from each episode.
+
+    Returns ``{key: [N, length, ...]}``."""
     out: dict[str, list[np.ndarray]] = {}
     for ep in episodes:
         for start in range(0, len(ep["action"]) - length + 1, stride):
             for k, v in ep.items():
-                out.setdefault(k, []).append(v[start:start + length])
+                out.setdefault(k, []).append(v[start : start + length])
     if not out:
         raise ValueError(f"no held-out episode has {length} steps")
     return {k: np.stack(v) for k, v in out.items()}
 
 
 def tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)).float() if v.dtype != np.uint8
-            else torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(v)).float()
+        if v.dtype != np.uint8
+        else torch.from_numpy(np.ascontiguousarray(v))
+        for k, v in batch.items()
+    }
 
 
 @torch.no_grad()
-def observe_window(wm: WorldModel, window: dict[str, torch.Tensor], context: int,
-                   generator: torch.Generator | None = None) -> tuple[State, torch.Tensor]:
+def observe_window(
+    wm: WorldModel,
+    window: dict[str, torch.Tensor],
+    context: int,
+    generator: torch.Generator | None = None,
+) -> tuple[State, torch.Tensor]:
     """Posterior over the first ``context`` steps of ``[N, T, ...]`` windows, each starting from
     the initial state. Returns the posterior states and the whole window's previous actions
     (model units): prev_action[:, t] led to obs[:, t]."""
@@ -51,24 +63,37 @@ def observe_window(wm: WorldModel, window: dict[str, torch.Tensor], context: int
 
 
 @torch.no_grad()
-def posterior_then_prior(wm: WorldModel, window: dict[str, torch.Tensor], context: int,
-                         horizon: int, samples: int, generator: torch.Generator | None = None
-                         ) -> tuple[State, State]:
+def posterior_then_prior(
+    wm: WorldModel,
+    window: dict[str, torch.Tensor],
+    context: int,
+    horizon: int,
+    samples: int,
+    generator: torch.Generator | None = None,
+) -> tuple[State, State]:
     """Posterior over ``window[:, :context]``, then ``samples`` prior rollouts with the true
     actions. Returns (posterior states ``[N, context]``, imagined states ``[N*samples, horizon]``,
     sample-major within each window)."""
     post, prev_action = observe_window(wm, window, context, generator)
     start = index_state(post, (slice(None), -1))
     start = State(*(x.repeat_interleave(samples, 0) for x in start))
-    future = prev_action[:, context:context + horizon].repeat_interleave(samples, 0)
+    future = prev_action[:, context : context + horizon].repeat_interleave(samples, 0)
     imagined, _ = wm.imagine(start, future, generator=generator)
     return post, imagined
 
 
 @torch.no_grad()
-def open_loop_nmse(wm: WorldModel, episodes: list[dict[str, np.ndarray]], key: str, context: int,
-                   horizon: int, samples: int, stride: int | None = None, seed: int = 0,
-                   batch: int = 256) -> dict[str, np.ndarray]:
+def open_loop_nmse(
+    wm: WorldModel,
+    episodes: list[dict[str, np.ndarray]],
+    key: str,
+    context: int,
+    horizon: int,
+    samples: int,
+    stride: int | None = None,
+    seed: int = 0,
+    batch: int = 256,
+) -> dict[str, np.ndarray]:
     """Returns ``{"model": [horizon], "persistence": [horizon]}`` nMSE curves (index k-1 is
     horizon k) and the number of windows."""
     windows = make_windows(episodes, context + horizon, stride or max(1, horizon // 2))
@@ -78,19 +103,20 @@ def open_loop_nmse(wm: WorldModel, episodes: list[dict[str, np.ndarray]], key: s
     model_err = np.zeros(horizon)
     persist_err = np.zeros(horizon)
     for lo in range(0, n, batch):
-        part = tensors({k: v[lo:lo + batch] for k, v in windows.items()})
+        part = tensors({k: v[lo : lo + batch] for k, v in windows.items()})
         _, imagined = posterior_then_prior(wm, part, context, horizon, samples, gen)
         pred = wm.decode(imagined)[key].reshape(-1, samples, horizon, var.shape[0]).mean(1).numpy()
-        true = part[key][:, context:context + horizon].numpy()
-        last = part[key][:, context - 1: context].numpy()
+        true = part[key][:, context : context + horizon].numpy()
+        last = part[key][:, context - 1 : context].numpy()
         model_err += (((pred - true) ** 2) / var).mean(-1).sum(0)
         persist_err += (((last - true) ** 2) / var).mean(-1).sum(0)
     return {"model": model_err / n, "persistence": persist_err / n, "windows": n}
 
 
 @torch.no_grad()
-def reconstruct(wm: WorldModel, episode: dict[str, np.ndarray], seed: int = 0
-                ) -> dict[str, np.ndarray]:
+def reconstruct(
+    wm: WorldModel, episode: dict[str, np.ndarray], seed: int = 0
+) -> dict[str, np.ndarray]:
     """Posterior reconstructions of a whole episode: ``{key: [T, ...]}`` in observation units."""
     window = tensors({k: v[None] for k, v in episode.items()})
     gen = torch.Generator().manual_seed(seed)
@@ -99,6 +125,7 @@ def reconstruct(wm: WorldModel, episode: dict[str, np.ndarray], seed: int = 0
 
 
 # --- plots (matplotlib, headless) -----------------------------------------------------------
+
 
 def _pyplot():
     import matplotlib
@@ -109,8 +136,9 @@ def _pyplot():
     return plt
 
 
-def plot_reconstruction(true: np.ndarray, recon: np.ndarray, names: list[str], path: Path,
-                        title: str) -> None:
+def plot_reconstruction(
+    true: np.ndarray, recon: np.ndarray, names: list[str], path: Path, title: str
+) -> None:
     plt = _pyplot()
     dims = true.shape[-1]
     fig, axes = plt.subplots(dims, 1, figsize=(9, 1.9 * dims + 0.6), sharex=True, squeeze=False)
@@ -127,8 +155,15 @@ def plot_reconstruction(true: np.ndarray, recon: np.ndarray, names: list[str], p
     plt.close(fig)
 
 
-def plot_imagination(true: np.ndarray, imagined: np.ndarray, context: int, names: list[str],
-                     path: Path, title: str, diverge_at: int | None) -> None:
+def plot_imagination(
+    true: np.ndarray,
+    imagined: np.ndarray,
+    context: int,
+    names: list[str],
+    path: Path,
+    title: str,
+    diverge_at: int | None,
+) -> None:
     """true ``[context + H, D]``; imagined ``[samples, H, D]`` starting after the context."""
     plt = _pyplot()
     dims = true.shape[-1]
@@ -138,34 +173,72 @@ def plot_imagination(true: np.ndarray, imagined: np.ndarray, context: int, names
     for d, ax in enumerate(axes[:, 0]):
         ax.axvspan(0, context - 1, color="tab:blue", alpha=0.08, label="posterior context")
         for s in range(imagined.shape[0]):
-            ax.plot(t_future, imagined[s, :, d], color="tab:orange", lw=0.6, alpha=0.35,
-                    label="imagined samples" if s == 0 else None)
+            ax.plot(
+                t_future,
+                imagined[s, :, d],
+                color="tab:orange",
+                lw=0.6,
+                alpha=0.35,
+                label="imagined samples" if s == 0 else None,
+            )
         ax.plot(t_future, imagined[:, :, d].mean(0), color="tab:red", lw=1.4, label="imagined mean")
         ax.plot(np.arange(len(true)), true[:, d], color="black", lw=1.4, label="true environment")
         if diverge_at is not None:
-            ax.axvline(context + diverge_at, color="gray", ls=":", lw=1.2,
-                       label=f"diverges (step {diverge_at + 1})")
+            ax.axvline(
+                context + diverge_at,
+                color="gray",
+                ls=":",
+                lw=1.2,
+                label=f"diverges (step {diverge_at + 1})",
+            )
         ax.set_ylabel(names[d])
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(loc="upper left", fontsize=7, ncol=3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        ncol=5,
+        fontsize=8,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.955),
+    )
     axes[-1, 0].set_xlabel("step")
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_horizon(model: np.ndarray, persistence: np.ndarray, path: Path, title: str,
-                 marks: tuple[int, ...] = (1, 5, 15)) -> None:
+def plot_horizon(
+    model: np.ndarray,
+    persistence: np.ndarray,
+    path: Path,
+    title: str,
+    marks: tuple[int, ...] = (1, 5, 15),
+) -> None:
     plt = _pyplot()
     h = np.arange(1, len(model) + 1)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.semilogy(h, model, "o-", ms=3, color="tab:red", label="world model (open loop)")
     ax.semilogy(h, persistence, "s-", ms=3, color="gray", label='persistence ("no change")')
-    for m in marks:
-        if m <= len(model):
-            ax.annotate(f"{model[m - 1]:.3g}", (m, model[m - 1]), textcoords="offset points",
-                        xytext=(4, -12), fontsize=8, color="tab:red")
+    marks = [m for m in marks if m <= len(model)]
+    ax.plot(marks, [model[m - 1] for m in marks], "o", ms=8, mfc="none", color="black")
+    table = "\n".join(
+        [" h   model   persist."]
+        + [f"{m:>2}  {model[m - 1]:.2e}  {persistence[m - 1]:.2e}" for m in marks]
+    )
+    ax.text(
+        0.98,
+        0.35,
+        table,
+        transform=ax.transAxes,
+        ha="right",
+        va="top",
+        family="monospace",
+        fontsize=8,
+        bbox={"boxstyle": "round", "fc": "white", "ec": "0.7"},
+    )
     ax.set_xlabel("horizon (steps after the last observation)")
     ax.set_ylabel("normalised MSE")
     ax.grid(alpha=0.3, which="both")
@@ -176,8 +249,9 @@ def plot_horizon(model: np.ndarray, persistence: np.ndarray, path: Path, title: 
     plt.close(fig)
 
 
-def divergence_step(true: np.ndarray, mean: np.ndarray, var: np.ndarray,
-                    threshold: float = 0.1) -> int | None:
+def divergence_step(
+    true: np.ndarray, mean: np.ndarray, var: np.ndarray, threshold: float = 0.1
+) -> int | None:
     """First imagined step whose nMSE exceeds ``threshold``, or None."""
     err = (((mean - true) ** 2) / var).mean(-1)
     over = np.nonzero(err > threshold)[0]

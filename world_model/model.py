@@ -21,19 +21,33 @@ class WorldModel(nn.Module):
         missing = [k for k in config.mlp_keys if k not in spec.vector_dims]
         missing += [k for k in config.cnn_keys if k not in spec.image_keys]
         if missing:
-            raise ValueError(f"model observation keys {missing} are not in the data "
-                             f"(vectors: {sorted(spec.vector_dims)}, images: {list(spec.image_keys)})")
+            raise ValueError(
+                f"model observation keys {missing} are not in the data "
+                f"(vectors: {sorted(spec.vector_dims)}, images: {list(spec.image_keys)})"
+            )
         self.config, self.spec = config, spec
         vector_dims = {k: spec.vector_dims[k] for k in config.mlp_keys}
-        self.encoder = Encoder(vector_dims, config.cnn_keys, config.units, config.layers,
-                               config.cnn_depth)
-        self.rssm = RSSM(config.deter, config.hidden, config.stoch, config.classes, spec.action_dim,
-                         self.encoder.out_dim, config.unimix)
+        self.encoder = Encoder(
+            vector_dims, config.cnn_keys, config.units, config.layers, config.cnn_depth
+        )
+        self.rssm = RSSM(
+            config.deter,
+            config.hidden,
+            config.stoch,
+            config.classes,
+            spec.action_dim,
+            self.encoder.out_dim,
+            config.unimix,
+        )
         feat = self.rssm.feat_dim
-        self.decoder = Decoder(feat, vector_dims, config.cnn_keys, config.units, config.layers,
-                               config.cnn_depth)
-        self.reward = (ScalarHead(feat, config.units, config.layers, config.reward_head,
-                                  config.reward_bins) if config.reward_head != "none" else None)
+        self.decoder = Decoder(
+            feat, vector_dims, config.cnn_keys, config.units, config.layers, config.cnn_depth
+        )
+        self.reward = (
+            ScalarHead(feat, config.units, config.layers, config.reward_head, config.reward_bins)
+            if config.reward_head != "none"
+            else None
+        )
         self.cont = BernoulliHead(feat, config.units, config.layers) if config.cont_head else None
         for m in (self.encoder, self.decoder, self.reward, self.cont):
             if m is not None:
@@ -44,8 +58,9 @@ class WorldModel(nn.Module):
         if len(low) != spec.action_dim or len(high) != spec.action_dim:
             raise ValueError(f"action bounds must have {spec.action_dim} entries")
         self.register_buffer("action_low", torch.tensor(low, dtype=torch.float32), persistent=False)
-        self.register_buffer("action_high", torch.tensor(high, dtype=torch.float32),
-                             persistent=False)
+        self.register_buffer(
+            "action_high", torch.tensor(high, dtype=torch.float32), persistent=False
+        )
 
     @property
     def obs_keys(self) -> tuple[str, ...]:
@@ -65,23 +80,39 @@ class WorldModel(nn.Module):
     def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.encoder(obs)
 
-    def img_step(self, state: State, action: torch.Tensor,
-                 generator: torch.Generator | None = None) -> State:
+    def img_step(
+        self, state: State, action: torch.Tensor, generator: torch.Generator | None = None
+    ) -> State:
         return self.rssm.img_step(state, action, generator)
 
-    def obs_step(self, state: State, prev_action: torch.Tensor, obs: dict[str, torch.Tensor],
-                 is_first: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> tuple[State, State]:
+    def obs_step(
+        self,
+        state: State,
+        prev_action: torch.Tensor,
+        obs: dict[str, torch.Tensor],
+        is_first: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[State, State]:
         return self.rssm.obs_step(state, prev_action, self.encode(obs), is_first, generator)
 
-    def observe(self, obs: dict[str, torch.Tensor], prev_action: torch.Tensor,
-                is_first: torch.Tensor, state: State | None = None,
-                generator: torch.Generator | None = None) -> tuple[State, State]:
+    def observe(
+        self,
+        obs: dict[str, torch.Tensor],
+        prev_action: torch.Tensor,
+        is_first: torch.Tensor,
+        state: State | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[State, State]:
         """obs ``{key: [B, T, ...]}``; prev_action[:, t] led to obs[:, t]. See RSSM.observe."""
         return self.rssm.observe(self.encode(obs), prev_action, is_first, state, generator)
 
-    def imagine(self, state: State, actions, horizon: int | None = None,
-                generator: torch.Generator | None = None) -> tuple[State, torch.Tensor]:
+    def imagine(
+        self,
+        state: State,
+        actions,
+        horizon: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[State, torch.Tensor]:
         return self.rssm.imagine(state, actions, horizon, generator)
 
     def decode(self, state: State) -> dict[str, torch.Tensor]:
@@ -98,9 +129,12 @@ class WorldModel(nn.Module):
         return out
 
     # --- training ------------------------------------------------------------------------
-    def loss(self, batch: dict[str, torch.Tensor], state: State | None = None,
-             generator: torch.Generator | None = None
-             ) -> tuple[torch.Tensor, dict[str, float], State]:
+    def loss(
+        self,
+        batch: dict[str, torch.Tensor],
+        state: State | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float], State]:
         """ELBO on a batch of sequences ``{key: [B, T, ...]}`` from the replay (actions in the
         data's units).
 
@@ -121,16 +155,25 @@ class WorldModel(nn.Module):
         recon = self.decoder(feat)
         rec = 0
         for key, pred in recon.items():
-            rec = rec + (image_mse(pred, batch[key]) if key in self.config.cnn_keys
-                         else symlog_mse(pred, batch[key]))
+            rec = rec + (
+                image_mse(pred, batch[key])
+                if key in self.config.cnn_keys
+                else symlog_mse(pred, batch[key])
+            )
         parts["obs"] = rec
         if self.reward is not None:
             parts["reward"] = self.reward.loss(self.reward(feat), batch["reward"])
         if self.cont is not None:
             cont_target = 1.0 - batch["is_terminal"].float()
             parts["cont"] = self.cont.loss(self.cont(feat), cont_target)
-        kl_loss, kl = kl_balance(post.logits, prior.logits, self.config.unimix, cfg.dyn_scale,
-                                 cfg.rep_scale, cfg.free_nats)
+        kl_loss, kl = kl_balance(
+            post.logits,
+            prior.logits,
+            self.config.unimix,
+            cfg.dyn_scale,
+            cfg.rep_scale,
+            cfg.free_nats,
+        )
         scales = {"obs": cfg.obs_scale, "reward": cfg.reward_scale, "cont": cfg.cont_scale}
         total = kl_loss + sum(scales[k] * v for k, v in parts.items())
         loss = total.mean()
@@ -145,11 +188,18 @@ class WorldModel(nn.Module):
         return loss, metrics, post
 
     # --- files ---------------------------------------------------------------------------
-    def save(self, path: Path, meta: dict[str, Any] | None = None,
-             extra: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+    def save(
+        self,
+        path: Path,
+        meta: dict[str, Any] | None = None,
+        extra: dict[str, dict[str, torch.Tensor]] | None = None,
+    ) -> None:
         """Atomic safetensors file holding the weights, the ModelConfig and the ModelSpec."""
-        header = {"model_config": self.config.model_dump(mode="json"),
-                  "spec": self.spec.model_dump(mode="json"), **(meta or {})}
+        header = {
+            "model_config": self.config.model_dump(mode="json"),
+            "spec": self.spec.model_dump(mode="json"),
+            **(meta or {}),
+        }
         checkpoint.save_tensors(path, {"model": self.state_dict(), **(extra or {})}, header)
 
     @classmethod
@@ -158,7 +208,8 @@ class WorldModel(nn.Module):
         groups, meta = checkpoint.load_tensors(path)
         if "model_config" not in meta or "model" not in groups:
             raise checkpoint.CheckpointError(f"{path} holds no world model")
-        model = cls(ModelConfig.model_validate(meta["model_config"]),
-                    ModelSpec.model_validate(meta["spec"]))
+        model = cls(
+            ModelConfig.model_validate(meta["model_config"]), ModelSpec.model_validate(meta["spec"])
+        )
         model.load_state_dict(groups.pop("model"))
         return model, meta, groups

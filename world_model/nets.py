@@ -25,7 +25,9 @@ class Dense(nn.Sequential):
     """Linear -> LayerNorm -> SiLU (no bias: the norm's shift plays its part)."""
 
     def __init__(self, n_in: int, n_out: int):
-        super().__init__(nn.Linear(n_in, n_out, bias=False), nn.LayerNorm(n_out, eps=1e-3), nn.SiLU())
+        super().__init__(
+            nn.Linear(n_in, n_out, bias=False), nn.LayerNorm(n_out, eps=1e-3), nn.SiLU()
+        )
 
 
 def mlp(n_in: int, units: int, layers: int) -> nn.Sequential:
@@ -51,8 +53,14 @@ def image_to_input(image: torch.Tensor) -> torch.Tensor:
 class Encoder(nn.Module):
     """Embeds an observation dict: symlog'd vectors through an MLP, 64x64 images through a CNN."""
 
-    def __init__(self, vector_dims: dict[str, int], image_keys: tuple[str, ...], units: int,
-                 layers: int, cnn_depth: int):
+    def __init__(
+        self,
+        vector_dims: dict[str, int],
+        image_keys: tuple[str, ...],
+        units: int,
+        layers: int,
+        cnn_depth: int,
+    ):
         super().__init__()
         self.vector_keys = tuple(vector_dims)
         self.image_keys = image_keys
@@ -65,7 +73,11 @@ class Encoder(nn.Module):
             chans = [3 * len(image_keys), d, 2 * d, 4 * d, 8 * d]
             convs: list[nn.Module] = []
             for c_in, c_out in zip(chans[:-1], chans[1:]):  # 64 -> 32 -> 16 -> 8 -> 4
-                convs += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), ChannelNorm(c_out), nn.SiLU()]
+                convs += [
+                    nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False),
+                    ChannelNorm(c_out),
+                    nn.SiLU(),
+                ]
             self.cnn = nn.Sequential(*convs)
             self.out_dim += 8 * d * 4 * 4
 
@@ -83,8 +95,15 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Reconstructs vectors (in symlog space) and images from the model state's features."""
 
-    def __init__(self, feat_dim: int, vector_dims: dict[str, int], image_keys: tuple[str, ...],
-                 units: int, layers: int, cnn_depth: int):
+    def __init__(
+        self,
+        feat_dim: int,
+        vector_dims: dict[str, int],
+        image_keys: tuple[str, ...],
+        units: int,
+        layers: int,
+        cnn_depth: int,
+    ):
         super().__init__()
         self.vector_dims = dict(vector_dims)
         self.image_keys = image_keys
@@ -97,8 +116,11 @@ class Decoder(nn.Module):
             chans = [8 * d, 4 * d, 2 * d, d]
             layers_: list[nn.Module] = []
             for c_in, c_out in zip(chans[:-1], chans[1:]):  # 4 -> 8 -> 16 -> 32
-                layers_ += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), ChannelNorm(c_out),
-                            nn.SiLU()]
+                layers_ += [
+                    nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),
+                    ChannelNorm(c_out),
+                    nn.SiLU(),
+                ]
             layers_.append(nn.ConvTranspose2d(d, 3 * len(image_keys), 4, 2, 1))  # -> 64
             self.deconv = nn.Sequential(*layers_)
             self.cnn_depth = d
@@ -115,7 +137,7 @@ class Decoder(nn.Module):
             x = self.image_in(feat).reshape(-1, 8 * self.cnn_depth, 4, 4)
             x = self.deconv(x).permute(0, 2, 3, 1)  # [N, 64, 64, 3 * n_images]
             for i, key in enumerate(self.image_keys):
-                out[key] = x[..., 3 * i: 3 * i + 3].reshape(*lead, *x.shape[1:3], 3)
+                out[key] = x[..., 3 * i : 3 * i + 3].reshape(*lead, *x.shape[1:3], 3)
         return out
 
 
@@ -145,7 +167,9 @@ class TwoHot(nn.Module):
 
 
 def twohot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """Spreads each value of x over its two nearest bins, weighted by closeness: ``[..., n_bins]``."""
+    """Spreads each value of x over its two nearest bins, weighted by closeness.
+
+    Returns ``[..., n_bins]``."""
     x = x.clamp(bins[0], bins[-1])
     above = torch.searchsorted(bins, x.contiguous(), right=True).clamp(1, len(bins) - 1)
     below = above - 1
@@ -205,7 +229,9 @@ def init_weights(module: nn.Module) -> None:
     Layers marked ``zero_init`` keep their zeros.
     """
     for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and not getattr(m, "zero_init", False):
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and not getattr(
+            m, "zero_init", False
+        ):
             fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(m.weight)
             std = math.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566
             nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std)

@@ -16,8 +16,12 @@ from .nets import symlog
 from .rssm import unimix_logprobs
 
 
-def categorical_kl(lhs_logits: torch.Tensor, rhs_logits: torch.Tensor, unimix: float) -> torch.Tensor:
-    """KL[lhs || rhs] of ``[..., S, C]`` unimix categoricals, summed over the S latents: ``[...]``."""
+def categorical_kl(
+    lhs_logits: torch.Tensor, rhs_logits: torch.Tensor, unimix: float
+) -> torch.Tensor:
+    """KL[lhs || rhs] of ``[..., S, C]`` unimix categoricals, summed over the S latents.
+
+    Returns ``[...]``."""
     return _kl_logprobs(unimix_logprobs(lhs_logits, unimix), unimix_logprobs(rhs_logits, unimix))
 
 
@@ -25,9 +29,14 @@ def _kl_logprobs(lhs_logp: torch.Tensor, rhs_logp: torch.Tensor) -> torch.Tensor
     return (lhs_logp.exp() * (lhs_logp - rhs_logp)).sum((-2, -1))
 
 
-def kl_balance(post_logits: torch.Tensor, prior_logits: torch.Tensor, unimix: float,
-               dyn_scale: float, rep_scale: float, free_nats: float
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def kl_balance(
+    post_logits: torch.Tensor,
+    prior_logits: torch.Tensor,
+    unimix: float,
+    dyn_scale: float,
+    rep_scale: float,
+    free_nats: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Returns the per-element loss ``[...]`` and the KL (same value in both terms) for logging."""
     post = unimix_logprobs(post_logits, unimix)
     prior = unimix_logprobs(prior_logits, unimix)
@@ -43,13 +52,15 @@ def symlog_mse(pred_symlog: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def image_mse(pred: torch.Tensor, image_uint8: torch.Tensor) -> torch.Tensor:
-    """MSE of ``[..., H, W, 3]`` predictions in [-0.5, 0.5] against uint8 images, summed over pixels."""
+    """Squared error of ``[..., H, W, 3]`` predictions in [-0.5, 0.5] against uint8 images,
+    summed over pixels."""
     target = image_uint8.float() / 255.0 - 0.5
     return ((pred - target) ** 2).sum((-3, -2, -1))
 
 
-def lambda_return(reward: torch.Tensor, value: torch.Tensor, cont: torch.Tensor,
-                  lam: float) -> torch.Tensor:
+def lambda_return(
+    reward: torch.Tensor, value: torch.Tensor, cont: torch.Tensor, lam: float
+) -> torch.Tensor:
     """TD(lambda) returns along the time axis (dim 1).
 
     All inputs are ``[B, H]`` and aligned on the *arrival* state: reward[:, k], cont[:, k] (the

@@ -73,8 +73,10 @@ def save_spec(directory: Path, spec: ModelSpec) -> None:
 def load_spec(directory: Path) -> ModelSpec:
     path = Path(directory) / SPEC_FILE
     if not path.is_file():
-        raise ReplayError(f"{directory} has no {SPEC_FILE} (the episodes' observation sizes and "
-                          "action units); folders written by `kiwi collect` have one")
+        raise ReplayError(
+            f"{directory} has no {SPEC_FILE} (the episodes' observation sizes and "
+            "action units); folders written by `kiwi collect` have one"
+        )
     try:
         return ModelSpec.model_validate_json(path.read_text())
     except ValueError as e:
@@ -118,24 +120,33 @@ class Replay:
     def _append(self, episode: dict[str, np.ndarray], path: Path | None) -> None:
         self.episodes.append(episode)
         self.paths.append(path)
-        while self.capacity_steps is not None and len(self) > self.capacity_steps and len(self.episodes) > 1:
+        while (
+            self.capacity_steps is not None
+            and len(self) > self.capacity_steps
+            and len(self.episodes) > 1
+        ):
             self.episodes.pop(0)
             self.paths.pop(0)
 
-    def sample(self, batch: int, length: int, rng: np.random.Generator,
-               keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    def sample(
+        self, batch: int, length: int, rng: np.random.Generator, keys: tuple[str, ...] | None = None
+    ) -> dict[str, np.ndarray]:
         """Uniform over all windows of ``length`` steps that lie inside an episode."""
         starts = np.array([max(0, len(e["action"]) - length + 1) for e in self.episodes])
         total = starts.sum()
         if total == 0:
-            raise ReplayError(f"no episode has {length} steps yet ({self.num_episodes} episodes, "
-                              f"{len(self)} steps)")
+            raise ReplayError(
+                f"no episode has {length} steps yet ({self.num_episodes} episodes, "
+                f"{len(self)} steps)"
+            )
         flat = rng.integers(0, total, size=batch)
         ep_index = np.searchsorted(np.cumsum(starts), flat, side="right")
         offsets = flat - (np.cumsum(starts) - starts)[ep_index]
         keys = keys or tuple(self.episodes[0])
-        return {k: np.stack([self.episodes[e][k][o:o + length] for e, o in zip(ep_index, offsets)])
-                for k in keys}
+        return {
+            k: np.stack([self.episodes[e][k][o : o + length] for e, o in zip(ep_index, offsets)])
+            for k in keys
+        }
 
 
 def episode_from_steps(steps: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 class State(NamedTuple):
     deter: torch.Tensor  # [B, D]
     stoch: torch.Tensor  # [B, S, C] one-hot sample
@@ -60,8 +59,9 @@ def unimix_logprobs(logits: torch.Tensor, unimix: float) -> torch.Tensor:
     return logits.log_softmax(-1)
 
 
-def sample_onehot(logits: torch.Tensor, unimix: float,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_onehot(
+    logits: torch.Tensor, unimix: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """One-hot sample of each categorical in ``[..., C]`` logits, mixed with ``unimix`` uniform.
 
     Inverse-CDF sampling: one uniform number per variable (far cheaper than torch.multinomial or
@@ -91,8 +91,16 @@ class RSSM(nn.Module):
     cost of a step is per-op overhead and weight traffic, and this layout and call style cut both
     (see docs/architecture.md, "Why the step is written this way")."""
 
-    def __init__(self, deter: int, hidden: int, stoch: int, classes: int, action_dim: int,
-                 embed_dim: int, unimix: float = 0.01):
+    def __init__(
+        self,
+        deter: int,
+        hidden: int,
+        stoch: int,
+        classes: int,
+        action_dim: int,
+        embed_dim: int,
+        unimix: float = 0.01,
+    ):
         super().__init__()
         self.deter, self.hidden, self.stoch, self.classes = deter, hidden, stoch, classes
         self.action_dim, self.unimix = action_dim, unimix
@@ -113,6 +121,9 @@ class RSSM(nn.Module):
         self.post_out = _weight(hidden, sc)
         self.post_bias = nn.Parameter(torch.zeros(sc))
         self.register_buffer("_offsets", torch.arange(stoch) * classes, persistent=False)
+        self.register_buffer(
+            "_class_ids", torch.arange(classes, dtype=torch.float32), persistent=False
+        )
 
     @property
     def feat_dim(self) -> int:
@@ -124,58 +135,92 @@ class RSSM(nn.Module):
         logits = self._prior_logits(deter)
         return State(deter, mode_onehot(logits), logits)
 
-    def _stoch_in(self, stoch: torch.Tensor) -> torch.Tensor:
+    def _stoch_in(self, stoch: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
-            return stoch.flatten(-2) @ self.in_stoch
-        # No gradients: z is an exact one-hot sample, so gather one row per latent and sum.
-        idx = stoch.argmax(-1) + self._offsets  # [B, S]
+            return stoch.flatten(-2) @ table
+        # No gradients: z is an exact one-hot sample, so its product with the table is the sum
+        # of one row per latent. The class index is read with a product (argmax is slow here).
+        idx = (stoch @ self._class_ids).long() + self._offsets  # [B, S]
         if idx.shape[0] <= 16:
-            return self.in_stoch[idx].sum(-2)
-        return F.embedding_bag(idx, self.in_stoch, mode="sum")  # no [B, S, hidden] temporary
+            return table[idx].sum(-2)
+        return F.embedding_bag(idx, table, mode="sum")  # no [B, S, hidden] temporary
 
     def _prior_logits(self, deter: torch.Tensor) -> torch.Tensor:
-        x = F.silu(_layer_norm(deter @ self.prior_hidden, self.prior_norm_w, self.prior_norm_b))
-        return torch.addmm(self.prior_bias, x, self.prior_out).unflatten(-1, (self.stoch, self.classes))
+        p = self._parameters
+        x = F.layer_norm(
+            deter @ p["prior_hidden"], (self.hidden,), p["prior_norm_w"], p["prior_norm_b"], 1e-3
+        )
+        logits = torch.addmm(p["prior_bias"], F.silu(x), p["prior_out"])
+        return logits.view(*logits.shape[:-1], self.stoch, self.classes)
 
-    def img_step(self, state: State, action: torch.Tensor,
-                 generator: torch.Generator | None = None) -> State:
+    def img_step(
+        self, state: State, action: torch.Tensor, generator: torch.Generator | None = None
+    ) -> State:
         """Prior step: ``state`` at t-1 and the action taken then -> prior state at t."""
-        x = torch.addmm(self._stoch_in(state.stoch), action, self.in_action)
-        x = F.silu(_layer_norm(x, self.in_norm_w, self.in_norm_b))
-        gates = _layer_norm(torch.cat([x, state.deter], -1) @ self.gru, self.gru_norm_w,
-                            self.gru_norm_b)
+        # Parameters are read from the dict: nn.Module's attribute lookup costs ~0.5 us each,
+        # a tenth of this step's budget over a dozen weights.
+        p = self._parameters
+        x = torch.addmm(self._stoch_in(state.stoch, p["in_stoch"]), action, p["in_action"])
+        x = F.silu(F.layer_norm(x, (self.hidden,), p["in_norm_w"], p["in_norm_b"], 1e-3))
+        gates = F.layer_norm(
+            torch.cat([x, state.deter], -1) @ p["gru"],
+            (3 * self.deter,),
+            p["gru_norm_w"],
+            p["gru_norm_b"],
+            1e-3,
+        )
         reset, cand, update = gates.chunk(3, -1)
         cand = torch.tanh(torch.sigmoid(reset) * cand)
         deter = torch.lerp(state.deter, cand, torch.sigmoid(update - 1.0))  # biased to keep h
         logits = self._prior_logits(deter)
         return State(deter, sample_onehot(logits, self.unimix, generator), logits)
 
-    def obs_step(self, state: State, prev_action: torch.Tensor, embed: torch.Tensor,
-                 is_first: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> tuple[State, State]:
+    def obs_step(
+        self,
+        state: State,
+        prev_action: torch.Tensor,
+        embed: torch.Tensor,
+        is_first: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[State, State]:
         """Posterior step: returns (posterior, prior) at t. Where ``is_first``, the state and the
         previous action are reset first, so sequences of several episodes can run in one batch."""
         if is_first is not None:
             state, prev_action = self.reset_where(state, prev_action, is_first)
         prior = self.img_step(state, prev_action, generator)
-        x = F.silu(_layer_norm(torch.cat([prior.deter, embed], -1) @ self.post_hidden,
-                               self.post_norm_w, self.post_norm_b))
-        logits = torch.addmm(self.post_bias, x, self.post_out).unflatten(-1, (self.stoch, self.classes))
+        x = F.silu(
+            _layer_norm(
+                torch.cat([prior.deter, embed], -1) @ self.post_hidden,
+                self.post_norm_w,
+                self.post_norm_b,
+            )
+        )
+        logits = torch.addmm(self.post_bias, x, self.post_out).unflatten(
+            -1, (self.stoch, self.classes)
+        )
         post = State(prior.deter, sample_onehot(logits, self.unimix, generator), logits)
         return post, prior
-    def reset_where(self, state: State, action: torch.Tensor,
-                    is_first: torch.Tensor) -> tuple[State, torch.Tensor]:
+
+    def reset_where(
+        self, state: State, action: torch.Tensor, is_first: torch.Tensor
+    ) -> tuple[State, torch.Tensor]:
         first = is_first.bool()
         if not first.any():
             return state, action
         init = self.initial(first.shape[0])
-        state = State(*(torch.where(first.view(-1, *[1] * (s.dim() - 1)), i, s)
-                        for s, i in zip(state, init)))
+        state = State(
+            *(torch.where(first.view(-1, *[1] * (s.dim() - 1)), i, s) for s, i in zip(state, init))
+        )
         return state, action * (~first).unsqueeze(-1).to(action.dtype)
 
-    def observe(self, embed: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor,
-                state: State | None = None,
-                generator: torch.Generator | None = None) -> tuple[State, State]:
+    def observe(
+        self,
+        embed: torch.Tensor,
+        prev_action: torch.Tensor,
+        is_first: torch.Tensor,
+        state: State | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[State, State]:
         """Runs the posterior over a sequence.
 
         embed ``[B, T, E]``; prev_action ``[B, T, A]``, where prev_action[:, t] is the action
@@ -186,16 +231,20 @@ class RSSM(nn.Module):
             state = self.initial(embed.shape[0])
         posts, priors = [], []
         for t in range(embed.shape[1]):
-            state, prior = self.obs_step(state, prev_action[:, t], embed[:, t], is_first[:, t],
-                                         generator)
+            state, prior = self.obs_step(
+                state, prev_action[:, t], embed[:, t], is_first[:, t], generator
+            )
             posts.append(state)
             priors.append(prior)
         return stack_states(posts), stack_states(priors)
 
-    def imagine(self, state: State,
-                actions: torch.Tensor | Callable[[State], torch.Tensor],
-                horizon: int | None = None,
-                generator: torch.Generator | None = None) -> tuple[State, torch.Tensor]:
+    def imagine(
+        self,
+        state: State,
+        actions: torch.Tensor | Callable[[State], torch.Tensor],
+        horizon: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[State, torch.Tensor]:
         """Rolls the prior forward from ``state`` ``[B, ...]``.
 
         ``actions`` is either ``[B, H, A]`` (open loop) or a policy mapping a state to ``[B, A]``.
@@ -220,7 +269,9 @@ class RSSM(nn.Module):
 def _weight(n_in: int, n_out: int, fan_in: int | None = None) -> nn.Parameter:
     """``[n_in, n_out]`` truncated-normal weights scaled by the average fan (DreamerV3-like)."""
     std = (2.0 / ((fan_in or n_in) + n_out)) ** 0.5 / 0.87962566
-    return nn.Parameter(nn.init.trunc_normal_(torch.empty(n_in, n_out), 0.0, std, -2 * std, 2 * std))
+    return nn.Parameter(
+        nn.init.trunc_normal_(torch.empty(n_in, n_out), 0.0, std, -2 * std, 2 * std)
+    )
 
 
 def _norm_params(n: int) -> tuple[nn.Parameter, nn.Parameter]:

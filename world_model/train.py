@@ -76,19 +76,25 @@ class WorldModelTrainer:
         self.opt = torch.optim.Adam(model.parameters(), config.lr, eps=config.eps)
         self.step = 0
 
-    def update(self, batch: dict[str, torch.Tensor],
-               generator: torch.Generator | None = None) -> tuple[dict[str, float], Any]:
+    def update(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> tuple[dict[str, float], Any]:
         loss, metrics, post = self.model.loss(batch, generator=generator)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                                     self.config.grad_clip))
+        metrics["grad_norm"] = float(
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        )
         self.opt.step()
         self.step += 1
         return metrics, post
 
-    def save(self, path: Path, meta: dict[str, Any] | None = None,
-             extra: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+    def save(
+        self,
+        path: Path,
+        meta: dict[str, Any] | None = None,
+        extra: dict[str, dict[str, torch.Tensor]] | None = None,
+    ) -> None:
         groups = {"opt": optimizer_tensors(self.opt, "wm"), **(extra or {})}
         self.model.save(path, {"step": self.step, **(meta or {})}, groups)
 
@@ -98,10 +104,17 @@ class WorldModelTrainer:
         self.step = int(meta.get("step", 0))
 
 
-def train_world_model(model: WorldModel, replay: Replay, config: TrainConfig, out_dir: Path,
-                      steps: int, job_config: dict | None = None,
-                      trainer: WorldModelTrainer | None = None, progress: bool = True,
-                      log: Callable[[str], None] = tqdm.write) -> WorldModelTrainer:
+def train_world_model(
+    model: WorldModel,
+    replay: Replay,
+    config: TrainConfig,
+    out_dir: Path,
+    steps: int,
+    job_config: dict | None = None,
+    trainer: WorldModelTrainer | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = tqdm.write,
+) -> WorldModelTrainer:
     """Trains until ``trainer.step == steps``, logging and checkpointing into ``out_dir``.
 
     Pass a restored trainer to resume; the replay sampler is reseeded from the step so a resumed
@@ -114,8 +127,14 @@ def train_world_model(model: WorldModel, replay: Replay, config: TrainConfig, ou
     metrics_log = MetricLog(out_dir / "metrics.jsonl")
     meta = {"job_config": job_config or {}}
     model.train()
-    bar = tqdm(total=steps, initial=trainer.step, desc="world model", unit="step",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=steps,
+        initial=trainer.step,
+        desc="world model",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     t0 = time.perf_counter()
     while trainer.step < steps:
         batch = to_torch(replay.sample(config.batch_size, config.seq_len, rng))
@@ -125,9 +144,21 @@ def train_world_model(model: WorldModel, replay: Replay, config: TrainConfig, ou
         if trainer.step % config.log_every == 0 or trainer.step == steps:
             record = metrics_log.flush(step=trainer.step, wall_s=time.perf_counter() - t0)
             bar.set_postfix_str(format_metrics(record, ("loss", "loss_obs", "kl")))
-            log(f"step {trainer.step}: " + format_metrics(
-                record, ("loss", "loss_obs", "loss_reward", "loss_cont", "loss_kl", "kl",
-                         *[k for k in record if k.startswith("recon_mse")])))
+            log(
+                f"step {trainer.step}: "
+                + format_metrics(
+                    record,
+                    (
+                        "loss",
+                        "loss_obs",
+                        "loss_reward",
+                        "loss_cont",
+                        "loss_kl",
+                        "kl",
+                        *[k for k in record if k.startswith("recon_mse")],
+                    ),
+                )
+            )
         if trainer.step % config.checkpoint_every == 0 or trainer.step == steps:
             trainer.save(out_dir / CHECKPOINT, meta)
     bar.close()
@@ -135,6 +166,7 @@ def train_world_model(model: WorldModel, replay: Replay, config: TrainConfig, ou
 
 
 # --- acting in an environment -------------------------------------------------------------
+
 
 class Agent:
     """World model + behaviour, acting on one environment step at a time (batch of one)."""
@@ -149,23 +181,36 @@ class Agent:
         self.first = True
 
     @torch.no_grad()
-    def act(self, obs: dict[str, np.ndarray], sample: bool,
-            generator: torch.Generator | None = None) -> np.ndarray:
+    def act(
+        self, obs: dict[str, np.ndarray], sample: bool, generator: torch.Generator | None = None
+    ) -> np.ndarray:
         """Returns the action in [-1, 1] (model units)."""
         first = torch.tensor([self.first])
-        self.state, _ = self.wm.obs_step(self.state, self.prev_action,
-                                         obs_to_torch(obs, self.wm.obs_keys), first, generator)
+        self.state, _ = self.wm.obs_step(
+            self.state, self.prev_action, obs_to_torch(obs, self.wm.obs_keys), first, generator
+        )
         action = self.behavior.policy(self.state, sample, generator)
         self.prev_action, self.first = action, False
         return action[0].numpy()
 
 
-def step_record(obs: dict, action: np.ndarray, reward: float, first: bool, last: bool = False,
-                terminal: bool = False) -> dict[str, np.ndarray]:
+def step_record(
+    obs: dict,
+    action: np.ndarray,
+    reward: float,
+    first: bool,
+    last: bool = False,
+    terminal: bool = False,
+) -> dict[str, np.ndarray]:
     """One step in the replay's convention (see world_model/replay.py)."""
-    return {**{k: np.asarray(v) for k, v in obs.items()}, "action": action,
-            "reward": np.float32(reward), "is_first": first, "is_last": last,
-            "is_terminal": terminal}
+    return {
+        **{k: np.asarray(v) for k, v in obs.items()},
+        "action": action,
+        "reward": np.float32(reward),
+        "is_first": first,
+        "is_last": last,
+        "is_terminal": terminal,
+    }
 
 
 def to_env_action(action: np.ndarray, spec: ModelSpec) -> np.ndarray:
@@ -173,8 +218,12 @@ def to_env_action(action: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return (low + (np.clip(action, -1, 1) + 1) * 0.5 * (high - low)).astype(np.float32)
 
 
-def run_episode(env, policy: Callable[[dict[str, np.ndarray]], np.ndarray], spec: ModelSpec,
-                seed: int | None = None) -> dict[str, np.ndarray]:
+def run_episode(
+    env,
+    policy: Callable[[dict[str, np.ndarray]], np.ndarray],
+    spec: ModelSpec,
+    seed: int | None = None,
+) -> dict[str, np.ndarray]:
     """Plays one episode; ``policy`` maps an observation to an action in [-1, 1].
 
     Recorded in the replay's convention: action[t] taken after obs t (zeros on the last step),
@@ -188,8 +237,9 @@ def run_episode(env, policy: Callable[[dict[str, np.ndarray]], np.ndarray], spec
         obs, reward, terminated, truncated, _ = env.step(env_action)
         first = False
         if terminated or truncated:
-            steps.append(step_record(obs, np.zeros_like(env_action), reward, False, True,
-                                     bool(terminated)))
+            steps.append(
+                step_record(obs, np.zeros_like(env_action), reward, False, True, bool(terminated))
+            )
             return episode_from_steps(steps)
 
 
@@ -197,15 +247,27 @@ def random_policy(action_dim: int, rng: np.random.Generator) -> Callable:
     return lambda obs: rng.uniform(-1, 1, size=action_dim).astype(np.float32)
 
 
-def collect_random(make_env: Callable, spec: ModelSpec, replay: Replay, seed: int, steps: int = 0,
-                   episodes: int = 0, progress: bool = True) -> None:
+def collect_random(
+    make_env: Callable,
+    spec: ModelSpec,
+    replay: Replay,
+    seed: int,
+    steps: int = 0,
+    episodes: int = 0,
+    progress: bool = True,
+) -> None:
     """Adds uniform-random-policy episodes to ``replay`` until it has gained at least ``steps``
     transitions and ``episodes`` episodes. Episode i is reset with seed ``seed + i``."""
     env = make_env()
     rng = np.random.default_rng(seed)
     policy = random_policy(spec.action_dim, rng)
-    bar = tqdm(total=steps or episodes, desc="collect", unit="step" if steps else "episode",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=steps or episodes,
+        desc="collect",
+        unit="step" if steps else "episode",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     done, episode = 0, 0
     while done < steps or episode < episodes:
         ep = run_episode(env, policy, spec, seed=seed + episode)
@@ -217,13 +279,20 @@ def collect_random(make_env: Callable, spec: ModelSpec, replay: Replay, seed: in
     env.close()
 
 
-def evaluate_policy(make_env: Callable, agent: Agent, spec: ModelSpec, episodes: int, seed: int,
-                    progress: bool = True) -> list[float]:
+def evaluate_policy(
+    make_env: Callable,
+    agent: Agent,
+    spec: ModelSpec,
+    episodes: int,
+    seed: int,
+    progress: bool = True,
+) -> list[float]:
     """Returns of ``episodes`` episodes with the actor's mode (deterministic)."""
     env = make_env()
     returns = []
-    for i in tqdm(range(episodes), desc="evaluate", unit="episode", disable=not progress,
-                  dynamic_ncols=True):
+    for i in tqdm(
+        range(episodes), desc="evaluate", unit="episode", disable=not progress, dynamic_ncols=True
+    ):
         agent.reset()
         ep = run_episode(env, lambda obs: agent.act(obs, sample=False), spec, seed=seed + i)
         returns.append(float(ep["reward"].sum()))
@@ -233,18 +302,31 @@ def evaluate_policy(make_env: Callable, agent: Agent, spec: ModelSpec, episodes:
 
 def spec_from_env(env, image_keys: tuple[str, ...] = ()) -> ModelSpec:
     obs_space = env.observation_space
-    vector_dims = {k: int(math.prod(s.shape)) for k, s in obs_space.spaces.items()
-                   if k not in image_keys and len(s.shape) == 1}
-    return ModelSpec(vector_dims=vector_dims, image_keys=image_keys,
-                     action_dim=int(env.action_space.shape[0]),
-                     action_low=[float(x) for x in env.action_space.low],
-                     action_high=[float(x) for x in env.action_space.high])
+    vector_dims = {
+        k: int(math.prod(s.shape))
+        for k, s in obs_space.spaces.items()
+        if k not in image_keys and len(s.shape) == 1
+    }
+    return ModelSpec(
+        vector_dims=vector_dims,
+        image_keys=image_keys,
+        action_dim=int(env.action_space.shape[0]),
+        action_low=[float(x) for x in env.action_space.low],
+        action_high=[float(x) for x in env.action_space.high],
+    )
 
 
-def train_agent(make_env: Callable, model_config: ModelConfig, train_config: TrainConfig,
-                behavior_config: BehaviorConfig, agent_config: AgentConfig, out_dir: Path,
-                job_config: dict | None = None, progress: bool = True,
-                log: Callable[[str], None] = tqdm.write) -> dict[str, Any]:
+def train_agent(
+    make_env: Callable,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    behavior_config: BehaviorConfig,
+    agent_config: AgentConfig,
+    out_dir: Path,
+    job_config: dict | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = tqdm.write,
+) -> dict[str, Any]:
     """Learns a policy from scratch: random prefill, then act / train world model and behaviour
     at ``train_ratio`` replayed steps per environment step. Writes eval.json and returns it."""
     out_dir = Path(out_dir)
@@ -268,8 +350,13 @@ def train_agent(make_env: Callable, model_config: ModelConfig, train_config: Tra
     episode_returns: list[float] = []
     obs, _ = env.reset(seed=train_config.seed)
     reward, first, ep_return, episode = 0.0, True, 0.0, 0
-    bar = tqdm(total=agent_config.env_steps, desc="agent", unit="step", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=agent_config.env_steps,
+        desc="agent",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     for step in range(agent_config.env_steps):
         if first:
             agent.reset()
@@ -283,8 +370,9 @@ def train_agent(make_env: Callable, model_config: ModelConfig, train_config: Tra
         ep_return += reward
         first = False
         if terminated or truncated:
-            episode_steps.append(step_record(obs, np.zeros_like(env_action), reward, False, True,
-                                             bool(terminated)))
+            episode_steps.append(
+                step_record(obs, np.zeros_like(env_action), reward, False, True, bool(terminated))
+            )
             replay.add(episode_from_steps(episode_steps))
             episode_returns.append(ep_return)
             episode += 1
@@ -301,34 +389,73 @@ def train_agent(make_env: Callable, model_config: ModelConfig, train_config: Tra
                 metrics_log.add(metrics)
         if (step + 1) % agent_config.log_every == 0 and metrics_log.count:
             recent = episode_returns[-5:]
-            record = metrics_log.flush(env_step=step + 1, updates=trainer.step,
-                                       wall_s=time.perf_counter() - t0,
-                                       train_return=float(np.mean(recent)) if recent else float("nan"))
+            record = metrics_log.flush(
+                env_step=step + 1,
+                updates=trainer.step,
+                wall_s=time.perf_counter() - t0,
+                train_return=float(np.mean(recent)) if recent else float("nan"),
+            )
             bar.set_postfix_str(format_metrics(record, ("train_return", "loss", "imag_return")))
-            log(f"env step {step + 1}: " + format_metrics(
-                record, ("train_return", "updates", "loss", "loss_obs", "kl", "imag_return",
-                         "actor_entropy", "critic_loss")))
+            log(
+                f"env step {step + 1}: "
+                + format_metrics(
+                    record,
+                    (
+                        "train_return",
+                        "updates",
+                        "loss",
+                        "loss_obs",
+                        "kl",
+                        "imag_return",
+                        "actor_entropy",
+                        "critic_loss",
+                    ),
+                )
+            )
         if (step + 1) % agent_config.checkpoint_every == 0:
-            save_agent(out_dir / CHECKPOINT, trainer, behavior, {"env_step": step + 1,
-                                                                 "job_config": job_config or {}})
+            save_agent(
+                out_dir / CHECKPOINT,
+                trainer,
+                behavior,
+                {"env_step": step + 1, "job_config": job_config or {}},
+            )
     bar.close()
     env.close()
     train_wall = time.perf_counter() - t0
-    save_agent(out_dir / CHECKPOINT, trainer, behavior,
-               {"env_step": agent_config.env_steps, "job_config": job_config or {}})
-    returns = evaluate_policy(make_env, agent, spec, agent_config.eval_episodes,
-                              seed=10_000_000 + train_config.seed, progress=progress)
-    result = {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
-              "episodes": len(returns), "env_steps": agent_config.env_steps,
-              "wall_s": time.perf_counter() - t0, "train_wall_s": train_wall,
-              "updates": trainer.step, "returns": returns}
+    save_agent(
+        out_dir / CHECKPOINT,
+        trainer,
+        behavior,
+        {"env_step": agent_config.env_steps, "job_config": job_config or {}},
+    )
+    returns = evaluate_policy(
+        make_env,
+        agent,
+        spec,
+        agent_config.eval_episodes,
+        seed=10_000_000 + train_config.seed,
+        progress=progress,
+    )
+    result = {
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "episodes": len(returns),
+        "env_steps": agent_config.env_steps,
+        "wall_s": time.perf_counter() - t0,
+        "train_wall_s": train_wall,
+        "updates": trainer.step,
+        "returns": returns,
+    }
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result
 
 
-def save_agent(path: Path, trainer: WorldModelTrainer, behavior: Behavior,
-               meta: dict[str, Any]) -> None:
-    groups = {"actor": behavior.actor.state_dict(), "critic": behavior.critic.state_dict(),
-              "slow_critic": behavior.slow_critic.state_dict()}
-    trainer.save(path, {"behavior_config": behavior.config.model_dump(mode="json"), **meta},
-                 groups)
+def save_agent(
+    path: Path, trainer: WorldModelTrainer, behavior: Behavior, meta: dict[str, Any]
+) -> None:
+    groups = {
+        "actor": behavior.actor.state_dict(),
+        "critic": behavior.critic.state_dict(),
+        "slow_critic": behavior.slow_critic.state_dict(),
+    }
+    trainer.save(path, {"behavior_config": behavior.config.model_dump(mode="json"), **meta}, groups)

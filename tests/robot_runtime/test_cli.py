@@ -8,8 +8,10 @@ from robot_runtime.cli import main
 
 
 def test_help_is_fast_and_does_not_import_torch():
-    code = ("import sys; from robot_runtime.cli import build_parser; build_parser(); "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys; from robot_runtime.cli import build_parser; build_parser(); "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -35,6 +37,76 @@ def test_lab_quick_runs_end_to_end(tmp_path):
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # --resume picks the checkpoint up and trains on to a larger step budget.
-    assert main(["lab", "pendulum", "--quick", "--out", str(out), "--no-progress", "--resume",
-                 "--set", "train.steps=70"]) == 0
+    assert (
+        main(
+            [
+                "lab",
+                "pendulum",
+                "--quick",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--resume",
+                "--set",
+                "train.steps=70",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "report.json").read_text())["train_steps"] == 70
+
+
+@pytest.mark.slow
+def test_train_agent_quick_writes_eval_json(tmp_path):
+    out = tmp_path / "agent"
+    assert (
+        main(
+            ["train", "agent", "--quick", "--out", str(out), "--no-progress", "--env-steps", "450"]
+        )
+        == 0
+    )
+    result = json.loads((out / "eval.json").read_text())
+    assert {"return_mean", "return_std", "episodes", "env_steps", "wall_s"} <= set(result)
+    assert result["env_steps"] == 450 and result["episodes"] == 2
+    assert -3300 < result["return_mean"] <= 0  # Pendulum returns lie in [-3255, 0]
+
+
+def test_train_world_model_on_a_data_folder_and_resume(tmp_path):
+    from robot_runtime.config import PendulumJob, load_config
+    from robot_runtime.lab import prepare_data
+
+    job, _ = load_config("pendulum", PendulumJob, preset="quick")
+    prepare_data(job, tmp_path / "data", progress=False, log=lambda s: None)
+    out = tmp_path / "wm"
+    args = [
+        "train",
+        "world-model",
+        "--quick",
+        "--data",
+        str(tmp_path / "data" / "replay"),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(args + ["--steps", "5"]) == 0
+    assert main(args + ["--steps", "8", "--resume"]) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 8
+
+
+def test_train_world_model_reports_a_folder_without_episodes(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "train",
+                "world-model",
+                "--quick",
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    assert "no episodes" in capsys.readouterr().err

@@ -14,8 +14,12 @@ def test_categorical_kl_matches_hand_computation():
     post = _logits([0.25, 0.75], [0.5, 0.5]).unsqueeze(0)  # [B=1, S=2, C=2]
     prior = _logits([0.5, 0.5], [0.9, 0.1]).unsqueeze(0)
     # KL latent 0: 0.25 ln(0.5) + 0.75 ln(1.5); latent 1: 0.5 ln(0.5/0.9) + 0.5 ln(0.5/0.1)
-    hand = (0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
-            + 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1))
+    hand = (
+        0.25 * math.log(0.25 / 0.5)
+        + 0.75 * math.log(0.75 / 0.5)
+        + 0.5 * math.log(0.5 / 0.9)
+        + 0.5 * math.log(0.5 / 0.1)
+    )
     assert categorical_kl(post, prior, unimix=0.0).item() == pytest.approx(hand, rel=1e-5)
 
 

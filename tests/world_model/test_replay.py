@@ -7,9 +7,14 @@ from world_model.replay import Replay, load_episode, save_episode
 
 def episode(length: int, offset: float = 0.0) -> dict:
     t = np.arange(length, dtype=np.float32)
-    return {"state": np.stack([t + offset] * 3, -1), "action": t[:, None] + offset,
-            "reward": t.copy(), "is_first": t == 0, "is_last": t == length - 1,
-            "is_terminal": np.zeros(length, bool)}
+    return {
+        "state": np.stack([t + offset] * 3, -1),
+        "action": t[:, None] + offset,
+        "reward": t.copy(),
+        "is_first": t == 0,
+        "is_last": t == length - 1,
+        "is_terminal": np.zeros(length, bool),
+    }
 
 
 def test_episodes_round_trip_and_are_written_atomically(tmp_path):

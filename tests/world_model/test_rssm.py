@@ -32,7 +32,7 @@ def test_gathered_input_equals_the_matrix_product():
     state = wm.initial(5)
     with torch.no_grad():
         state = wm.img_step(state, torch.zeros(5, 1))
-        gathered = wm.rssm._stoch_in(state.stoch)
+        gathered = wm.rssm._stoch_in(state.stoch, wm.rssm.in_stoch)
     product = state.stoch.flatten(-2) @ wm.rssm.in_stoch
     assert torch.allclose(gathered, product.detach(), atol=1e-6)
 
@@ -43,8 +43,9 @@ def _observe(wm, batch, seed=0):
     first = batch["is_first"].clone()
     first[:, 0] = True
     with torch.no_grad():
-        return wm.observe({"state": batch["state"]}, prev, first,
-                          generator=torch.Generator().manual_seed(seed))
+        return wm.observe(
+            {"state": batch["state"]}, prev, first, generator=torch.Generator().manual_seed(seed)
+        )
 
 
 def test_observe_pairs_each_observation_with_the_action_that_led_to_it():
@@ -79,8 +80,9 @@ def test_imagine_accepts_actions_or_a_policy():
     with torch.no_grad():
         a, taken_a = wm.imagine(start, actions, generator=torch.Generator().manual_seed(1))
         calls = iter(range(5))
-        b, taken_b = wm.imagine(start, lambda s: actions[:, next(calls)], 5,
-                                generator=torch.Generator().manual_seed(1))
+        b, taken_b = wm.imagine(
+            start, lambda s: actions[:, next(calls)], 5, generator=torch.Generator().manual_seed(1)
+        )
     assert a.deter.shape == (3, 5, 32) and a.stoch.shape == (3, 5, 4, 4)
     assert torch.equal(taken_a, actions) and torch.equal(taken_b, actions)
     assert torch.equal(a.deter, b.deter)
