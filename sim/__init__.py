@@ -6,5 +6,4 @@ import gymnasium
 ENV_ID = "kiwi/Grasp-v0"
 
 if ENV_ID not in gymnasium.registry:
-    gymnasium.register(id=ENV_ID, entry_point="sim.kiwi_grasp:KiwiGraspEnv",
-                       max_episode_steps=300)
+    gymnasium.register(id=ENV_ID, entry_point="sim.kiwi_grasp:KiwiGraspEnv", max_episode_steps=300)

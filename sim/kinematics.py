@@ -36,8 +36,9 @@ _cy = np.array([0.985, 0.0, -0.17]) / np.linalg.norm([0.985, 0.0, -0.17])
 CAMERA_ROT_MUJOCO = np.stack([_cx, _cy, np.cross(_cx, _cy)], 1)  # columns: camera axes in hand
 
 JOINT_NAMES = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll")
-LIMITS_RAD = np.array([[-1.919, 1.919], [-1.745, 1.745], [-1.69, 1.69], [-1.658, 1.658],
-                       [-2.793, 2.793]])
+LIMITS_RAD = np.array(
+    [[-1.919, 1.919], [-1.745, 1.745], [-1.69, 1.69], [-1.658, 1.658], [-2.793, 2.793]]
+)
 
 
 def rot_z(a: float) -> np.ndarray:
@@ -67,8 +68,9 @@ def forward(q: np.ndarray) -> Pose:
     fore = lift + elbow + math.pi / 2  # forearm
     wrist_dir = fore + wflex  # wrist and gripper
     elbow_pos = (PAN_TO_LIFT[0] + UPPER_ARM * math.sin(up), BASE_TO_LIFT + UPPER_ARM * math.cos(up))
-    wrist = np.array([elbow_pos[0] + FOREARM * math.sin(fore), 0.0,
-                      elbow_pos[1] + FOREARM * math.cos(fore)])
+    wrist = np.array(
+        [elbow_pos[0] + FOREARM * math.sin(fore), 0.0, elbow_pos[1] + FOREARM * math.cos(fore)]
+    )
     hand_rot = r_pan @ rot_y(wrist_dir) @ rot_z(roll)  # hand z = the gripper's pointing axis
     roll_joint = r_pan @ wrist + hand_rot @ np.array([0.0, 0.0, WRIST_TO_ROLL])
     grasp = roll_joint + hand_rot @ np.array([0.0, 0.0, ROLL_TO_GRASP])
@@ -95,7 +97,9 @@ def ik_top_down(point: np.ndarray, yaw: float, roll_hint: float = 0.0) -> np.nda
     if not -1.0 <= cos_bend <= 1.0:
         raise Unreachable(f"point {np.round(point, 3).tolist()} is out of reach")
     bend = math.acos(cos_bend)  # forearm angle minus upper-arm angle (elbow above the line)
-    up = math.atan2(a, b) - math.atan2(FOREARM * math.sin(bend), UPPER_ARM + FOREARM * math.cos(bend))
+    up = math.atan2(a, b) - math.atan2(
+        FOREARM * math.sin(bend), UPPER_ARM + FOREARM * math.cos(bend)
+    )
     fore = up + bend
     lift = up - UPPER_ARM_TILT
     elbow = fore - lift - math.pi / 2
@@ -112,8 +116,13 @@ def ik_top_down(point: np.ndarray, yaw: float, roll_hint: float = 0.0) -> np.nda
     return q
 
 
-def ik_dls(point: np.ndarray, q0: np.ndarray, iterations: int = 50, damping: float = 1e-3,
-           tol_m: float = 1e-4) -> tuple[np.ndarray, float]:
+def ik_dls(
+    point: np.ndarray,
+    q0: np.ndarray,
+    iterations: int = 50,
+    damping: float = 1e-3,
+    tol_m: float = 1e-4,
+) -> tuple[np.ndarray, float]:
     """Damped least squares on the grasp point's position only (3 constraints; pan, lift and
     elbow move, wrist_flex and roll keep their values from ``q0``).
     Returns (q, residual distance in metres)."""

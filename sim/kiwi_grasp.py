@@ -63,10 +63,17 @@ class Randomization:
 class KiwiGraspEnv(gymnasium.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
 
-    def __init__(self, cameras: tuple[str, ...] = (), image_size: int = 64,
-                 noise: PerceptionNoise | None = None, randomization: Randomization | None = None,
-                 frictionless: bool = False, render_mode: str | None = None,
-                 render_size: tuple[int, int] = (240, 320), cube_pose: tuple | None = None):
+    def __init__(
+        self,
+        cameras: tuple[str, ...] = (),
+        image_size: int = 64,
+        noise: PerceptionNoise | None = None,
+        randomization: Randomization | None = None,
+        frictionless: bool = False,
+        render_mode: str | None = None,
+        render_size: tuple[int, int] = (240, 320),
+        cube_pose: tuple | None = None,
+    ):
         """``cube_pose`` = (x, y, yaw_deg) fixes the placement (tests, demonstrations);
         ``frictionless`` makes finger and cube contacts frictionless (condim 1)."""
         unknown = set(cameras) - {"front", "wrist"}
@@ -85,7 +92,9 @@ class KiwiGraspEnv(gymnasium.Env):
         m = self.model
         self._arm_qpos = np.array([m.joint(n).qposadr[0] for n in JOINT_NAMES])
         self._arm_dof = np.array([m.joint(n).dofadr[0] for n in JOINT_NAMES])
-        self._finger_qpos = np.array([m.joint(n).qposadr[0] for n in ("finger_left", "finger_right")])
+        self._finger_qpos = np.array(
+            [m.joint(n).qposadr[0] for n in ("finger_left", "finger_right")]
+        )
         self._finger_dof = np.array([m.joint(n).dofadr[0] for n in ("finger_left", "finger_right")])
         self._cube_qpos = m.joint("cube").qposadr[0]
         self._cube_dof = m.joint("cube").dofadr[0]
@@ -99,8 +108,11 @@ class KiwiGraspEnv(gymnasium.Env):
         self.action_space = spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32)
         obs_spaces = {
             "state": spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32),
-            "object": spaces.Box(np.array([-1, -1, -1, -45], np.float32),
-                                 np.array([1, 1, 1, 45], np.float32), dtype=np.float32),
+            "object": spaces.Box(
+                np.array([-1, -1, -1, -45], np.float32),
+                np.array([1, 1, 1, 45], np.float32),
+                dtype=np.float32,
+            ),
         }
         for cam in self.cameras:
             obs_spaces[cam] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
@@ -121,16 +133,31 @@ class KiwiGraspEnv(gymnasium.Env):
             x, y, yaw_deg = self.fixed_cube_pose
         else:
             radius, bearing = rng.uniform(*r.radius_m), math.radians(rng.uniform(*r.bearing_deg))
-            x, y, yaw_deg = radius * math.cos(bearing), radius * math.sin(bearing), rng.uniform(*r.yaw_deg)
-        size, mass, friction = rng.uniform(*r.size_m), rng.uniform(*r.mass_kg), rng.uniform(*r.friction)
+            x, y, yaw_deg = (
+                radius * math.cos(bearing),
+                radius * math.sin(bearing),
+                rng.uniform(*r.yaw_deg),
+            )
+        size, mass, friction = (
+            rng.uniform(*r.size_m),
+            rng.uniform(*r.mass_kg),
+            rng.uniform(*r.friction),
+        )
         half = size / 2
         m.geom_size[self._cube_geom] = (half, half, half)
         m.body_mass[self._cube_body] = mass
         m.body_inertia[self._cube_body] = mass * size**2 / 6.0
         m.geom_friction[self._cube_geom, 0] = friction
         yaw = math.radians(yaw_deg)
-        d.qpos[self._cube_qpos:self._cube_qpos + 7] = (x, y, half, math.cos(yaw / 2), 0, 0,
-                                                        math.sin(yaw / 2))
+        d.qpos[self._cube_qpos : self._cube_qpos + 7] = (
+            x,
+            y,
+            half,
+            math.cos(yaw / 2),
+            0,
+            0,
+            math.sin(yaw / 2),
+        )
         home = HOME_JOINTS_RAD
         d.qpos[self._arm_qpos] = home
         d.qpos[self._finger_qpos] = FINGER_MAX_M
@@ -138,8 +165,14 @@ class KiwiGraspEnv(gymnasium.Env):
         d.ctrl[5:7] = FINGER_MAX_M
         mujoco.mj_forward(m, d)
         self._held_steps, self._success, self._cube_z0 = 0, False, half
-        self.episode_params = {"cube_x": x, "cube_y": y, "cube_yaw_deg": yaw_deg, "cube_size_m": size,
-                               "cube_mass_kg": mass, "cube_friction": friction}
+        self.episode_params = {
+            "cube_x": x,
+            "cube_y": y,
+            "cube_yaw_deg": yaw_deg,
+            "cube_size_m": size,
+            "cube_mass_kg": mass,
+            "cube_friction": friction,
+        }
         return self._observation(), self._info()
 
     def step(self, action):
@@ -173,8 +206,10 @@ class KiwiGraspEnv(gymnasium.Env):
 
     def _observation(self) -> dict[str, np.ndarray]:
         obj = observe(self.true_object(), self.noise, self.np_random)
-        obs = {"state": self.joint_state(),
-               "object": np.clip(obj, -1, [1, 1, 1, 45]).astype(np.float32)}
+        obs = {
+            "state": self.joint_state(),
+            "object": np.clip(obj, -1, [1, 1, 1, 45]).astype(np.float32),
+        }
         for cam in self.cameras:
             obs[cam] = self.render_camera(cam, self.image_size, self.image_size)
         return obs
@@ -218,12 +253,15 @@ class KiwiGraspEnv(gymnasium.Env):
         rot = self._cube_rot()
         yaw = math.degrees(math.atan2(rot[1, 0], rot[0, 0]))
         contacts = contacts if contacts is not None else self._finger_contacts()
-        return {"cube_pos": pos, "cube_yaw_deg": (yaw + 45.0) % 90.0 - 45.0,
-                "cube_size_m": float(self.model.geom_size[self._cube_geom, 0] * 2),
-                "finger_contacts": np.array(contacts),
-                "lifted_m": float(pos[2] - self._cube_z0 if lifted is None else lifted),
-                "grasp_pos": self.data.site_xpos[self._grasp_site].copy(),
-                "is_success": bool(self._success)}
+        return {
+            "cube_pos": pos,
+            "cube_yaw_deg": (yaw + 45.0) % 90.0 - 45.0,
+            "cube_size_m": float(self.model.geom_size[self._cube_geom, 0] * 2),
+            "finger_contacts": np.array(contacts),
+            "lifted_m": float(pos[2] - self._cube_z0 if lifted is None else lifted),
+            "grasp_pos": self.data.site_xpos[self._grasp_site].copy(),
+            "is_success": bool(self._success),
+        }
 
     def close(self):
         for r in self._renderers.values():

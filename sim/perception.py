@@ -25,8 +25,10 @@ class PerceptionNoise:
     def sigmas(self, distance_m: float) -> tuple[float, float]:
         """(position sigma in metres, yaw sigma in degrees) at this distance."""
         w = min(max((distance_m - self.near_m) / (self.far_m - self.near_m), 0.0), 1.0)
-        return (self.pos_near_m + w * (self.pos_far_m - self.pos_near_m),
-                self.yaw_near_deg + w * (self.yaw_far_deg - self.yaw_near_deg))
+        return (
+            self.pos_near_m + w * (self.pos_far_m - self.pos_near_m),
+            self.yaw_near_deg + w * (self.yaw_far_deg - self.yaw_near_deg),
+        )
 
 
 EXACT = PerceptionNoise(0.0, 0.0, 0.0, 0.0)
@@ -37,8 +39,9 @@ def wrap_quarter_deg(angle_deg: float) -> float:
     return (angle_deg + 45.0) % 90.0 - 45.0
 
 
-def cube_in_camera(cube_pos: np.ndarray, cube_rot: np.ndarray, cam_pos: np.ndarray,
-                   cam_rot: np.ndarray) -> np.ndarray:
+def cube_in_camera(
+    cube_pos: np.ndarray, cube_rot: np.ndarray, cam_pos: np.ndarray, cam_rot: np.ndarray
+) -> np.ndarray:
     """True ``[x, y, z (m), yaw (deg)]`` of the cube in the camera frame (OpenCV axes: x right,
     y down, z forward). Yaw is the angle of the cube's x edge about the optical axis."""
     rel = cam_rot.T @ (cube_pos - cam_pos)
@@ -57,8 +60,9 @@ def observe(true_cam: np.ndarray, noise: PerceptionNoise, rng: np.random.Generat
     return out
 
 
-def camera_to_world(obs_cam: np.ndarray, cam_pos: np.ndarray, cam_rot: np.ndarray
-                    ) -> tuple[np.ndarray, float]:
+def camera_to_world(
+    obs_cam: np.ndarray, cam_pos: np.ndarray, cam_rot: np.ndarray
+) -> tuple[np.ndarray, float]:
     """Inverse of ``cube_in_camera`` for a top-down view: (cube position in the world, yaw of the
     cube's edge about the world z axis in radians, modulo 90 degrees)."""
     pos = cam_pos + cam_rot @ obs_cam[:3]

@@ -13,8 +13,10 @@ import os
 import sys
 
 _LIBRARIES = {"egl": ("EGL", "OpenGL"), "osmesa": ("OSMesa",)}
-INSTALL_HINT = ("install a headless OpenGL: `apt-get install -y libegl1 libgl1` (EGL) or "
-                "`apt-get install -y libosmesa6` (OSMesa), or set MUJOCO_GL=glfw with a display")
+INSTALL_HINT = (
+    "install a headless OpenGL: `apt-get install -y libegl1 libgl1` (EGL) or "
+    "`apt-get install -y libosmesa6` (OSMesa), or set MUJOCO_GL=glfw with a display"
+)
 
 
 class RenderingUnavailable(RuntimeError):
@@ -53,4 +55,5 @@ def make_renderer(model, height: int, width: int):
     except Exception as e:  # mujoco raises several types when no GL context can be made
         raise RenderingUnavailable(
             f"MuJoCo could not render with MUJOCO_GL={os.environ.get('MUJOCO_GL')}: {e}; "
-            f"{INSTALL_HINT}") from e
+            f"{INSTALL_HINT}"
+        ) from e

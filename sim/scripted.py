@@ -39,8 +39,14 @@ class GraspTiming:
 
     @property
     def total_s(self) -> float:
-        return (self.settle_s + self.approach_s + self.descend_s + self.close_s + self.lift_s
-                + self.hold_s)
+        return (
+            self.settle_s
+            + self.approach_s
+            + self.descend_s
+            + self.close_s
+            + self.lift_s
+            + self.hold_s
+        )
 
 
 def smoothstep(s: float) -> float:
@@ -73,8 +79,9 @@ class ScriptedGrasp:
         """World-frame (cube xy, closing-axis yaw) from one detection and the joint state."""
         q = np.radians(obs["state"][:5])
         pose = forward(q)
-        pos, yaw = camera_to_world(np.asarray(obs["object"], float), pose.camera_pos,
-                                   pose.camera_rot)
+        pos, yaw = camera_to_world(
+            np.asarray(obs["object"], float), pose.camera_pos, pose.camera_rot
+        )
         return clamp_reach(pos[:2]), yaw
 
     def _ik(self, xy: np.ndarray, z: float, yaw: float, hint: float) -> np.ndarray:

@@ -20,7 +20,7 @@ from world_model.config import ModelConfig, ModelSpec, TrainConfig
 from world_model.model import WorldModel
 from world_model.train import WorldModelTrainer
 
-from ..cli import format_table
+from ..textui import format_table
 from .common import machine, percentiles_us, verdict, write_json
 
 REFERENCE = ModelConfig(
