@@ -1,0 +1,39 @@
+"""Typed bus errors: each names the servo, the register and what went wrong."""
+
+from __future__ import annotations
+
+
+class BusError(RuntimeError):
+    """Base of everything a servo bus can report."""
+
+
+class PacketError(BusError):
+    """Bytes that are not a valid packet (bad header, length or id)."""
+
+
+class ChecksumError(PacketError):
+    """A packet whose checksum/CRC does not match its contents (corrupted on the wire)."""
+
+
+class BusTimeout(BusError):
+    """No (complete) reply within the bus timeout: servo absent, unpowered or wrong baud rate."""
+
+
+class PortGone(BusError):
+    """The serial port vanished or failed (unplugged cable, device reset, permission lost)."""
+
+
+class ServoError(BusError):
+    """A servo answered with its error flags set (overload, overheat, voltage, ...)."""
+
+    def __init__(self, servo_id: int, code: int, names: tuple[str, ...], context: str = ""):
+        self.servo_id, self.code, self.names = servo_id, code, names
+        where = f" ({context})" if context else ""
+        super().__init__(
+            f"servo {servo_id} reports {', '.join(names) or f'error 0x{code:02x}'}{where}"
+        )
+
+
+class UnknownRegister(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -1,0 +1,186 @@
+"""Control tables as typed data: per servo model, register name -> (address, size, encoding).
+
+Addresses and sizes follow the vendors' manuals (Feetech STS3215; ROBOTIS X series), as LeRobot
+also lists them. ``sign_bit`` marks Feetech's sign-magnitude fields (the bit that carries the
+sign); Dynamixel's signed fields are two's complement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UnknownRegister
+
+
+@dataclass(frozen=True)
+class Register:
+    name: str
+    address: int
+    size: int  # bytes: 1, 2 or 4
+    sign_bit: int | None = None  # Feetech sign-magnitude: the bit holding the sign
+    signed: bool = False  # Dynamixel two's complement
+    eeprom: bool = False  # written only with torque off
+
+
+@dataclass(frozen=True)
+class ServoModel:
+    name: str
+    protocol: str  # "feetech" or "dynamixel"
+    model_number: int
+    resolution: int  # position ticks per revolution
+    registers: dict[str, Register]
+
+    def register(self, name: str) -> Register:
+        try:
+            return self.registers[name]
+        except KeyError:
+            raise UnknownRegister(
+                f"{self.name} has no register {name!r}; it has: {', '.join(sorted(self.registers))}"
+            ) from None
+
+
+def _table(*rows: tuple) -> dict[str, Register]:
+    return {r[0]: Register(*r) for r in rows}
+
+
+_STS = _table(
+    ("Firmware_Major_Version", 0, 1),
+    ("Firmware_Minor_Version", 1, 1),
+    ("Model_Number", 3, 2),
+    ("ID", 5, 1, None, False, True),
+    ("Baud_Rate", 6, 1, None, False, True),
+    ("Return_Delay_Time", 7, 1, None, False, True),
+    ("Response_Status_Level", 8, 1, None, False, True),
+    ("Min_Position_Limit", 9, 2, None, False, True),
+    ("Max_Position_Limit", 11, 2, None, False, True),
+    ("Max_Temperature_Limit", 13, 1, None, False, True),
+    ("Max_Voltage_Limit", 14, 1, None, False, True),
+    ("Min_Voltage_Limit", 15, 1, None, False, True),
+    ("Max_Torque_Limit", 16, 2, None, False, True),
+    ("Phase", 18, 1, None, False, True),
+    ("Unloading_Condition", 19, 1, None, False, True),
+    ("LED_Alarm_Condition", 20, 1, None, False, True),
+    ("P_Coefficient", 21, 1, None, False, True),
+    ("D_Coefficient", 22, 1, None, False, True),
+    ("I_Coefficient", 23, 1, None, False, True),
+    ("Minimum_Startup_Force", 24, 2, None, False, True),
+    ("CW_Dead_Zone", 26, 1, None, False, True),
+    ("CCW_Dead_Zone", 27, 1, None, False, True),
+    ("Protection_Current", 28, 2, None, False, True),
+    ("Angular_Resolution", 30, 1, None, False, True),
+    ("Homing_Offset", 31, 2, 11, False, True),
+    ("Operating_Mode", 33, 1, None, False, True),
+    ("Protective_Torque", 34, 1, None, False, True),
+    ("Protection_Time", 35, 1, None, False, True),
+    ("Overload_Torque", 36, 1, None, False, True),
+    ("Torque_Enable", 40, 1),
+    ("Acceleration", 41, 1),
+    ("Goal_Position", 42, 2, 15),
+    ("Goal_Time", 44, 2),
+    ("Goal_Velocity", 46, 2, 15),
+    ("Torque_Limit", 48, 2),
+    ("Lock", 55, 1),
+    ("Present_Position", 56, 2, 15),
+    ("Present_Velocity", 58, 2, 15),
+    ("Present_Load", 60, 2, 10),
+    ("Present_Voltage", 62, 1),
+    ("Present_Temperature", 63, 1),
+    ("Status", 65, 1),
+    ("Moving", 66, 1),
+    ("Present_Current", 69, 2),
+    ("Maximum_Acceleration", 85, 1),
+)
+
+_X_SERIES = _table(
+    ("Model_Number", 0, 2),
+    ("Model_Information", 2, 4),
+    ("Firmware_Version", 6, 1),
+    ("ID", 7, 1, None, False, True),
+    ("Baud_Rate", 8, 1, None, False, True),
+    ("Return_Delay_Time", 9, 1, None, False, True),
+    ("Drive_Mode", 10, 1, None, False, True),
+    ("Operating_Mode", 11, 1, None, False, True),
+    ("Secondary_ID", 12, 1, None, False, True),
+    ("Protocol_Type", 13, 1, None, False, True),
+    ("Homing_Offset", 20, 4, None, True, True),
+    ("Moving_Threshold", 24, 4, None, False, True),
+    ("Temperature_Limit", 31, 1, None, False, True),
+    ("Max_Voltage_Limit", 32, 2, None, False, True),
+    ("Min_Voltage_Limit", 34, 2, None, False, True),
+    ("PWM_Limit", 36, 2, None, False, True),
+    ("Current_Limit", 38, 2, None, False, True),
+    ("Velocity_Limit", 44, 4, None, False, True),
+    ("Max_Position_Limit", 48, 4, None, False, True),
+    ("Min_Position_Limit", 52, 4, None, False, True),
+    ("Shutdown", 63, 1, None, False, True),
+    ("Torque_Enable", 64, 1),
+    ("LED", 65, 1),
+    ("Status_Return_Level", 68, 1),
+    ("Registered_Instruction", 69, 1),
+    ("Hardware_Error_Status", 70, 1),
+    ("Velocity_I_Gain", 76, 2),
+    ("Velocity_P_Gain", 78, 2),
+    ("Position_D_Gain", 80, 2),
+    ("Position_I_Gain", 82, 2),
+    ("Position_P_Gain", 84, 2),
+    ("Feedforward_2nd_Gain", 88, 2),
+    ("Feedforward_1st_Gain", 90, 2),
+    ("Bus_Watchdog", 98, 1),
+    ("Goal_PWM", 100, 2, None, True),
+    ("Goal_Current", 102, 2, None, True),
+    ("Goal_Velocity", 104, 4, None, True),
+    ("Profile_Acceleration", 108, 4),
+    ("Profile_Velocity", 112, 4),
+    ("Goal_Position", 116, 4, None, True),
+    ("Realtime_Tick", 120, 2),
+    ("Moving", 122, 1),
+    ("Moving_Status", 123, 1),
+    ("Present_PWM", 124, 2, None, True),
+    ("Present_Current", 126, 2, None, True),
+    ("Present_Velocity", 128, 4, None, True),
+    ("Present_Position", 132, 4, None, True),
+    ("Velocity_Trajectory", 136, 4, None, True),
+    ("Position_Trajectory", 140, 4, None, True),
+    ("Present_Input_Voltage", 144, 2),
+    ("Present_Temperature", 146, 1),
+)
+
+MODELS: dict[str, ServoModel] = {
+    "sts3215": ServoModel("sts3215", "feetech", 777, 4096, _STS),
+    "xl330-m077": ServoModel("xl330-m077", "dynamixel", 1190, 4096, _X_SERIES),
+    "xl330-m288": ServoModel("xl330-m288", "dynamixel", 1200, 4096, _X_SERIES),
+    "xl430-w250": ServoModel("xl430-w250", "dynamixel", 1060, 4096, _X_SERIES),
+}
+BY_NUMBER = {(m.protocol, m.model_number): m for m in MODELS.values()}
+
+# Baud-rate register codes.
+FEETECH_BAUD = {
+    1_000_000: 0,
+    500_000: 1,
+    250_000: 2,
+    128_000: 3,
+    115_200: 4,
+    57_600: 5,
+    38_400: 6,
+    19_200: 7,
+}
+DYNAMIXEL_BAUD = {
+    9_600: 0,
+    57_600: 1,
+    115_200: 2,
+    1_000_000: 3,
+    2_000_000: 4,
+    3_000_000: 5,
+    4_000_000: 6,
+}
+
+
+def model(name: str) -> ServoModel:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownRegister(f"unknown servo model {name!r}; known: {', '.join(MODELS)}") from None
+
+
+def model_by_number(protocol: str, number: int) -> ServoModel | None:
+    return BY_NUMBER.get((protocol, number))

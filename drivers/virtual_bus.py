@@ -1,0 +1,324 @@
+"""A servo emulator on a pseudo-terminal: N Feetech or Dynamixel servos behind one serial port.
+
+Anything that opens ``VirtualBus.port`` with pyserial (our MotorBus, the vendors' SDKs, LeRobot)
+talks the real protocol to it. Each servo has a register file laid out like its control table,
+moves towards its goal at a realistic speed while torque is on, applies its homing offset the way
+the real servo does (Feetech: present = actual - offset; Dynamixel: present = actual + offset) and
+refuses EEPROM writes with torque on (Dynamixel access error). Options: wire time at the
+configured baud (a pty has none of its own), and injected faults: dropped, corrupted and late
+replies. ``unplug()`` closes the port under the client's feet.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import dynamixel, feetech
+from .tables import MODELS, ServoModel
+
+SPEED_TICKS_PER_S = 3000.0  # ~46 rpm no-load (STS3215 figure; XL330s are similar)
+FEETECH_TORQUE_ADDR, DXL_TORQUE_ADDR = 40, 64
+
+
+@dataclass
+class Faults:
+    """Probabilities per reply, drawn from a seeded generator."""
+
+    drop: float = 0.0  # no reply at all
+    corrupt: float = 0.0  # one byte of the reply flipped
+    late: float = 0.0  # reply after late_s (past a typical timeout)
+    late_s: float = 0.05
+    seed: int = 0
+
+
+@dataclass
+class VirtualServo:
+    servo_id: int
+    model: ServoModel
+    regs: bytearray = field(default_factory=lambda: bytearray(256))
+    actual: float = 2048.0  # ticks, in the motor's own frame (before the homing offset)
+    goal: float = 2048.0
+    updated: float = 0.0
+
+    def __post_init__(self):
+        m = self.model
+        self.set("Model_Number", m.model_number)
+        self.set("ID", self.servo_id)
+        self.set("Max_Position_Limit", 4095)
+        self.set("Min_Position_Limit", 0)
+        if m.protocol == "feetech":
+            self.set("Firmware_Major_Version", 3)
+            self.set("Firmware_Minor_Version", 10)
+            self.set("Return_Delay_Time", 0)
+            self.set("Present_Voltage", 120)  # 0.1 V
+            self.set("Max_Torque_Limit", 1000)
+        else:
+            self.set("Firmware_Version", 52)
+            self.set("Baud_Rate", 3)
+            self.set("Operating_Mode", 3)
+            self.set("Present_Input_Voltage", 50)
+            self.set("Position_P_Gain", 800)
+        self.set("Present_Temperature", 30)
+        self.goal = self.actual
+
+    # register access by name (the table is the model's)
+    def set(self, name: str, value: int) -> None:
+        reg = self.model.register(name)
+        codec = feetech if self.model.protocol == "feetech" else dynamixel
+        self.regs[reg.address : reg.address + reg.size] = codec.encode(value, reg)
+
+    def get(self, name: str) -> int:
+        reg = self.model.register(name)
+        codec = feetech if self.model.protocol == "feetech" else dynamixel
+        return codec.decode(bytes(self.regs[reg.address : reg.address + reg.size]), reg)
+
+    @property
+    def torque(self) -> bool:
+        return bool(self.get("Torque_Enable"))
+
+    def _offset_sign(self) -> int:
+        return -1 if self.model.protocol == "feetech" else 1  # present = actual -/+ offset
+
+    def advance(self, now: float) -> None:
+        """Moves towards the goal since the last update; refreshes the Present_* registers."""
+        dt = max(0.0, now - self.updated) if self.updated else 0.0
+        self.updated = now
+        velocity = 0.0
+        if self.torque and dt > 0:
+            step = float(
+                np.clip(self.goal - self.actual, -SPEED_TICKS_PER_S * dt, SPEED_TICKS_PER_S * dt)
+            )
+            self.actual += step
+            velocity = step / dt
+        present = int(round(self.actual)) + self._offset_sign() * self.get("Homing_Offset")
+        if self.model.protocol == "feetech":
+            present %= 4096  # single-turn feedback, as LeRobot configures STS3215s
+        self.set("Present_Position", present)
+        self.set("Present_Velocity", int(velocity))
+        self.set("Moving", int(abs(self.goal - self.actual) > 1))
+
+    def write(self, address: int, data: bytes) -> int:
+        """Applies a write; returns a Dynamixel error number (0 if accepted)."""
+        eeprom_end = 40 if self.model.protocol == "feetech" else 64
+        if self.model.protocol == "dynamixel" and address < eeprom_end and self.torque:
+            return 7  # access error: EEPROM is locked while torque is on
+        self.regs[address : address + len(data)] = data
+        goal_reg = self.model.register("Goal_Position")
+        if address <= goal_reg.address < address + len(data):
+            target = self.get("Goal_Position")
+            low, high = self.get("Min_Position_Limit"), self.get("Max_Position_Limit")
+            extended = self.model.protocol == "dynamixel" and self.get("Operating_Mode") == 4
+            if high > low and not extended:
+                target = min(max(target, low), high)
+            self.goal = float(target - self._offset_sign() * self.get("Homing_Offset"))
+        torque_addr = FEETECH_TORQUE_ADDR if self.model.protocol == "feetech" else DXL_TORQUE_ADDR
+        if address <= torque_addr < address + len(data) and not self.torque:
+            self.goal = self.actual
+        self.servo_id = self.get("ID")
+        return 0
+
+
+class VirtualBus:
+    """``VirtualBus("feetech", {1: "sts3215", ...})``; ``start()`` serves in a thread,
+    ``serve_forever()`` in the caller's; ``port`` is the device path to open."""
+
+    def __init__(
+        self,
+        protocol: str,
+        servos: dict[int, str],
+        baudrate: int = 1_000_000,
+        wire_time: bool = False,
+        return_delay_us: float = 0.0,
+        faults: Faults | None = None,
+        clock=time.monotonic,
+    ):
+        if protocol not in ("feetech", "dynamixel"):
+            raise ValueError(f"protocol must be feetech or dynamixel, got {protocol!r}")
+        self.protocol = protocol
+        self.codec = feetech if protocol == "feetech" else dynamixel
+        self.servos = {}
+        for servo_id, name in servos.items():
+            model = MODELS[name]
+            if model.protocol != protocol:
+                raise ValueError(f"{name} speaks {model.protocol}, not {protocol}")
+            self.servos[servo_id] = VirtualServo(servo_id, model)
+        self.baudrate, self.wire_time, self.return_delay_s = (
+            baudrate,
+            wire_time,
+            return_delay_us / 1e6,
+        )
+        self.faults = faults or Faults()
+        self.rng = np.random.default_rng(self.faults.seed)
+        self.clock = clock
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.port = os.ttyname(self.slave)
+        self.requests = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # --- serving ----------------------------------------------------------------------------
+    def start(self) -> VirtualBus:
+        self._thread = threading.Thread(target=self.serve_forever, name="virtual-bus", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        buf = bytearray()
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self.master], [], [], 0.05)
+                if not ready:
+                    continue
+                chunk = os.read(self.master, 4096)
+            except OSError:
+                return  # unplugged
+            buf += chunk
+            while True:
+                pkt, drop = self.codec.find_packet(buf)
+                del buf[:drop]
+                if pkt is None:
+                    break
+                self._serve(pkt)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def unplug(self) -> None:
+        """The cable is pulled: the port's other end closes; the client's next I/O fails."""
+        self._stop.set()
+        try:
+            os.close(self.master)
+        except OSError:
+            pass
+
+    def __enter__(self) -> VirtualBus:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- one request ------------------------------------------------------------------------
+    def _serve(self, pkt: bytes) -> None:
+        self.requests += 1
+        now = self.clock()
+        with self._lock:
+            for servo in self.servos.values():
+                servo.advance(now)
+            replies = self.handle(pkt)
+        for reply in replies:
+            self._send(reply, len(pkt))
+
+    def _send(self, reply: bytes, request_len: int) -> None:
+        f = self.faults
+        if f.drop and self.rng.random() < f.drop:
+            return
+        if f.corrupt and self.rng.random() < f.corrupt:
+            b = bytearray(reply)
+            i = int(self.rng.integers(2, len(b)))  # keep the header so it reads as a bad packet
+            b[i] ^= int(self.rng.integers(1, 256))
+            reply = bytes(b)
+        delay = self.return_delay_s
+        if self.wire_time:
+            delay += (request_len + len(reply)) * 10.0 / self.baudrate
+        if f.late and self.rng.random() < f.late:
+            delay += f.late_s
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            os.write(self.master, reply)
+        except OSError:
+            pass
+
+    def handle(self, pkt: bytes) -> list[bytes]:
+        """Replies (possibly none) to one instruction packet."""
+        if self.protocol == "feetech":
+            servo_id, inst, params = pkt[2], pkt[4], pkt[5:-1]
+        else:
+            servo_id, inst, params = dynamixel.parse(pkt)
+        targets = (
+            sorted(self.servos)
+            if servo_id == 0xFE
+            else [servo_id]
+            if servo_id in self.servos
+            else []
+        )
+        codec = self.codec
+        if inst == codec.PING:
+            return [
+                self._status(self.servos[i], self._ping_params(self.servos[i])) for i in targets
+            ]
+        if inst == codec.READ:
+            address, size = self._addr_size(params)
+            return [
+                self._status(self.servos[i], bytes(self.servos[i].regs[address : address + size]))
+                for i in targets
+                if servo_id != 0xFE
+            ]
+        if inst in (codec.WRITE, codec.REG_WRITE):
+            address, data = self._addr_data(params)
+            out = []
+            for i in targets:
+                err = self.servos[i].write(address, data)
+                if servo_id != 0xFE:
+                    out.append(self._status(self.servos[i], b"", err))
+            return out
+        if inst in (codec.SYNC_READ, getattr(codec, "FAST_SYNC_READ", -1)):
+            address, size = self._addr_size(params)
+            ids = params[2:] if self.protocol == "feetech" else params[4:]
+            present = [self.servos[i] for i in ids if i in self.servos]
+            if inst == codec.SYNC_READ:
+                return [self._status(s, bytes(s.regs[address : address + size])) for s in present]
+            blocks = [(0, s.servo_id, bytes(s.regs[address : address + size])) for s in present]
+            return [dynamixel.fast_sync_reply(blocks)] if blocks else []
+        if inst == codec.SYNC_WRITE:
+            address, size = self._addr_size(params)
+            body = params[2:] if self.protocol == "feetech" else params[4:]
+            for k in range(0, len(body) - size, size + 1):
+                if body[k] in self.servos:
+                    self.servos[body[k]].write(address, bytes(body[k + 1 : k + 1 + size]))
+            return []
+        if self.protocol == "dynamixel" and targets and servo_id != 0xFE:
+            return [self._status(self.servos[targets[0]], b"", 2)]  # instruction error
+        return []
+
+    def _ping_params(self, servo: VirtualServo) -> bytes:
+        if self.protocol == "feetech":
+            return b""  # a Feetech status carries no model number
+        return servo.get("Model_Number").to_bytes(2, "little") + bytes(
+            (servo.get("Firmware_Version"),)
+        )
+
+    def _status(self, servo: VirtualServo, params: bytes, error: int = 0) -> bytes:
+        if self.protocol == "feetech":
+            return feetech.packet(servo.servo_id, error, params)
+        return dynamixel.status_packet(servo.servo_id, error, params)
+
+    def _addr_size(self, params: bytes) -> tuple[int, int]:
+        if self.protocol == "feetech":
+            return params[0], params[1]
+        return int.from_bytes(params[0:2], "little"), int.from_bytes(params[2:4], "little")
+
+    def _addr_data(self, params: bytes) -> tuple[int, bytes]:
+        if self.protocol == "feetech":
+            return params[0], bytes(params[1:])
+        return int.from_bytes(params[0:2], "little"), bytes(params[2:])
+
+    # --- for tests and tools ----------------------------------------------------------------
+    def servo(self, servo_id: int) -> VirtualServo:
+        return self.servos[servo_id]
