@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from .commands import Formatter, benchmarks, learning, simulation
+from .commands import Formatter, benchmarks, hardware, learning, simulation
 
 EXAMPLES = """\
 examples:
@@ -18,6 +18,8 @@ examples:
   kiwi train agent --config configs/pendulum.yaml --env-steps 20000 --out runs/agent
   kiwi collect --env grasp --episodes 200 --out data/grasp
   kiwi sim replay data/grasp/<episode>.npz --video grasp.gif
+  kiwi emulate-bus --protocol feetech --ids 1,2,3,4,5,6
+  kiwi scan --port /dev/ttyACM0
   kiwi bench world-model --json bench.json
 """
 
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Kiwi runtime: a fast control loop on a learned world model's latent state.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (learning, simulation, benchmarks):
+    for module in (learning, simulation, hardware, benchmarks):
         module.register(sub)
     return parser
 

@@ -17,6 +17,12 @@ def cmd_bench_sim(args) -> int:
     return run(args)
 
 
+def cmd_bench_bus(args) -> int:
+    from ..bench.bus import run
+
+    return run(args)
+
+
 def register(sub) -> None:
     bench = sub.add_parser(
         "bench", help="speed benchmarks (tables + JSON)", formatter_class=Formatter
@@ -64,3 +70,22 @@ def register(sub) -> None:
         help="also write the figures as JSON",
     )
     p.add_argument("--quick", action="store_true", help="fewer episodes")
+    p = command(
+        bench_sub,
+        "bus",
+        cmd_bench_bus,
+        "servo bus cycle time and CPU, kiwi vs vendor SDKs",
+        "A 6-servo sync-read + sync-write cycle against the emulator (own process, wire "
+        "time at 1 Mbaud): median and p99 cycle time and this process's CPU time per "
+        "cycle, for kiwi's driver and the vendors' SDKs on the same emulator, beside the "
+        "wire-time limit.",
+        "kiwi bench bus --json bench-bus.json",
+    )
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="bench-bus.json",
+        metavar="FILE",
+        help="also write the figures as JSON",
+    )
+    p.add_argument("--quick", action="store_true", help="fewer cycles")
