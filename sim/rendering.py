@@ -19,8 +19,8 @@ INSTALL_HINT = (
 )
 
 
-class RenderingUnavailable(RuntimeError):
-    pass
+class RenderingUnavailable(OSError):
+    """A system library is missing (like an ImportError of something pip cannot install)."""
 
 
 def choose_backend() -> str | None:
