@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -50,6 +50,7 @@ class LabConfig(Frozen):
 class PendulumJob(Frozen):
     """configs/pendulum.yaml: the RSSM lab and the Dreamer agent on gymnasium's Pendulum-v1."""
 
+    task: Literal["pendulum"] = "pendulum"
     env: EnvConfig = EnvConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig
@@ -59,6 +60,95 @@ class PendulumJob(Frozen):
     lab: LabConfig = LabConfig()
 
 
+class GraspDataConfig(Frozen):
+    episodes: str = Field("data/grasp", description="folder of `kiwi collect` episodes")
+    holdout: str | None = Field(None, description="folder of held-out episodes for evaluation")
+
+
+class LinkConfig(Frozen):
+    """ZeroMQ addresses. Loopback by default; any other address needs the CURVE keys."""
+
+    obs: str = "tcp://127.0.0.1:5601"  # slow process -> runtime (runtime binds PULL)
+    query: str = "tcp://127.0.0.1:5602"  # runtime REP: status, clock, grasp queries
+    telemetry: str = "tcp://127.0.0.1:5603"  # runtime PUB
+    camera: str = "tcp://127.0.0.1:5604"  # sim world PUB: frames + joint state at capture
+    command: str = "tcp://127.0.0.1:5605"  # sim world PULL: joint targets from the runtime
+    sim_state: str = "tcp://127.0.0.1:5606"  # sim world PUB: joints every step (+ ground truth)
+    curve_secret: str | None = Field(None, description="server .key_secret (non-loopback binds)")
+    curve_clients: str | None = Field(None, description="folder of accepted client .key files")
+
+
+class RuntimeConfig(Frozen):
+    rate_hz: float = Field(50.0, ge=1, le=1000, description="fast-loop rate; the model's step")
+    checkpoint: str = Field(
+        "shipped:grasp_world_model.safetensors",
+        description="world model file; shipped:NAME is in robot_runtime/assets",
+    )
+    buffer_ticks: int = Field(256, ge=8, description="ring buffer of past ticks for replay")
+    mode: Literal["compensated", "stale"] = "compensated"
+    threads: int = Field(1, ge=1, description="torch threads of the loop (pin: 1 on 2 cores)")
+    torque_off_on_exit: bool = True
+    telemetry_hz: float = Field(10.0, gt=0)
+    seed: int = 0
+
+
+class SlowConfig(Frozen):
+    """The slow perception/VLA process."""
+
+    rate_hz: float = Field(5.0, gt=0, description="observations per second")
+    latency_ms: float = Field(150.0, ge=0, description="processing time added before posting")
+    image_size: int = Field(128, ge=32, description="wrist frames the perception reads")
+    camera_hz: float = Field(25.0, gt=0, description="frames per second the sim publishes")
+    noise_far_m: float = 0.016
+    noise_near_m: float = 0.003
+    noise_far_deg: float = 25.0
+    noise_near_deg: float = 3.0
+    seed: int = 0
+
+
+class SafetySection(Frozen):
+    max_step_deg: float = Field(4.0, gt=0, description="per tick")
+    slow_after_s: float = Field(0.6, gt=0, description="no observation for this long: slow down")
+    hold_after_s: float = Field(1.5, gt=0, description="no observation for this long: hold")
+    slow_factor: float = Field(0.25, gt=0, le=1)
+
+
+class GraspControllerConfig(Frozen):
+    pregrasp_height_m: float = 0.08
+    grasp_height_m: float = 0.024
+    lift_height_m: float = 0.09
+    approach_s: float = 1.2
+    settle_s: float = 0.6  # at pre-grasp: let close looks correct the estimate
+    descend_s: float = 1.0
+    close_s: float = 0.6
+    lift_s: float = 1.0
+    hold_s: float = 1.0
+
+
+class SimConfig(Frozen):
+    """`kiwi sim`: the dry run."""
+
+    attempts: int = Field(3, ge=1, description="grasp attempts (episodes)")
+    seed: int = Field(1000, description="seed of the first episode (held out from training)")
+    episode_s: float = Field(7.0, gt=0, description="longest attempt")
+
+
+class GraspJob(Frozen):
+    """configs/sim_grasp.yaml: the grasp world model, the runtime and the dry run."""
+
+    task: Literal["grasp"] = "grasp"
+    data: GraspDataConfig = GraspDataConfig()
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    slow: SlowConfig = SlowConfig()
+    safety: SafetySection = SafetySection()
+    controller: GraspControllerConfig = GraspControllerConfig()
+    link: LinkConfig = LinkConfig()
+    sim: SimConfig = SimConfig()
+
+
+JOBS = {"pendulum": PendulumJob, "grasp": GraspJob}
 Job = TypeVar("Job", bound=BaseModel)
 
 
@@ -147,6 +237,21 @@ def _suggest(cls: type[BaseModel], loc: tuple) -> str:
     names = list(getattr(model, "model_fields", {}))
     close = difflib.get_close_matches(str(loc[-1]), names, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_job(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), preset: str | None = None
+) -> tuple[BaseModel, Path]:
+    """Any job file: its top-level ``task`` names the job (pendulum, grasp)."""
+    resolved = resolve_path(path)
+    try:
+        raw = yaml.safe_load(resolved.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{resolved}: not valid YAML: {e}") from e
+    task = raw.get("task", "pendulum") if isinstance(raw, dict) else "pendulum"
+    if task not in JOBS:
+        raise ConfigError(f"{resolved}: task {task!r} is not one of {sorted(JOBS)}")
+    return load_config(resolved, JOBS[task], overrides, preset)
 
 
 def dump_config(config: BaseModel) -> str:

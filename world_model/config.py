@@ -47,6 +47,11 @@ class ModelConfig(Frozen):
     layers: int = Field(2, ge=1, description="depth of encoder, decoder and head MLPs")
     mlp_keys: tuple[str, ...] = Field((), description="vector observations the MLP encoder reads")
     cnn_keys: tuple[str, ...] = Field((), description="64x64 image observations the CNN reads")
+    periodic: dict[str, tuple[int, float]] = Field(
+        default_factory=dict,
+        description="key: [column, period]: that column is an angle with this period (e.g. a "
+        "cube's yaw, period 90 degrees); the model sees (cos, sin) and decodes it back",
+    )
     cnn_depth: int = Field(16, gt=0)
     image_size: int = Field(64, description="images are image_size x image_size x 3, uint8")
     reward_head: Literal["twohot", "symlog_mse", "none"] = "twohot"
@@ -60,6 +65,11 @@ class ModelConfig(Frozen):
             raise ValueError("model needs at least one observation key in mlp_keys or cnn_keys")
         if self.image_size != 64 and self.cnn_keys:
             raise ValueError("the CNN encoder/decoder supports image_size 64 only")
+        for key, (column, period) in self.periodic.items():
+            if key not in self.mlp_keys or column < 0 or period <= 0:
+                raise ValueError(
+                    f"periodic.{key}: must name an mlp key, a column >= 0 and a positive period"
+                )
         return self
 
 

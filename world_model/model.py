@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ class WorldModel(nn.Module):
                 f"(vectors: {sorted(spec.vector_dims)}, images: {list(spec.image_keys)})"
             )
         self.config, self.spec = config, spec
-        vector_dims = {k: spec.vector_dims[k] for k in config.mlp_keys}
+        # A periodic column becomes (cos, sin): one more input and output dimension.
+        vector_dims = {k: spec.vector_dims[k] + (k in config.periodic) for k in config.mlp_keys}
         self.encoder = Encoder(
             vector_dims, config.cnn_keys, config.units, config.layers, config.cnn_depth
         )
@@ -77,8 +79,31 @@ class WorldModel(nn.Module):
     def initial(self, batch: int) -> State:
         return self.rssm.initial(batch)
 
+    def features(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Observations as the networks see them: each periodic column replaced by (cos, sin),
+        appended at the end of its vector."""
+        if not self.config.periodic:
+            return obs
+        out = dict(obs)
+        for key, (column, period) in self.config.periodic.items():
+            x = obs[key]
+            angle = x[..., column] * (2 * math.pi / period)
+            rest = torch.cat([x[..., :column], x[..., column + 1 :]], -1)
+            out[key] = torch.cat(
+                [rest, torch.cos(angle)[..., None], torch.sin(angle)[..., None]], -1
+            )
+        return out
+
+    def _unfeature(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        if key not in self.config.periodic:
+            return value
+        column, period = self.config.periodic[key]
+        angle = torch.atan2(value[..., -1], value[..., -2]) * (period / (2 * math.pi))
+        rest = value[..., :-2]
+        return torch.cat([rest[..., :column], angle[..., None], rest[..., column:]], -1)
+
     def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.encoder(obs)
+        return self.encoder(self.features(obs))
 
     def img_step(
         self, state: State, action: torch.Tensor, generator: torch.Generator | None = None
@@ -121,7 +146,11 @@ class WorldModel(nn.Module):
         feat = state.feat()
         out = {}
         for key, value in self.decoder(feat).items():
-            out[key] = (value + 0.5).clamp(0, 1) if key in self.config.cnn_keys else symexp(value)
+            out[key] = (
+                (value + 0.5).clamp(0, 1)
+                if key in self.config.cnn_keys
+                else self._unfeature(key, symexp(value))
+            )
         if self.reward is not None:
             out["reward"] = self.reward.mean(self.reward(feat))
         if self.cont is not None:
@@ -153,12 +182,13 @@ class WorldModel(nn.Module):
         feat = post.feat()
         parts: dict[str, torch.Tensor] = {}
         recon = self.decoder(feat)
+        targets = self.features(obs)
         rec = 0
         for key, pred in recon.items():
             rec = rec + (
-                image_mse(pred, batch[key])
+                image_mse(pred, targets[key])
                 if key in self.config.cnn_keys
-                else symlog_mse(pred, batch[key])
+                else symlog_mse(pred, targets[key])
             )
         parts["obs"] = rec
         if self.reward is not None:
@@ -183,7 +213,7 @@ class WorldModel(nn.Module):
         metrics["loss"] = loss.item()
         with torch.no_grad():
             for key in self.config.mlp_keys:
-                err = (symexp(recon[key]) - batch[key]) ** 2
+                err = (symexp(recon[key]) - targets[key]) ** 2
                 metrics[f"recon_mse_{key}"] = err.mean().item()
         return loss, metrics, post
 

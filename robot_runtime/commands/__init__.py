@@ -6,7 +6,12 @@ import argparse
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Descriptions kept as written; defaults shown, except empty ones (None, False)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_config_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -31,6 +36,13 @@ def load_job(args, cls):
     from ..config import load_config
 
     return load_config(args.config, cls, args.overrides, "quick" if args.quick else None)
+
+
+def load_any_job(args):
+    """A job file of any task (its ``task:`` key picks the schema)."""
+    from ..config import load_job as load
+
+    return load(args.config, args.overrides, "quick" if args.quick else None)
 
 
 def set_threads(n: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..textui import format_table
-from . import Formatter, add_config_args, command, load_job, set_threads
+from . import Formatter, add_config_args, command, load_any_job, load_job, set_threads
 
 
 def cmd_lab(args) -> int:
@@ -39,18 +39,22 @@ def cmd_train_world_model(args) -> int:
     from ..config import PendulumJob, dump_config
     from ..lab import prepare_data
 
-    job, _ = load_job(args, PendulumJob)
+    job, path = load_any_job(args)
     set_threads(job.train.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(job))
-    if args.data:
-        replay = Replay(Path(args.data))
-        if replay.num_episodes == 0:
-            raise ReplayError(f"no episodes (*.npz) in {args.data}")
-        spec = load_spec(Path(args.data))
-    else:
+    if isinstance(job, PendulumJob) and not args.data:
         replay, _, spec = prepare_data(job, out, not args.no_progress, print)
+    else:
+        data = Path(args.data or job.data.episodes)
+        replay = Replay(data)
+        if replay.num_episodes == 0:
+            raise ReplayError(
+                f"no episodes (*.npz) in {data}; record some first, e.g. "
+                f"`kiwi collect --env grasp --episodes 1000 --out {data}`"
+            )
+        spec = load_spec(data)
     steps = args.steps if args.steps is not None else job.train.steps
     ckpt = out / CHECKPOINT
     if args.resume and ckpt.is_file():
@@ -62,8 +66,8 @@ def cmd_train_world_model(args) -> int:
         wm = WorldModel(job.model, spec)
         trainer = WorldModelTrainer(wm, job.train)
     print(
-        f"training on {len(replay)} steps ({replay.num_episodes} episodes) for {steps} steps "
-        f"-> {ckpt}"
+        f"kiwi train world-model: {path} ({job.task}); {len(replay)} steps in "
+        f"{replay.num_episodes} episodes; {steps} updates -> {ckpt}"
     )
     train_world_model(
         wm,
@@ -148,10 +152,13 @@ def register(sub) -> None:
         "world-model",
         cmd_train_world_model,
         "train the world model on episodes",
-        "Trains the world model with a progress bar, periodic metrics (metrics.jsonl) and "
-        "atomic checkpoints (checkpoint.safetensors: weights, optimizer state and the "
-        "resolved config).",
+        "Trains the world model of a job file (configs/pendulum.yaml collects random "
+        "Pendulum-v1 data itself; configs/sim_grasp.yaml reads episodes from `kiwi collect`) "
+        "with a progress bar, periodic metrics (metrics.jsonl) and atomic checkpoints "
+        "(checkpoint.safetensors: weights, optimizer state and the resolved config).",
         "kiwi train world-model --config configs/pendulum.yaml --out runs/wm\n"
+        "kiwi train world-model --config configs/sim_grasp.yaml --data data/grasp "
+        "--out runs/grasp-wm\n"
         "kiwi train world-model --config configs/pendulum.yaml --out runs/wm --resume "
         "--steps 8000",
     )

@@ -67,3 +67,26 @@ def test_decode_returns_observation_units():
         out = wm.decode(wm.initial(2))
     assert out["state"].shape == (2, 3) and out["reward"].shape == (2,)
     assert torch.all((out["cont"] >= 0) & (out["cont"] <= 1))
+
+
+def test_periodic_columns_are_seen_as_cos_sin_and_decoded_back():
+    from world_model.config import ModelConfig, ModelSpec
+
+    cfg = ModelConfig(
+        deter=16,
+        hidden=16,
+        stoch=2,
+        classes=4,
+        units=16,
+        layers=1,
+        mlp_keys=("object",),
+        periodic={"object": (3, 90.0)},
+    )
+    wm = WorldModel(cfg, ModelSpec(vector_dims={"object": 4}, action_dim=1))
+    obs = {"object": torch.tensor([[0.1, -0.2, 0.3, 44.0], [0.0, 0.0, 0.1, -44.0]])}
+    feats = wm.features(obs)["object"]
+    assert feats.shape == (2, 5)
+    # +44 and -44 degrees are 2 degrees apart for a cube: their features are close too
+    assert torch.dist(feats[0, 3:], feats[1, 3:]) < 0.2
+    back = wm._unfeature("object", feats)
+    assert torch.allclose(back, obs["object"], atol=1e-4)

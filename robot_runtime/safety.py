@@ -1,0 +1,73 @@
+"""The last step before a command reaches a motor: pure functions and a watchdog state machine.
+
+- ``clamp_limits``: targets inside the joint limits;
+- ``clamp_step``: no joint moves more than ``max_step`` per tick (a velocity limit);
+- ``Watchdog``: no observation for ``slow_after_s`` -> slow down (smaller steps); for
+  ``hold_after_s`` -> hold the last commanded position. Fresh observations bring it back.
+
+No clocks inside: callers pass the time, so tests step it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NORMAL, SLOW, HOLD = "normal", "slow", "hold"
+
+
+def clamp_limits(targets: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    """``limits`` is ``[n, 2]`` (low, high) in the targets' units."""
+    return np.clip(targets, limits[:, 0], limits[:, 1])
+
+
+def clamp_step(
+    targets: np.ndarray, previous: np.ndarray, max_step: np.ndarray | float
+) -> np.ndarray:
+    return previous + np.clip(targets - previous, -max_step, max_step)
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    max_step_deg: float = 4.0  # per tick (200 deg/s at 50 Hz)
+    slow_after_s: float = 0.5
+    hold_after_s: float = 1.5
+    slow_factor: float = 0.25  # step limit while observations are late
+
+
+class Watchdog:
+    """Tracks how long since the last observation; ``mode(now)`` is normal, slow or hold."""
+
+    def __init__(self, config: SafetyConfig, start_time: float):
+        self.config = config
+        self.last_observation = start_time
+        self._mode = NORMAL
+
+    def observed(self, now: float) -> None:
+        self.last_observation = now
+
+    def mode(self, now: float) -> str:
+        age = now - self.last_observation
+        if age >= self.config.hold_after_s:
+            return HOLD
+        if age >= self.config.slow_after_s:
+            return SLOW
+        return NORMAL
+
+    def update(self, now: float) -> tuple[str, str | None]:
+        """(mode, the previous mode if it just changed else None)."""
+        mode = self.mode(now)
+        changed = None if mode == self._mode else self._mode
+        self._mode = mode
+        return mode, changed
+
+
+def safe_targets(
+    targets: np.ndarray, previous: np.ndarray, limits: np.ndarray, mode: str, config: SafetyConfig
+) -> np.ndarray:
+    """What actually goes to the motors: held, or clamped to limits and to a step per tick."""
+    if mode == HOLD:
+        return previous.copy()
+    step = config.max_step_deg * (config.slow_factor if mode == SLOW else 1.0)
+    return clamp_limits(clamp_step(clamp_limits(targets, limits), previous, step), limits)
