@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from .commands import Formatter, benchmarks, hardware, learning, simulation
+from .commands import Formatter, benchmarks, hardware, learning, runtime_tools, simulation
 
 EXAMPLES = """\
 examples:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Kiwi runtime: a fast control loop on a learned world model's latent state.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (learning, simulation, hardware, benchmarks):
+    for module in (learning, simulation, hardware, benchmarks, runtime_tools):
         module.register(sub)
     return parser
 

@@ -99,6 +99,8 @@ def decode(frames: list, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
         raw = json.loads(bytes(frames[0]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise MessageError(f"header is not UTF-8 JSON: {e}") from None
+    except RecursionError:  # deeply nested JSON must not escape as a non-MessageError
+        raise MessageError("header JSON is nested too deeply") from None
     if not isinstance(raw, dict):
         raise MessageError("header is not a JSON object")
     if raw.get("v") != VERSION:
@@ -124,7 +126,7 @@ def decode(frames: list, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
         if any(d < 0 for d in spec.shape):
             raise MessageError(f"field {spec.name!r}: negative dimension in {spec.shape}")
         dtype = np.dtype(spec.dtype)
-        expected = int(np.prod(spec.shape, dtype=np.int64)) * dtype.itemsize
+        expected = math.prod(spec.shape) * dtype.itemsize  # Python ints: no int64 overflow
         if len(frame) != expected:
             raise MessageError(
                 f"field {spec.name!r}: {len(frame)} bytes for shape {spec.shape} "

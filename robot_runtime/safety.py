@@ -66,8 +66,10 @@ class Watchdog:
 def safe_targets(
     targets: np.ndarray, previous: np.ndarray, limits: np.ndarray, mode: str, config: SafetyConfig
 ) -> np.ndarray:
-    """What actually goes to the motors: held, or clamped to limits and to a step per tick."""
+    """What actually goes to the motors: held, or clamped to limits and to a step per tick.
+    A joint whose target is not finite (NaN from a diverged model) holds its previous position."""
     if mode == HOLD:
         return previous.copy()
+    targets = np.where(np.isfinite(targets), targets, previous)
     step = config.max_step_deg * (config.slow_factor if mode == SLOW else 1.0)
     return clamp_limits(clamp_step(clamp_limits(targets, limits), previous, step), limits)

@@ -116,6 +116,30 @@ def ik_top_down(point: np.ndarray, yaw: float, roll_hint: float = 0.0) -> np.nda
     return q
 
 
+def reach_top_down(
+    xy: np.ndarray,
+    z: float,
+    yaw: float,
+    roll_hint: float = 0.0,
+    radius: tuple[float, float] = (0.11, 0.26),
+) -> np.ndarray:
+    """Top-down IK for an aim that may lie out of reach: the aim is first brought within
+    ``radius`` of the base, then pulled towards the base 5 mm at a time until a pose fits (an arm
+    told to grasp out of reach grasps at the edge of its reach, and misses)."""
+    xy = np.asarray(xy, float)
+    r = float(np.hypot(*xy))
+    if r < 1e-6:
+        xy, r = np.array([radius[0], 0.0]), radius[0]
+    r_aim = min(max(r, radius[0]), radius[1])
+    for k in range(30):
+        scale = max(r_aim - 0.005 * k, radius[0] * 0.5) / r
+        try:
+            return ik_top_down(np.array([xy[0] * scale, xy[1] * scale, z]), yaw, roll_hint)
+        except Unreachable:
+            continue
+    raise Unreachable(f"no top-down pose near {np.round(xy, 3).tolist()} at z={z:.3f}")
+
+
 def ik_dls(
     point: np.ndarray,
     q0: np.ndarray,

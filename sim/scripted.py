@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kinematics import Unreachable, forward, ik_top_down
+from .kinematics import forward, reach_top_down
 from .perception import camera_to_world
 
 FINGERTIP_BELOW_GRASP_M = 0.020  # finger pads reach this far below the grasp point
@@ -54,11 +54,6 @@ def smoothstep(s: float) -> float:
     return s * s * (3.0 - 2.0 * s)
 
 
-def clamp_reach(xy: np.ndarray, low: float = 0.11, high: float = 0.26) -> np.ndarray:
-    r = float(np.hypot(*xy))
-    return xy if low <= r <= high else xy * (min(max(r, low), high) / max(r, 1e-9))
-
-
 class ScriptedGrasp:
     """Call ``reset()`` at the start of an episode, then ``act(obs)`` every control tick (50 Hz);
     ``phase`` names what it is doing."""
@@ -82,19 +77,10 @@ class ScriptedGrasp:
         pos, yaw = camera_to_world(
             np.asarray(obs["object"], float), pose.camera_pos, pose.camera_rot
         )
-        return clamp_reach(pos[:2]), yaw
+        return pos[:2], yaw
 
     def _ik(self, xy: np.ndarray, z: float, yaw: float, hint: float) -> np.ndarray:
-        """Top-down IK; a target beyond reach is pulled towards the base 5 mm at a time (an arm
-        told to grasp out of reach grasps at the edge of its reach, and misses)."""
-        radius = float(np.hypot(*xy))
-        for k in range(20):
-            scale = max(radius - 0.005 * k, 0.05) / max(radius, 1e-9)
-            try:
-                return ik_top_down(np.array([xy[0] * scale, xy[1] * scale, z]), yaw, hint)
-            except Unreachable:
-                continue
-        raise Unreachable(f"no top-down pose near {np.round(xy, 3).tolist()} at z={z:.3f}")
+        return reach_top_down(xy, z, yaw, hint)
 
     def act(self, obs: dict) -> np.ndarray:
         tm = self.timing

@@ -47,6 +47,10 @@ class ModelConfig(Frozen):
     layers: int = Field(2, ge=1, description="depth of encoder, decoder and head MLPs")
     mlp_keys: tuple[str, ...] = Field((), description="vector observations the MLP encoder reads")
     cnn_keys: tuple[str, ...] = Field((), description="64x64 image observations the CNN reads")
+    scale: dict[str, float | tuple[float, ...]] = Field(
+        default_factory=dict,
+        description="key: units the model works in (per column or one for all); observations "
+        "are divided by them before symlog, so an error that matters is about 0.1 everywhere")
     periodic: dict[str, tuple[int, float]] = Field(
         default_factory=dict,
         description="key: [column, period]: that column is an angle with this period (e.g. a "
@@ -65,6 +69,9 @@ class ModelConfig(Frozen):
             raise ValueError("model needs at least one observation key in mlp_keys or cnn_keys")
         if self.image_size != 64 and self.cnn_keys:
             raise ValueError("the CNN encoder/decoder supports image_size 64 only")
+        for key in self.scale:
+            if key not in self.mlp_keys:
+                raise ValueError(f"scale.{key}: not one of mlp_keys {list(self.mlp_keys)}")
         for key, (column, period) in self.periodic.items():
             if key not in self.mlp_keys or column < 0 or period <= 0:
                 raise ValueError(

@@ -79,28 +79,41 @@ class WorldModel(nn.Module):
     def initial(self, batch: int) -> State:
         return self.rssm.initial(batch)
 
+    def _scale(self, key: str, like: torch.Tensor) -> torch.Tensor | None:
+        if key not in self.config.scale:
+            return None
+        value = self.config.scale[key]
+        return torch.as_tensor(value, dtype=like.dtype).expand(like.shape[-1:]) if isinstance(
+            value, float | int) else torch.as_tensor(value, dtype=like.dtype)
+
     def features(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Observations as the networks see them: each periodic column replaced by (cos, sin),
-        appended at the end of its vector."""
-        if not self.config.periodic:
+        """Observations as the networks see them: divided by their ``scale``, and each periodic
+        column replaced by (cos, sin), appended at the end of its vector."""
+        if not self.config.periodic and not self.config.scale:
             return obs
         out = dict(obs)
+        for key in self.config.scale:
+            out[key] = obs[key] / self._scale(key, obs[key])
         for key, (column, period) in self.config.periodic.items():
-            x = obs[key]
-            angle = x[..., column] * (2 * math.pi / period)
-            rest = torch.cat([x[..., :column], x[..., column + 1 :]], -1)
-            out[key] = torch.cat(
-                [rest, torch.cos(angle)[..., None], torch.sin(angle)[..., None]], -1
-            )
+            x = out[key]
+            angle = obs[key][..., column] * (2 * math.pi / period)
+            rest = torch.cat([x[..., :column], x[..., column + 1:]], -1)
+            out[key] = torch.cat([rest, torch.cos(angle)[..., None], torch.sin(angle)[..., None]], -1)
         return out
 
     def _unfeature(self, key: str, value: torch.Tensor) -> torch.Tensor:
-        if key not in self.config.periodic:
-            return value
-        column, period = self.config.periodic[key]
-        angle = torch.atan2(value[..., -1], value[..., -2]) * (period / (2 * math.pi))
-        rest = value[..., :-2]
-        return torch.cat([rest[..., :column], angle[..., None], rest[..., column:]], -1)
+        if key in self.config.periodic:
+            column, period = self.config.periodic[key]
+            angle = torch.atan2(value[..., -1], value[..., -2]) * (period / (2 * math.pi))
+            rest = value[..., :-2]
+            value = torch.cat([rest[..., :column], angle[..., None], rest[..., column:]], -1)
+            if key in self.config.scale:
+                scale = self._scale(key, value).clone()
+                scale[column] = 1.0  # the angle came back in its own units
+                return value * scale
+        if key in self.config.scale:
+            return value * self._scale(key, value)
+        return value
 
     def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.encoder(self.features(obs))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from ..textui import format_table
-from . import Formatter, command
+from . import add_config_args, command
 
 
 def cmd_collect(args) -> int:
@@ -59,6 +60,51 @@ def cmd_sim_replay(args) -> int:
     return 0
 
 
+def cmd_sim(args) -> int:
+    if getattr(args, "sim_command", None) == "replay":
+        return cmd_sim_replay(args)
+    from ..config import GraspJob, load_config
+    from ..dryrun import print_summary, run_sim
+
+    overrides = list(args.overrides)
+    if args.attempts is not None:
+        overrides.append(f"sim.attempts={args.attempts}")
+    job, path = load_config(args.config, GraspJob, overrides, "quick" if args.quick else None)
+    out = Path(args.out or time.strftime("runs/sim-%Y%m%d-%H%M%S"))
+    print(
+        f"kiwi sim: {job.sim.attempts} grasp attempt(s), fast loop {job.runtime.rate_hz:g} Hz "
+        f"({job.runtime.mode}), perception {job.slow.rate_hz:g} Hz with "
+        f"{job.slow.latency_ms:g} ms latency -> {out}  (Ctrl-C stops safely)"
+    )
+    summary = run_sim(job, out, live=not args.no_live)
+    print_summary(summary, out)
+    return 0
+
+
+def cmd_slow(args) -> int:
+    from ..config import GraspJob, load_config
+    from ..slow import SlowProcess
+
+    job, path = load_config(args.config, GraspJob, args.overrides)
+    proc = SlowProcess(job, vla=args.vla)
+    print(
+        f"kiwi slow: perception{' + VLA chunks' if args.vla else ''} at {job.slow.rate_hz:g} Hz, "
+        f"{job.slow.latency_ms:g} ms latency; camera {job.link.camera} -> {job.link.obs}",
+        flush=True,
+    )
+    try:
+        stats = proc.run(args.duration)
+    except KeyboardInterrupt:
+        stats = proc.stats
+    finally:
+        proc.close()
+    print(
+        f"frames {stats.frames}, observations posted {stats.posted}, cube not found "
+        f"{stats.misses}, malformed frames {stats.rejected}"
+    )
+    return 0
+
+
 def register(sub) -> None:
     p = command(
         sub,
@@ -82,10 +128,24 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    sim = sub.add_parser(
-        "sim", help="the simulated arm: replay recorded episodes", formatter_class=Formatter
+    sim = command(
+        sub,
+        "sim",
+        cmd_sim,
+        "the dry run: simulated arm + slow perception + runtime, live status",
+        "Starts the simulated world (MuJoCo, real time), the slow perception process and the "
+        "runtime as separate processes on loopback, runs grasp attempts on the world model's "
+        "latent with latency-compensated corrections, shows live status and ends with a summary "
+        "table and a run folder (telemetry.jsonl, summary.json, estimate_vs_truth.png). "
+        "`kiwi sim replay` renders a recorded episode instead.",
+        "kiwi sim\nkiwi sim --quick --out runs/sim-quick\n"
+        "kiwi sim --attempts 10 --set runtime.mode=stale",
     )
-    sim_sub = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", required=True)
+    add_config_args(sim, "sim_grasp")
+    sim.add_argument("--out", help="run folder (default runs/sim-<time>)")
+    sim.add_argument("--attempts", type=int, help="grasp attempts (default: config)")
+    sim.add_argument("--no-live", action="store_true", help="no live status line")
+    sim_sub = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
     p = command(
         sim_sub,
         "replay",
@@ -101,3 +161,27 @@ def register(sub) -> None:
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--every", type=int, default=2, help="render every N-th step")
+
+    p = command(
+        sub,
+        "slow",
+        cmd_slow,
+        "the slow perception/VLA process on its own",
+        "Reads the camera stream (frames with the joints at capture), finds the cube, waits "
+        "the configured latency and posts observations stamped with their capture time "
+        "to the runtime; --vla also attaches action chunks (in sim: the scripted grasp as "
+        "a stand-in VLA).",
+        "kiwi slow --config configs/sim_grasp.yaml\n"
+        "kiwi slow --config configs/sim_grasp.yaml --vla --set slow.latency_ms=300",
+    )
+    p.add_argument("--config", default="sim_grasp", help="job config (YAML)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable)",
+    )
+    p.add_argument("--vla", action="store_true", help="attach action chunks")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")

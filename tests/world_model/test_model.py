@@ -90,3 +90,18 @@ def test_periodic_columns_are_seen_as_cos_sin_and_decoded_back():
     assert torch.dist(feats[0, 3:], feats[1, 3:]) < 0.2
     back = wm._unfeature("object", feats)
     assert torch.allclose(back, obs["object"], atol=1e-4)
+
+
+def test_scaled_and_periodic_features_round_trip():
+    from world_model.config import ModelConfig, ModelSpec
+
+    cfg = ModelConfig(deter=16, hidden=16, stoch=2, classes=4, units=16, layers=1,
+                      mlp_keys=("object", "state"), periodic={"object": (3, 90.0)},
+                      scale={"object": (0.02, 0.02, 0.02, 1.0), "state": 20.0})
+    wm = WorldModel(cfg, ModelSpec(vector_dims={"object": 4, "state": 2}, action_dim=1))
+    obs = {"object": torch.tensor([[0.1, -0.2, 0.3, 30.0]]), "state": torch.tensor([[40.0, -10.0]])}
+    feats = wm.features(obs)
+    assert torch.allclose(feats["state"], torch.tensor([[2.0, -0.5]]))
+    assert torch.allclose(feats["object"][0, :3], torch.tensor([5.0, -10.0, 15.0]))
+    for key in obs:
+        assert torch.allclose(wm._unfeature(key, feats[key]), obs[key], atol=1e-4)

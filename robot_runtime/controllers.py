@@ -1,0 +1,204 @@
+"""Policies on the fast loop. Each takes the tick's inputs and returns joint targets (degrees,
+gripper 0..100); none touches a socket or a clock.
+
+- ``GraspController``: the grasp state machine on the latent. It aims at the cube as the world
+  model currently believes it is (the decoded ``object`` estimate, moved to the world frame with
+  the measured joints), re-aiming as corrections arrive; it looks from pre-grasp height before it
+  descends, then closes, lifts and holds. A commit gate (robot_runtime/gate.py) may hold it at
+  DECIDE.
+- ``ChunkFollower``: executes action chunks from a VLA, aggregated the way LeRobot's async client
+  does (by timestep; overlapping steps blended old/new).
+- ``LatentActor``: a Dreamer actor reading the latent (Pendulum).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim.kinematics import Unreachable, forward, reach_top_down
+from sim.perception import camera_to_world
+
+from .config import GraspControllerConfig
+
+APPROACH, LOOK, DESCEND, DECIDE, CLOSE, LIFT, HOLD, DONE = (
+    "approach",
+    "look",
+    "descend",
+    "decide",
+    "close",
+    "lift",
+    "hold",
+    "done",
+)
+BACK_OFF, GAVE_UP = "back_off", "gave_up"
+
+
+def smoothstep(s: float) -> float:
+    s = min(max(s, 0.0), 1.0)
+    return s * s * (3.0 - 2.0 * s)
+
+
+def cube_in_world(object_cam: np.ndarray, joints_deg: np.ndarray) -> tuple[np.ndarray, float]:
+    """(cube xy, closing yaw in radians) from a camera-frame estimate and the measured joints."""
+    pose = forward(np.radians(np.asarray(joints_deg[:5], float)))
+    pos, yaw = camera_to_world(np.asarray(object_cam, float), pose.camera_pos, pose.camera_rot)
+    return pos[:2], yaw
+
+
+@dataclass
+class GraspEvent:
+    t: float
+    kind: str  # phase change or decision
+    detail: dict = field(default_factory=dict)
+
+
+class GraspController:
+    """Call ``reset(t, joints)`` per attempt, then ``act(t, joints, object_estimate)`` per tick.
+
+    ``gate(t, aim)`` (optional) decides at DECIDE: returns "commit", "wait" or "back_off".
+    Events (phase changes, decisions) accumulate in ``events`` for telemetry.
+    """
+
+    def __init__(
+        self, config: GraspControllerConfig, gate: Callable | None = None, max_retries: int = 2
+    ):
+        self.config, self.gate, self.max_retries = config, gate, max_retries
+        self.events: list[GraspEvent] = []
+        self.phase = DONE
+
+    def reset(self, t: float, joints_deg: np.ndarray) -> None:
+        self.phase, self.t_phase = APPROACH, t
+        self.start_q = np.radians(np.asarray(joints_deg[:5], float))
+        self.retries = 0
+        self.aim: tuple[np.ndarray, float] | None = None
+        self.frozen: tuple[np.ndarray, float] | None = None
+        self.roll_hint = float(self.start_q[4])
+        self.events.append(GraspEvent(t, APPROACH))
+
+    def _enter(self, phase: str, t: float, **detail) -> None:
+        self.phase, self.t_phase = phase, t
+        self.events.append(GraspEvent(t, phase, detail))
+
+    def act(self, t: float, joints_deg: np.ndarray, object_estimate: np.ndarray) -> np.ndarray:
+        """Targets for this tick; an aim no pose can reach holds the arm where it is."""
+        try:
+            return self._act(t, joints_deg, object_estimate)
+        except Unreachable as e:
+            if not self.events or self.events[-1].kind != "unreachable":
+                self.events.append(GraspEvent(t, "unreachable", {"error": str(e)}))
+            return np.asarray(joints_deg, float).copy()
+
+    def _act(self, t: float, joints_deg: np.ndarray, object_estimate: np.ndarray) -> np.ndarray:
+        c = self.config
+        if self.phase not in (DESCEND, DECIDE, CLOSE, LIFT, HOLD):
+            self.aim = cube_in_world(object_estimate, joints_deg)  # re-aim while looking
+        xy, yaw = self.frozen or self.aim
+        s = t - self.t_phase
+        grip = 100.0
+        if self.phase == APPROACH:
+            target = reach_top_down(xy, c.pregrasp_height_m, yaw, self.roll_hint)
+            self.roll_hint = float(target[4])
+            q = self.start_q + smoothstep(s / c.approach_s) * (target - self.start_q)
+            if s >= c.approach_s:
+                self._enter(LOOK, t)
+        elif self.phase in (LOOK, BACK_OFF):
+            q = reach_top_down(xy, c.pregrasp_height_m, yaw, self.roll_hint)
+            self.roll_hint = float(q[4])
+            if s >= c.settle_s:
+                self.frozen = self.aim
+                self._enter(
+                    DESCEND, t, aim_xy=[float(v) for v in xy], aim_yaw_deg=math.degrees(yaw)
+                )
+        elif self.phase == DESCEND:
+            z = c.pregrasp_height_m + smoothstep(s / c.descend_s) * (
+                c.grasp_height_m - c.pregrasp_height_m
+            )
+            q = reach_top_down(xy, z, yaw, self.roll_hint)
+            if s >= c.descend_s:
+                self._enter(DECIDE, t)
+        elif self.phase == DECIDE:
+            q = reach_top_down(xy, c.grasp_height_m, yaw, self.roll_hint)
+            verdict = self.gate(t, (xy, yaw)) if self.gate else "commit"
+            if verdict == "commit":
+                self._enter(CLOSE, t)
+            elif verdict == "back_off":
+                if self.retries >= self.max_retries:
+                    self._enter(GAVE_UP, t, retries=self.retries)
+                else:
+                    self.retries += 1
+                    self.frozen = None
+                    self._enter(BACK_OFF, t, retry=self.retries)
+        elif self.phase == CLOSE:
+            q = reach_top_down(xy, c.grasp_height_m, yaw, self.roll_hint)
+            grip = 100.0 * (1.0 - smoothstep(s / c.close_s))
+            if s >= c.close_s:
+                self._enter(LIFT, t)
+        elif self.phase == LIFT:
+            z = c.grasp_height_m + smoothstep(s / c.lift_s) * (c.lift_height_m - c.grasp_height_m)
+            q, grip = reach_top_down(xy, z, yaw, self.roll_hint), 0.0
+            if s >= c.lift_s:
+                self._enter(HOLD, t)
+        elif self.phase == HOLD:
+            q, grip = reach_top_down(xy, c.lift_height_m, yaw, self.roll_hint), 0.0
+            if s >= c.hold_s:
+                self._enter(DONE, t)
+        else:  # DONE or GAVE_UP: stay where the arm is, gripper as it is
+            return np.asarray(joints_deg, float).copy()
+        return np.append(np.degrees(q), grip)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in (DONE, GAVE_UP)
+
+
+class ChunkFollower:
+    """Action chunks keyed by timestep: ``add(first_step, actions)`` merges a chunk (overlapping
+    steps: ``old_weight * old + (1 - old_weight) * new``, LeRobot's weighted_average is 0.3/0.7;
+    steps already executed are dropped), ``act(step)`` pops the action of that step (or None
+    when the queue has run dry)."""
+
+    def __init__(self, old_weight: float = 0.3):
+        self.old_weight = old_weight
+        self.queue: dict[int, np.ndarray] = {}
+        self.last_executed = -1
+
+    def add(self, first_step: int, actions: np.ndarray) -> None:
+        for i, action in enumerate(np.asarray(actions, float)):
+            step = first_step + i
+            if step <= self.last_executed:
+                continue
+            if step in self.queue:
+                self.queue[step] = (
+                    self.old_weight * self.queue[step] + (1 - self.old_weight) * action
+                )
+            else:
+                self.queue[step] = action
+
+    def act(self, step: int) -> np.ndarray | None:
+        for old in [s for s in self.queue if s < step]:
+            del self.queue[old]
+        action = self.queue.pop(step, None)
+        if action is not None:
+            self.last_executed = step
+        return action
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+
+class LatentActor:
+    """A Dreamer actor on the latent state: deterministic (its mode)."""
+
+    def __init__(self, behavior, world_model):
+        self.behavior, self.wm = behavior, world_model
+
+    def __call__(self, state) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            action = self.behavior.policy(state, sample=False)  # [-1, 1], model units
+        return action
