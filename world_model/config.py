@@ -50,7 +50,8 @@ class ModelConfig(Frozen):
     scale: dict[str, float | tuple[float, ...]] = Field(
         default_factory=dict,
         description="key: units the model works in (per column or one for all); observations "
-        "are divided by them before symlog, so an error that matters is about 0.1 everywhere")
+        "are divided by them before symlog, so an error that matters is about 0.1 everywhere",
+    )
     periodic: dict[str, tuple[int, float]] = Field(
         default_factory=dict,
         description="key: [column, period]: that column is an angle with this period (e.g. a "
@@ -103,6 +104,13 @@ class TrainConfig(Frozen):
     checkpoint_every: int = Field(1000, gt=0)
     seed: int = 0
     threads: int = Field(2, gt=0, description="torch intra-op threads for training")
+    obs_every_max: int = Field(
+        1,
+        ge=1,
+        description="each training sequence sees its observations every N steps, N "
+        "uniform in 1..obs_every_max (at a random phase); between them the state follows the "
+        "prior. 1: every step (plain ELBO); the runtime's models want sparse, late observations",
+    )
 
 
 class BehaviorConfig(Frozen):

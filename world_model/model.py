@@ -83,8 +83,11 @@ class WorldModel(nn.Module):
         if key not in self.config.scale:
             return None
         value = self.config.scale[key]
-        return torch.as_tensor(value, dtype=like.dtype).expand(like.shape[-1:]) if isinstance(
-            value, float | int) else torch.as_tensor(value, dtype=like.dtype)
+        return (
+            torch.as_tensor(value, dtype=like.dtype).expand(like.shape[-1:])
+            if isinstance(value, float | int)
+            else torch.as_tensor(value, dtype=like.dtype)
+        )
 
     def features(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Observations as the networks see them: divided by their ``scale``, and each periodic
@@ -97,8 +100,10 @@ class WorldModel(nn.Module):
         for key, (column, period) in self.config.periodic.items():
             x = out[key]
             angle = obs[key][..., column] * (2 * math.pi / period)
-            rest = torch.cat([x[..., :column], x[..., column + 1:]], -1)
-            out[key] = torch.cat([rest, torch.cos(angle)[..., None], torch.sin(angle)[..., None]], -1)
+            rest = torch.cat([x[..., :column], x[..., column + 1 :]], -1)
+            out[key] = torch.cat(
+                [rest, torch.cos(angle)[..., None], torch.sin(angle)[..., None]], -1
+            )
         return out
 
     def _unfeature(self, key: str, value: torch.Tensor) -> torch.Tensor:
@@ -140,9 +145,12 @@ class WorldModel(nn.Module):
         is_first: torch.Tensor,
         state: State | None = None,
         generator: torch.Generator | None = None,
+        observed: torch.Tensor | None = None,
     ) -> tuple[State, State]:
         """obs ``{key: [B, T, ...]}``; prev_action[:, t] led to obs[:, t]. See RSSM.observe."""
-        return self.rssm.observe(self.encode(obs), prev_action, is_first, state, generator)
+        return self.rssm.observe(
+            self.encode(obs), prev_action, is_first, state, generator, observed
+        )
 
     def imagine(
         self,
@@ -176,9 +184,15 @@ class WorldModel(nn.Module):
         batch: dict[str, torch.Tensor],
         state: State | None = None,
         generator: torch.Generator | None = None,
+        observed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float], State]:
         """ELBO on a batch of sequences ``{key: [B, T, ...]}`` from the replay (actions in the
         data's units).
+
+        ``observed [B, T]`` withholds observations where False: those steps follow the prior,
+        are reconstructed from it (an open-loop prediction loss) and have no KL term. Training
+        this way teaches the model what the runtime needs: to predict between sparse, late
+        observations and to recover from its drift when one arrives.
 
         ``action[:, t]`` is the action taken after seeing obs[:, t] and ``reward[:, t]`` the reward
         received on arriving at obs[:, t] (the replay's convention), so the action that led to
@@ -191,7 +205,7 @@ class WorldModel(nn.Module):
         if state is None:
             is_first[:, 0] = True
         obs = {k: batch[k] for k in self.obs_keys}
-        post, prior = self.observe(obs, prev_action, is_first, state, generator)
+        post, prior = self.observe(obs, prev_action, is_first, state, generator, observed)
         feat = post.feat()
         parts: dict[str, torch.Tensor] = {}
         recon = self.decoder(feat)
@@ -217,6 +231,9 @@ class WorldModel(nn.Module):
             cfg.rep_scale,
             cfg.free_nats,
         )
+        if observed is not None:
+            seen = (observed | is_first).float()
+            kl_loss = kl_loss * seen * seen.numel() / seen.sum().clamp(min=1.0)
         scales = {"obs": cfg.obs_scale, "reward": cfg.reward_scale, "cont": cfg.cont_scale}
         total = kl_loss + sum(scales[k] * v for k, v in parts.items())
         loss = total.mean()

@@ -220,21 +220,33 @@ class RSSM(nn.Module):
         is_first: torch.Tensor,
         state: State | None = None,
         generator: torch.Generator | None = None,
+        observed: torch.Tensor | None = None,
     ) -> tuple[State, State]:
         """Runs the posterior over a sequence.
 
         embed ``[B, T, E]``; prev_action ``[B, T, A]``, where prev_action[:, t] is the action
         taken *before* observation t (the one that led to it); is_first ``[B, T]``.
-        Returns posterior and prior states stacked as ``[B, T, ...]``.
+        ``observed [B, T]`` (optional): where False, the observation is withheld and the state
+        follows the prior, as on the robot between two late, sparse observations.
+        Returns the states (posterior where observed, prior elsewhere) and the priors, stacked
+        as ``[B, T, ...]``.
         """
         if state is None:
             state = self.initial(embed.shape[0])
         posts, priors = [], []
         for t in range(embed.shape[1]):
-            state, prior = self.obs_step(
+            post, prior = self.obs_step(
                 state, prev_action[:, t], embed[:, t], is_first[:, t], generator
             )
-            posts.append(state)
+            if observed is not None:
+                seen = (observed[:, t] | is_first[:, t].bool()).view(-1, 1)
+                post = State(
+                    torch.where(seen, post.deter, prior.deter),
+                    torch.where(seen.unsqueeze(-1), post.stoch, prior.stoch),
+                    torch.where(seen.unsqueeze(-1), post.logits, prior.logits),
+                )
+            state = post
+            posts.append(post)
             priors.append(prior)
         return stack_states(posts), stack_states(priors)
 

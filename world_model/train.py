@@ -40,6 +40,19 @@ def obs_to_torch(obs: dict[str, np.ndarray], keys: tuple[str, ...]) -> dict[str,
     return {k: to_torch({k: np.asarray(obs[k])[None]})[k] for k in keys}
 
 
+def sparse_observations(
+    shape: tuple[int, int], every_max: int, generator: torch.Generator | None = None
+) -> torch.Tensor | None:
+    """``[B, T]`` mask: sequence b is observed every N_b steps (N_b uniform in 1..every_max)
+    from a random phase; None when every_max is 1 (all observed)."""
+    if every_max <= 1:
+        return None
+    batch, length = shape
+    every = torch.randint(1, every_max + 1, (batch, 1), generator=generator)
+    phase = (torch.rand(batch, 1, generator=generator) * every).long()
+    return (torch.arange(length)[None] - phase) % every == 0
+
+
 class MetricLog:
     """Metrics as JSON lines (one object per logging point) plus a running mean for printing."""
 
@@ -79,7 +92,10 @@ class WorldModelTrainer:
     def update(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
     ) -> tuple[dict[str, float], Any]:
-        loss, metrics, post = self.model.loss(batch, generator=generator)
+        observed = sparse_observations(
+            batch["action"].shape[:2], self.config.obs_every_max, generator
+        )
+        loss, metrics, post = self.model.loss(batch, generator=generator, observed=observed)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         metrics["grad_norm"] = float(
@@ -448,6 +464,22 @@ def train_agent(
     }
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def load_agent(path: Path) -> tuple[WorldModel, Behavior, dict]:
+    """A world model and its actor (and critic, where the file has one) from an agent file."""
+    wm, meta, groups = WorldModel.load(path)
+    if "actor" not in groups or "behavior_config" not in meta:
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"{path} holds no actor (is it a `kiwi train agent` checkpoint?)")
+    behavior = Behavior(
+        wm.rssm.feat_dim, wm.spec.action_dim, BehaviorConfig.model_validate(meta["behavior_config"])
+    )
+    behavior.actor.load_state_dict(groups["actor"])
+    if "critic" in groups:
+        behavior.critic.load_state_dict(groups["critic"])
+    return wm.eval(), behavior.eval(), meta
 
 
 def save_agent(

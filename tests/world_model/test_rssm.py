@@ -100,3 +100,31 @@ def test_one_step_function_for_grad_and_no_grad(batch):
     slow = wm.img_step(state, action, torch.Generator().manual_seed(3))
     np.testing.assert_allclose(fast.deter.numpy(), slow.deter.detach().numpy(), atol=1e-5)
     assert torch.equal(fast.stoch, slow.stoch.detach().round())
+
+
+def test_withheld_observations_leave_the_state_on_the_prior():
+    wm = tiny_model()
+    batch = random_batch(2, 8)
+    action = wm.normalize_action(batch["action"])
+    prev = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
+    first = torch.zeros(2, 8, dtype=torch.bool)
+    first[:, 0] = True
+    observed = torch.ones(2, 8, dtype=torch.bool)
+    observed[:, 3:6] = False
+    with torch.no_grad():
+        states, priors = wm.observe({"state": batch["state"]}, prev, first,
+                                    generator=torch.Generator().manual_seed(0), observed=observed)
+    for t in (3, 4, 5):
+        assert torch.equal(states.stoch[:, t], priors.stoch[:, t])
+        assert torch.equal(states.logits[:, t], priors.logits[:, t])
+    assert not torch.equal(states.logits[:, 6], priors.logits[:, 6])  # observed again
+
+
+def test_sparse_observation_masks():
+    from world_model.train import sparse_observations
+
+    assert sparse_observations((4, 10), 1) is None
+    mask = sparse_observations((500, 24), 6, torch.Generator().manual_seed(0))
+    gaps = [int(torch.diff(torch.nonzero(row)[:, 0]).unique()[0]) for row in mask
+            if row.sum() > 1]
+    assert set(gaps) == {1, 2, 3, 4, 5, 6}

@@ -1,0 +1,138 @@
+"""Lockstep mode: the runtime's estimator, controllers and safety in virtual time, one process.
+
+Observation latency and rate are counted in ticks: an observation captured at tick k (every
+``every`` ticks) reaches the estimator at tick k + ``delay``. Modes:
+
+- ``oracle``: an observation every tick, no delay;
+- ``stale``: delayed observations applied at their arrival tick as if fresh (no replay);
+- ``compensated``: delayed observations applied at their capture tick and the actions since
+  replayed (the runtime's way).
+
+Deterministic for a seed, and faster than real time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .estimator import COMPENSATED, STALE, LatentEstimator
+
+ORACLE = "oracle"
+
+
+@dataclass(frozen=True)
+class Condition:
+    mode: str  # oracle, stale, compensated
+    delay_ticks: int
+    every_ticks: int
+
+
+def estimator_for(wm, period_s: float, condition: Condition, seed: int) -> LatentEstimator:
+    mode = STALE if condition.mode == STALE else COMPENSATED
+    # Lockstep has no wall clock to protect: replays always run inline.
+    return LatentEstimator(wm, period_s, buffer_ticks=512, mode=mode, seed=seed, budget_s=1e9)
+
+
+class DelayLine:
+    """Observations in flight: captured at tick k, delivered at tick k + delay."""
+
+    def __init__(self, condition: Condition):
+        self.condition = condition
+        self.queue: list[tuple[int, int, dict]] = []  # (arrival tick, capture tick, obs)
+
+    def capture(self, tick: int, obs: dict) -> None:
+        c = self.condition
+        every = 1 if c.mode == ORACLE else c.every_ticks
+        delay = 0 if c.mode == ORACLE else c.delay_ticks
+        if tick % every == 0:
+            self.queue.append((tick + delay, tick, obs))
+
+    def arrivals(self, tick: int) -> list[tuple[int, dict]]:
+        due = [(cap, obs) for arrive, cap, obs in self.queue if arrive <= tick]
+        self.queue = [q for q in self.queue if q[0] > tick]
+        return due
+
+
+@torch.no_grad()
+def pendulum_episode(env, wm, behavior, condition: Condition, seed: int) -> float:
+    """One Pendulum-v1 episode with the Dreamer actor on the latent; returns the return."""
+    period = 0.05  # Pendulum-v1's dt
+    est = estimator_for(wm, period, condition, seed)
+    est.reset(0.0)
+    line = DelayLine(condition)
+    low, high = float(env.action_space.low[0]), float(env.action_space.high[0])
+    obs, _ = env.reset(seed=seed)
+    total, tick = 0.0, 0
+    while True:
+        line.capture(tick, {"state": np.asarray(obs["state"], np.float32)})
+        for capture_tick, o in line.arrivals(tick):
+            est.correct(o, capture_tick * period)
+        action = behavior.policy(est.state, sample=False)  # [1, 1] in [-1, 1]
+        env_action = low + (float(action[0, 0]) + 1.0) * 0.5 * (high - low)
+        obs, reward, terminated, truncated, _ = env.step(np.array([env_action], np.float32))
+        total += float(reward)
+        est.predict(action, (tick + 1) * period)
+        tick += 1
+        if terminated or truncated:
+            return total
+
+
+@torch.no_grad()
+def grasp_episode(job, wm, condition: Condition, seed: int, perception_seed: int = 0) -> dict:
+    """One grasp attempt on the simulated arm, the runtime's pieces in virtual time. Returns
+    success, the final phase and the estimate's error against the truth (median, after the
+    first observation)."""
+    from sim.perception import PerceptionNoise
+
+    from drivers.sim_arm import SimArm
+
+    from .controllers import GraspController, GraspPolicy
+    from .perception import CubePerception
+    from .safety import NORMAL, SafetyConfig, safe_targets
+
+    period = 1.0 / job.runtime.rate_hz
+    s = job.slow
+    perception = CubePerception(PerceptionNoise(s.noise_far_m, s.noise_near_m, s.noise_far_deg,
+                                                s.noise_near_deg), seed=perception_seed + seed)
+    arm = SimArm(seed=seed)
+    arm.connect()
+    env = arm.env
+    est = estimator_for(wm, period, condition, seed)
+    est.reset(0.0)
+    policy = GraspPolicy(GraspController(job.controller))
+    policy.reset(0.0)
+    sc = job.safety
+    safety = SafetyConfig(sc.max_step_deg, sc.slow_after_s, sc.hold_after_s, sc.slow_factor)
+    line = DelayLine(condition)
+    command = arm.read_joints()
+    errors = []
+    max_ticks = int(job.sim.episode_s / period)
+    for tick in range(max_ticks):
+        joints = arm.read_joints()
+        if condition.mode == ORACLE or tick % condition.every_ticks == 0:
+            image = env.render_camera("wrist", s.image_size, s.image_size)
+            found = perception(image, joints)
+            if found is not None:
+                line.capture(tick, {"state": joints.astype(np.float32), "object": found})
+        for capture_tick, o in line.arrivals(tick):
+            est.correct(o, capture_tick * period)
+        targets = policy.act(tick * period, tick, joints, est)
+        if targets is None:
+            targets = command
+        if est.stats.applied:
+            true = env.true_object()
+            guess = est.decode()["object"]
+            errors.append(float(np.linalg.norm(guess[:3] - true[:3]) * 1000))
+        command = safe_targets(np.asarray(targets, float), command, arm.limits, NORMAL, safety)
+        arm.write_targets(command)
+        action = wm.normalize_action(torch.as_tensor(command, dtype=torch.float32)[None])
+        est.predict(action, (tick + 1) * period)
+        if policy.finished:
+            break
+    info = arm.last_info or {}
+    arm.disconnect()
+    return {"success": bool(info.get("is_success", False)), "phase": policy.phase,
+            "estimate_error_mm": float(np.median(errors)) if errors else float("nan")}
