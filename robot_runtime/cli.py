@@ -8,7 +8,16 @@ import argparse
 import os
 import sys
 
-from .commands import Formatter, benchmarks, hardware, learning, runtime_tools, simulation
+from .commands import (
+    Formatter,
+    benchmarks,
+    evaluation,
+    hardware,
+    learning,
+    robot,
+    runtime_tools,
+    simulation,
+)
 
 EXAMPLES = """\
 examples:
@@ -32,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Kiwi runtime: a fast control loop on a learned world model's latent state.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (learning, simulation, hardware, benchmarks, runtime_tools):
+    for module in (learning, simulation, robot, evaluation, hardware, runtime_tools, benchmarks):
         module.register(sub)
     return parser
 

@@ -190,6 +190,91 @@ class ChunkFollower:
         return len(self.queue)
 
 
+class GraspPolicy:
+    """The grasp controller on the runtime: it waits for the first observation (an initial latent
+    knows nothing of the cube), then acts on the decoded estimate every tick."""
+
+    def __init__(self, controller: GraspController):
+        self.controller = controller
+        self.waiting = True
+
+    def reset(self, t: float) -> None:
+        self.waiting = True
+        self.controller.phase = "wait"
+        self.controller.events.clear()
+
+    def on_observation(self, msg, t: float) -> None:
+        pass
+
+    def act(self, t: float, tick: int, joints: np.ndarray, estimator) -> np.ndarray | None:
+        if self.waiting:
+            if estimator.stats.applied == 0:
+                return None  # hold
+            self.waiting = False
+            self.controller.reset(t, joints)
+        return self.controller.act(t, joints, estimator.decode()["object"])
+
+    @property
+    def events(self) -> list[GraspEvent]:
+        return self.controller.events
+
+    @property
+    def phase(self) -> str:
+        return self.controller.phase
+
+    @property
+    def finished(self) -> bool:
+        return self.controller.finished
+
+
+class ChunkPolicy:
+    """Follows VLA action chunks: a chunk's meta ``t_first`` (its first action's time on the
+    runtime clock) and ``dt`` place it on the loop's ticks; no action queued: hold."""
+
+    def __init__(self, period_s: float, old_weight: float = 0.3):
+        self.period = period_s
+        self.follower = ChunkFollower(old_weight)
+        self.events: list[GraspEvent] = []
+        self.t0 = 0.0
+        self.phase = "waiting"
+        self.finished = False
+
+    def reset(self, t: float) -> None:
+        self.t0 = t
+        self.follower = ChunkFollower(self.follower.old_weight)
+        self.phase = "waiting"
+
+    def on_observation(self, msg, t: float) -> None:
+        actions = msg.arrays.get("actions")
+        if actions is None or actions.ndim != 2:
+            return
+        meta = msg.header.meta
+        t_first = float(meta.get("t_first", msg.header.t_capture))
+        dt = float(meta.get("dt", self.period))
+        if abs(dt - self.period) > 1e-6:  # resample to the loop's ticks
+            times = t_first + dt * np.arange(len(actions))
+            ticks = np.arange(
+                round((times[0] - self.t0) / self.period),
+                round((times[-1] - self.t0) / self.period) + 1,
+            )
+            actions = np.stack(
+                [
+                    np.interp(self.t0 + ticks * self.period, times, actions[:, j])
+                    for j in range(actions.shape[1])
+                ],
+                1,
+            )
+            first = int(ticks[0])
+        else:
+            first = int(round((t_first - self.t0) / self.period))
+        self.follower.add(first, actions)
+
+    def act(self, t: float, tick: int, joints: np.ndarray, estimator) -> np.ndarray | None:
+        action = self.follower.act(tick)
+        self.phase = "following" if action is not None else "waiting"
+        return action
+
+
 class LatentActor:
     """A Dreamer actor on the latent state: deterministic (its mode)."""
 

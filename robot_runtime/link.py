@@ -70,7 +70,7 @@ def encode(
     arrays = arrays or {}
     fields, frames = [], []
     for name, value in arrays.items():
-        a = np.ascontiguousarray(value)
+        a = np.asarray(value, order="C")  # C-contiguous; unlike ascontiguousarray, keeps 0-d
         if a.dtype.name not in DTYPES:
             raise MessageError(
                 f"field {name!r}: dtype {a.dtype} cannot be sent (allowed: {sorted(DTYPES)})"
@@ -174,7 +174,9 @@ class Context:
         import zmq
 
         self.zmq = zmq
-        self.ctx = zmq.Context.instance()
+        # A context of its own: an authenticator (CURVE client list) belongs to one context, so
+        # two endpoints in one process (tests, a tool beside a runtime) must not share one.
+        self.ctx = zmq.Context()
         self._auth = None
 
     def bind(self, socket_type: int, address: str, curve: CurveKeys | None = None, hwm: int = 4):
@@ -235,9 +237,11 @@ class Context:
         self._auth.configure_curve(domain="*", location=str(clients_dir))
 
     def close(self) -> None:
+        """Stops the authenticator and closes every socket of this context."""
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+        self.ctx.destroy(linger=0)
 
 
 def make_keys(folder: Path, name: str) -> tuple[Path, Path]:

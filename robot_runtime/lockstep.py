@@ -85,9 +85,8 @@ def grasp_episode(job, wm, condition: Condition, seed: int, perception_seed: int
     """One grasp attempt on the simulated arm, the runtime's pieces in virtual time. Returns
     success, the final phase and the estimate's error against the truth (median, after the
     first observation)."""
-    from sim.perception import PerceptionNoise
-
     from drivers.sim_arm import SimArm
+    from sim.perception import PerceptionNoise
 
     from .controllers import GraspController, GraspPolicy
     from .perception import CubePerception
@@ -95,8 +94,10 @@ def grasp_episode(job, wm, condition: Condition, seed: int, perception_seed: int
 
     period = 1.0 / job.runtime.rate_hz
     s = job.slow
-    perception = CubePerception(PerceptionNoise(s.noise_far_m, s.noise_near_m, s.noise_far_deg,
-                                                s.noise_near_deg), seed=perception_seed + seed)
+    perception = CubePerception(
+        PerceptionNoise(s.noise_far_m, s.noise_near_m, s.noise_far_deg, s.noise_near_deg),
+        seed=perception_seed + seed,
+    )
     arm = SimArm(seed=seed)
     arm.connect()
     env = arm.env
@@ -134,5 +135,8 @@ def grasp_episode(job, wm, condition: Condition, seed: int, perception_seed: int
             break
     info = arm.last_info or {}
     arm.disconnect()
-    return {"success": bool(info.get("is_success", False)), "phase": policy.phase,
-            "estimate_error_mm": float(np.median(errors)) if errors else float("nan")}
+    return {
+        "success": bool(info.get("is_success", False)),
+        "phase": policy.phase,
+        "estimate_error_mm": float(np.median(errors)) if errors else float("nan"),
+    }

@@ -105,7 +105,7 @@ class FastLoop:
             if max_ticks is not None and stats.ticks >= max_ticks:
                 break
             scheduled = t0 + k * period
-            if duration_s is not None and scheduled - t0 >= duration_s:
+            if duration_s is not None and k * period >= duration_s - 1e-9:
                 break
             now = self.clock()
             if now < scheduled:

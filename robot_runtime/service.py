@@ -22,7 +22,7 @@ from drivers.arm import LEROBOT_JOINTS
 
 from . import link
 from .config import GraspJob
-from .controllers import GraspController
+from .controllers import GraspController, GraspPolicy
 from .estimator import LatentEstimator
 from .loop import FastLoop, LoopStats
 from .safety import SafetyConfig, Watchdog, safe_targets
@@ -107,6 +107,7 @@ class Runtime:
         clock=time.monotonic,
         ctx: link.Context | None = None,
         bind_sockets: bool = True,
+        policy=None,
     ):
         import zmq
 
@@ -117,7 +118,7 @@ class Runtime:
         )
         s = job.safety
         self.safety = SafetyConfig(s.max_step_deg, s.slow_after_s, s.hold_after_s, s.slow_factor)
-        self.controller = GraspController(job.controller)
+        self.policy = policy or GraspPolicy(GraspController(job.controller))
         self.ctx = ctx or link.Context()
         self.obs_sock = self.query_sock = self.telemetry_sock = None
         if bind_sockets:
@@ -148,8 +149,7 @@ class Runtime:
         self.watchdog = Watchdog(self.safety, t)
         self.command = np.asarray(joints, float).copy()
         self.attempt = Attempt(seed, t)
-        self.controller.phase = "wait"
-        self.controller.events.clear()
+        self.policy.reset(t)
         self.events_sent = 0
         self.publish("event", {}, {"event": "attempt_start", "seed": seed})
 
@@ -161,12 +161,9 @@ class Runtime:
                 self.observe(msg, t)
         self.answer_queries()
         joints = self.arm.read_joints()
-        if self.controller.phase == "wait":
-            targets = self.command
-            if self.attempt.t_first_obs is not None:
-                self.controller.reset(t, joints)
-        else:
-            targets = self.controller.act(t, joints, est.decode()["object"])
+        targets = self.policy.act(t, k, joints, est)
+        if targets is None:  # nothing to do yet: hold
+            targets = self.command if self.command is not None else joints
         mode, changed = self.watchdog.update(t)
         if changed is not None:
             self.publish("event", {}, {"event": "watchdog", "mode": mode, "was": changed})
@@ -186,8 +183,23 @@ class Runtime:
         """A message from the slow process: an observation for the estimator (checked)."""
         if msg.kind != "obs":
             self.counter["rejected"] += 1
+            self.counter["last_error"] = f"unexpected message kind {msg.kind!r} on obs"
             return
+        if "actions" in msg.arrays:
+            actions = msg.arrays["actions"]
+            if (
+                actions.ndim != 2
+                or actions.shape[1] != len(self.arm.joint_names)
+                or not np.all(np.isfinite(actions))
+            ):
+                self.counter["rejected"] += 1
+                self.counter["last_error"] = f"action chunk of shape {actions.shape} is wrong"
+                return
+            self.policy.on_observation(msg, t)
+            self.watchdog.observed(t)
         obs = {k: msg.arrays.get(k) for k in self.wm.obs_keys}
+        if all(v is None for v in obs.values()) and "actions" in msg.arrays:
+            return  # a chunk without an observation
         bad = [
             k
             for k, v in obs.items()
@@ -234,7 +246,7 @@ class Runtime:
         return {
             "loop": stats,
             "estimator": self.estimator.stats.summary(),
-            "phase": self.controller.phase,
+            "phase": self.policy.phase,
             "rejected": self.counter.get("rejected", 0),
             "watchdog": self.watchdog.mode(self.clock()) if self.watchdog else None,
         }
@@ -260,11 +272,11 @@ class Runtime:
             pass
 
     def flush_events(self) -> None:
-        for event in self.controller.events[self.events_sent :]:
+        for event in self.policy.events[self.events_sent :]:
             self.publish(
                 "event", {}, {"event": "phase", "phase": event.kind, **event.detail}, event.t
             )
-        self.events_sent = len(self.controller.events)
+        self.events_sent = len(self.policy.events)
 
     def publish_telemetry(self, t: float, joints: np.ndarray, mode: str) -> None:
         decoded = self.estimator.decode()
@@ -282,7 +294,7 @@ class Runtime:
                 "command": np.asarray(self.command, np.float32),
             },
             {
-                "phase": self.controller.phase,
+                "phase": self.policy.phase,
                 "watchdog": mode,
                 "tick": self.estimator.tick,
                 "overruns": loop.overruns if loop else 0,
@@ -300,7 +312,7 @@ class Runtime:
         self.start_attempt(seed, joints)
         self.loop = loop = FastLoop(self.job.runtime.rate_hz, self._tick_until_done, self.clock)
         loop.run(duration_s=max_s)
-        final = self.controller.phase
+        final = self.policy.phase
         self.publish(
             "event",
             {},
@@ -316,7 +328,7 @@ class Runtime:
 
     def _tick_until_done(self, k: int, t: float) -> None:
         self.tick(k, t)
-        if self.controller.finished:
+        if self.policy.finished:
             self.loop.stop("finished")
 
     def hold_on_stop(self) -> None:
@@ -329,6 +341,33 @@ class Runtime:
             if sock is not None:
                 sock.close(0)
         self.ctx.close()
+
+
+def serve(job: GraspJob, wm, arm, policy, duration_s: float | None = None, ready=None) -> dict:
+    """Runs the service on ``arm`` until SIGINT/SIGTERM (or ``duration_s``); the arm is made
+    safe on the way out (torque off, or holding, as configured). Returns the loop's stats."""
+    from .loop import StopOnSignals
+
+    runtime = Runtime(job, wm, arm, policy=policy)
+    arm.connect()
+    try:
+        runtime.start_attempt(0, arm.read_joints())
+        runtime.loop = loop = FastLoop(job.runtime.rate_hz, runtime.tick, runtime.clock)
+        if ready is not None:
+            ready(runtime)
+        with StopOnSignals(loop):
+            loop.run(duration_s=duration_s)
+        runtime.publish("event", {}, {"event": "done", "reason": loop.stop_reason or "finished"})
+        return {
+            "loop": loop.stats.summary(),
+            "estimator": runtime.estimator.stats.summary(),
+            "rejected": runtime.counter.get("rejected", 0),
+        }
+    finally:
+        try:
+            arm.disconnect(torque_off=job.runtime.torque_off_on_exit)
+        finally:
+            runtime.close()
 
 
 def load_world_model(spec: str):

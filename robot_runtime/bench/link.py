@@ -12,6 +12,7 @@ the hop: encode + send + loopback TCP + receive + decode.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -77,6 +78,14 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def load_note() -> str:
+    """The 1-minute load average beside the core count: jitter figures mean little on a busy
+    machine, so every run says how busy it was."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    busy = " (busy: other processes compete for the cores)" if load > 0.5 * cores else ""
+    return f"load average {load:.2f} on {cores} cores{busy}"
 
 
 def bind_receiver(ctx: link.Context, socket_type: int, hwm: int = 16):
@@ -152,7 +161,11 @@ def run(args) -> int:
     rows.append(("messages", f"{r['count']} of {count}", "", ""))
     rows.append(("message bytes", str(r["message_bytes"]), "", ""))
     print(format_table(rows))
-    write_json(args.json, {**r, "targets": TARGETS_US, "machine": machine()})
+    print(load_note())
+    write_json(
+        args.json,
+        {**r, "targets": TARGETS_US, "load_avg_1min": os.getloadavg()[0], "machine": machine()},
+    )
     return 0 if r["count"] == count else 1
 
 

@@ -12,6 +12,7 @@ one was due.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ from .. import link, safety
 from ..loop import FastLoop
 from ..textui import format_table
 from .common import machine, verdict, write_json
-from .link import bind_receiver, start_sender, stop
+from .link import bind_receiver, load_note, start_sender, stop
 
 RATES_HZ = (100, 200)
 SLOW_RATE_HZ = 5.0
@@ -121,5 +122,14 @@ def run(args) -> int:
         )
     print(format_table(rows))
     print(f"targets: jitter p99 <= {TARGETS['jitter_us_p99']:g} µs and no overruns, at each rate")
-    write_json(args.json, {**results, "targets": TARGETS, "machine": machine()})
+    print(load_note())
+    write_json(
+        args.json,
+        {
+            **results,
+            "targets": TARGETS,
+            "load_avg_1min": os.getloadavg()[0],
+            "machine": machine(),
+        },
+    )
     return 0

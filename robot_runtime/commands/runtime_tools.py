@@ -58,7 +58,7 @@ def cmd_keys(args) -> int:
         f"--set link.curve_clients={allowed}\n"
         f"    in Python: link.CurveKeys(Path('{out / 'server.key_secret'}'), Path('{allowed}'))\n"
         "  client (connects to the server's address):\n"
-        f"    Context().connect(zmq.PUSH, 'tcp://HOST:5601', "
+        f"    link.Context().connect(zmq.PUSH, 'tcp://HOST:5601', "
         f"server_public_key=Path('{server_public}'), client_secret=Path('{client_secret}'))\n"
         "  the server accepts only the clients whose .key files are in "
         f"{allowed}/; add another with `kiwi keys --out {out} --role client --name NAME`"
