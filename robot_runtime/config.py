@@ -125,6 +125,20 @@ class GraspControllerConfig(Frozen):
     hold_s: float = 1.0
 
 
+class GraspGateConfig(Frozen):
+    """The grasp-success predictor and the commit gate (`kiwi train grasp` fits the head)."""
+
+    enabled: bool = True
+    threshold: float = Field(0.5, ge=0, le=1, description="commit when P(success) >= this")
+    retries: int = Field(2, ge=0, description="back-offs before giving up")
+    samples: int = Field(64, ge=1, description="K rollouts per forecast")
+    horizon: int = Field(30, ge=1, description="H ticks of the commit plan rolled out")
+    obs_every: int = Field(10, ge=1, description="training: one observation every N ticks")
+    train_samples: int = Field(8, ge=1, description="training: rollouts per recorded decision")
+    epochs: int = Field(40, ge=1)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+
+
 class SimConfig(Frozen):
     """`kiwi sim`: the dry run."""
 
@@ -144,6 +158,7 @@ class GraspJob(Frozen):
     slow: SlowConfig = SlowConfig()
     safety: SafetySection = SafetySection()
     controller: GraspControllerConfig = GraspControllerConfig()
+    gate: GraspGateConfig = GraspGateConfig()
     link: LinkConfig = LinkConfig()
     sim: SimConfig = SimConfig()
 

@@ -59,14 +59,30 @@ class GraspEvent:
 class GraspController:
     """Call ``reset(t, joints)`` per attempt, then ``act(t, joints, object_estimate)`` per tick.
 
-    ``gate(t, aim)`` (optional) decides at DECIDE: returns "commit", "wait" or "back_off".
-    Events (phase changes, decisions) accumulate in ``events`` for telemetry.
+    The aim (cube position and yaw in the world) is taken from the latent's estimate when the
+    attempt starts and kept (``aim="first"``: plan once, like a policy that commits to its first
+    detection), or re-taken every tick until the descent (``aim="track"``). At pre-grasp height
+    the arm looks for ``settle_s`` (close observations sharpen the latent), descends, and at
+    DECIDE asks ``gate(t, aim, roll_hint)`` (optional): "commit" or "back_off". A back-off rises
+    to pre-grasp, looks again, re-aims from the latest estimate and descends again, at most
+    ``max_retries`` times; then it gives up. Events (phase changes, decisions) accumulate in
+    ``events`` for telemetry.
     """
 
     def __init__(
-        self, config: GraspControllerConfig, gate: Callable | None = None, max_retries: int = 2
+        self,
+        config: GraspControllerConfig,
+        gate: Callable | None = None,
+        max_retries: int = 2,
+        aim: str = "first",
+        aim_offset_m: tuple[float, float] = (0.0, 0.0),
     ):
-        self.config, self.gate, self.max_retries = config, gate, max_retries
+        """``aim_offset_m`` (along the closing axis, across it) shifts every aim: a deliberate
+        misalignment, for demonstrations and tests of the forecast."""
+        if aim not in ("first", "track"):
+            raise ValueError(f"aim must be first or track, got {aim!r}")
+        self.config, self.gate, self.max_retries, self.aim_mode = config, gate, max_retries, aim
+        self.aim_offset = np.asarray(aim_offset_m, float)
         self.events: list[GraspEvent] = []
         self.phase = DONE
 
@@ -75,13 +91,20 @@ class GraspController:
         self.start_q = np.radians(np.asarray(joints_deg[:5], float))
         self.retries = 0
         self.aim: tuple[np.ndarray, float] | None = None
-        self.frozen: tuple[np.ndarray, float] | None = None
         self.roll_hint = float(self.start_q[4])
         self.events.append(GraspEvent(t, APPROACH))
 
     def _enter(self, phase: str, t: float, **detail) -> None:
         self.phase, self.t_phase = phase, t
         self.events.append(GraspEvent(t, phase, detail))
+
+    def _aim_at(self, object_estimate: np.ndarray, joints_deg: np.ndarray):
+        xy, yaw = cube_in_world(object_estimate, joints_deg)
+        if self.aim_offset.any():
+            along = np.array([np.cos(yaw), np.sin(yaw)])
+            across = np.array([-along[1], along[0]])
+            xy = xy + self.aim_offset[0] * along + self.aim_offset[1] * across
+        return xy, yaw
 
     def act(self, t: float, joints_deg: np.ndarray, object_estimate: np.ndarray) -> np.ndarray:
         """Targets for this tick; an aim no pose can reach holds the arm where it is."""
@@ -94,22 +117,21 @@ class GraspController:
 
     def _act(self, t: float, joints_deg: np.ndarray, object_estimate: np.ndarray) -> np.ndarray:
         c = self.config
-        if self.phase not in (DESCEND, DECIDE, CLOSE, LIFT, HOLD):
-            self.aim = cube_in_world(object_estimate, joints_deg)  # re-aim while looking
-        xy, yaw = self.frozen or self.aim
+        tracking = self.aim_mode == "track" and self.phase in (APPROACH, LOOK)
+        if self.aim is None or tracking:
+            self.aim = self._aim_at(object_estimate, joints_deg)
+        xy, yaw = self.aim
         s = t - self.t_phase
         grip = 100.0
-        if self.phase == APPROACH:
+        if self.phase == APPROACH:  # from where the arm was to above the aim
             target = reach_top_down(xy, c.pregrasp_height_m, yaw, self.roll_hint)
             self.roll_hint = float(target[4])
             q = self.start_q + smoothstep(s / c.approach_s) * (target - self.start_q)
             if s >= c.approach_s:
                 self._enter(LOOK, t)
-        elif self.phase in (LOOK, BACK_OFF):
+        elif self.phase == LOOK:  # hold above the aim while close observations come in
             q = reach_top_down(xy, c.pregrasp_height_m, yaw, self.roll_hint)
-            self.roll_hint = float(q[4])
             if s >= c.settle_s:
-                self.frozen = self.aim
                 self._enter(
                     DESCEND, t, aim_xy=[float(v) for v in xy], aim_yaw_deg=math.degrees(yaw)
                 )
@@ -122,16 +144,23 @@ class GraspController:
                 self._enter(DECIDE, t)
         elif self.phase == DECIDE:
             q = reach_top_down(xy, c.grasp_height_m, yaw, self.roll_hint)
-            verdict = self.gate(t, (xy, yaw)) if self.gate else "commit"
+            verdict = self.gate(t, self.aim, self.roll_hint) if self.gate else "commit"
             if verdict == "commit":
                 self._enter(CLOSE, t)
-            elif verdict == "back_off":
-                if self.retries >= self.max_retries:
-                    self._enter(GAVE_UP, t, retries=self.retries)
-                else:
-                    self.retries += 1
-                    self.frozen = None
-                    self._enter(BACK_OFF, t, retry=self.retries)
+            elif self.retries >= self.max_retries:
+                self._enter(GAVE_UP, t, retries=self.retries)
+            else:
+                self.retries += 1
+                self._enter(BACK_OFF, t, retry=self.retries)
+        elif self.phase == BACK_OFF:  # up to pre-grasp, look, then re-plan from the latest belief
+            z = c.grasp_height_m + smoothstep(s / c.descend_s) * (
+                c.pregrasp_height_m - c.grasp_height_m
+            )
+            q = reach_top_down(xy, z, yaw, self.roll_hint)
+            if s >= c.descend_s + c.settle_s:
+                self.start_q = np.radians(np.asarray(joints_deg[:5], float))
+                self.aim = self._aim_at(object_estimate, joints_deg)
+                self._enter(APPROACH, t, replanned=True)
         elif self.phase == CLOSE:
             q = reach_top_down(xy, c.grasp_height_m, yaw, self.roll_hint)
             grip = 100.0 * (1.0 - smoothstep(s / c.close_s))
@@ -192,11 +221,36 @@ class ChunkFollower:
 
 class GraspPolicy:
     """The grasp controller on the runtime: it waits for the first observation (an initial latent
-    knows nothing of the cube), then acts on the decoded estimate every tick."""
+    knows nothing of the cube), then acts on the decoded estimate every tick. With a gate
+    (robot_runtime/gate.py), DECIDE forecasts the grasp from the current belief, and each
+    decision becomes an event."""
 
-    def __init__(self, controller: GraspController):
+    def __init__(self, controller: GraspController, gate=None):
         self.controller = controller
+        self.gate = gate
+        self.estimator = None
+        if gate is not None:
+            controller.gate = self._decide
         self.waiting = True
+
+    def _decide(self, t: float, aim, roll_hint: float) -> str:
+        self.gate.estimator = self.estimator
+        verdict = self.gate(t, aim, roll_hint)
+        d = self.gate.decisions[-1]
+        self.controller.events.append(
+            GraspEvent(
+                t,
+                "decision",
+                {
+                    "p_success": d.p_success,
+                    "spread": d.spread,
+                    "ms": d.ms,
+                    "verdict": verdict,
+                    "threshold": self.gate.threshold,
+                },
+            )
+        )
+        return verdict
 
     def reset(self, t: float) -> None:
         self.waiting = True
@@ -207,6 +261,7 @@ class GraspPolicy:
         pass
 
     def act(self, t: float, tick: int, joints: np.ndarray, estimator) -> np.ndarray | None:
+        self.estimator = estimator
         if self.waiting:
             if estimator.stats.applied == 0:
                 return None  # hold

@@ -80,63 +80,87 @@ def pendulum_episode(env, wm, behavior, condition: Condition, seed: int) -> floa
             return total
 
 
-@torch.no_grad()
-def grasp_episode(job, wm, condition: Condition, seed: int, perception_seed: int = 0) -> dict:
-    """One grasp attempt on the simulated arm, the runtime's pieces in virtual time. Returns
-    success, the final phase and the estimate's error against the truth (median, after the
-    first observation)."""
-    from drivers.sim_arm import SimArm
-    from sim.perception import PerceptionNoise
+class GraspLockstep:
+    """The simulated grasp with the runtime's pieces in virtual time: the arm (in-process
+    MuJoCo), the slow process's perception on rendered wrist frames, the delay line, the
+    estimator, the grasp policy (and its gate) and safety. ``step()`` runs one tick."""
 
-    from .controllers import GraspController, GraspPolicy
-    from .perception import CubePerception
-    from .safety import NORMAL, SafetyConfig, safe_targets
+    def __init__(
+        self, job, wm, condition: Condition, seed: int, policy=None, perception_seed: int = 0
+    ):
+        from drivers.sim_arm import SimArm
+        from sim.perception import PerceptionNoise
 
-    period = 1.0 / job.runtime.rate_hz
-    s = job.slow
-    perception = CubePerception(
-        PerceptionNoise(s.noise_far_m, s.noise_near_m, s.noise_far_deg, s.noise_near_deg),
-        seed=perception_seed + seed,
-    )
-    arm = SimArm(seed=seed)
-    arm.connect()
-    env = arm.env
-    est = estimator_for(wm, period, condition, seed)
-    est.reset(0.0)
-    policy = GraspPolicy(GraspController(job.controller))
-    policy.reset(0.0)
-    sc = job.safety
-    safety = SafetyConfig(sc.max_step_deg, sc.slow_after_s, sc.hold_after_s, sc.slow_factor)
-    line = DelayLine(condition)
-    command = arm.read_joints()
-    errors = []
-    max_ticks = int(job.sim.episode_s / period)
-    for tick in range(max_ticks):
-        joints = arm.read_joints()
-        if condition.mode == ORACLE or tick % condition.every_ticks == 0:
-            image = env.render_camera("wrist", s.image_size, s.image_size)
-            found = perception(image, joints)
+        from .controllers import GraspController, GraspPolicy
+        from .perception import CubePerception
+        from .safety import SafetyConfig
+
+        self.job, self.wm, self.condition = job, wm, condition
+        self.period = 1.0 / job.runtime.rate_hz
+        s = job.slow
+        self.perception = CubePerception(
+            PerceptionNoise(s.noise_far_m, s.noise_near_m, s.noise_far_deg, s.noise_near_deg),
+            seed=perception_seed + seed,
+        )
+        self.arm = SimArm(seed=seed)
+        self.arm.connect()
+        self.env = self.arm.env
+        self.estimator = estimator_for(wm, self.period, condition, seed)
+        self.estimator.reset(0.0)
+        self.policy = policy or GraspPolicy(GraspController(job.controller))
+        self.policy.reset(0.0)
+        sc = job.safety
+        self.safety = SafetyConfig(
+            sc.max_step_deg, sc.slow_after_s, sc.hold_after_s, sc.slow_factor
+        )
+        self.line = DelayLine(condition)
+        self.command = self.arm.read_joints()
+        self.tick = 0
+        self.errors: list[float] = []
+
+    @torch.no_grad()
+    def step(self) -> None:
+        from .safety import NORMAL, safe_targets
+
+        tick, est, c = self.tick, self.estimator, self.condition
+        joints = self.arm.read_joints()
+        if c.mode == ORACLE or tick % c.every_ticks == 0:
+            image = self.env.render_camera(
+                "wrist", self.job.slow.image_size, self.job.slow.image_size
+            )
+            found = self.perception(image, joints)
             if found is not None:
-                line.capture(tick, {"state": joints.astype(np.float32), "object": found})
-        for capture_tick, o in line.arrivals(tick):
-            est.correct(o, capture_tick * period)
-        targets = policy.act(tick * period, tick, joints, est)
+                self.line.capture(tick, {"state": joints.astype(np.float32), "object": found})
+        for capture_tick, o in self.line.arrivals(tick):
+            est.correct(o, capture_tick * self.period)
+        targets = self.policy.act(tick * self.period, tick, joints, est)
         if targets is None:
-            targets = command
+            targets = self.command
         if est.stats.applied:
-            true = env.true_object()
             guess = est.decode()["object"]
-            errors.append(float(np.linalg.norm(guess[:3] - true[:3]) * 1000))
-        command = safe_targets(np.asarray(targets, float), command, arm.limits, NORMAL, safety)
-        arm.write_targets(command)
-        action = wm.normalize_action(torch.as_tensor(command, dtype=torch.float32)[None])
-        est.predict(action, (tick + 1) * period)
-        if policy.finished:
-            break
-    info = arm.last_info or {}
-    arm.disconnect()
-    return {
-        "success": bool(info.get("is_success", False)),
-        "phase": policy.phase,
-        "estimate_error_mm": float(np.median(errors)) if errors else float("nan"),
-    }
+            self.errors.append(float(np.linalg.norm(guess[:3] - self.env.true_object()[:3]) * 1e3))
+        self.command = safe_targets(
+            np.asarray(targets, float), self.command, self.arm.limits, NORMAL, self.safety
+        )
+        self.arm.write_targets(self.command)
+        action = self.wm.normalize_action(torch.as_tensor(self.command, dtype=torch.float32)[None])
+        est.predict(action, (tick + 1) * self.period)
+        self.tick += 1
+
+    def run(self) -> dict:
+        max_ticks = int(self.job.sim.episode_s / self.period)
+        while self.tick < max_ticks and not self.policy.finished:
+            self.step()
+        info = self.arm.last_info or {}
+        self.arm.disconnect()
+        return {
+            "success": bool(info.get("is_success", False)),
+            "phase": self.policy.phase,
+            "estimate_error_mm": float(np.median(self.errors)) if self.errors else float("nan"),
+        }
+
+
+def grasp_episode(job, wm, condition: Condition, seed: int, perception_seed: int = 0) -> dict:
+    """One grasp attempt; returns success, the final phase and the estimate's error against the
+    truth (median over the ticks after the first observation)."""
+    return GraspLockstep(job, wm, condition, seed, perception_seed=perception_seed).run()

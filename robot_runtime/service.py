@@ -239,7 +239,51 @@ class Runtime:
             return link.encode("clock", t_capture=self.clock(), meta={"t": self.clock()})
         if msg.kind == "status":
             return link.encode("status", t_capture=self.clock(), meta=self.status())
-        raise link.MessageError(f"unknown query kind {msg.kind!r} (status, clock)")
+        if msg.kind == "grasp_query":
+            return self.grasp_query(msg)
+        raise link.MessageError(f"unknown query kind {msg.kind!r} (status, clock, grasp_query)")
+
+    def grasp_query(self, msg: link.Message) -> list[bytes]:
+        """P(success) of a commit plan from the current belief: the message's ``plan`` array
+        ``[H, 6]`` (degrees, gripper 0..100), or the controller's own plan for its current aim."""
+        gate = getattr(self.policy, "gate", None)
+        if gate is None:
+            raise link.MessageError(
+                "this runtime has no grasp predictor (its model file has no "
+                "success head, or the gate is off)"
+            )
+        gate.estimator = self.estimator
+        plan = msg.arrays.get("plan")
+        if plan is not None:
+            if (
+                plan.ndim != 2
+                or plan.shape[1] != 6
+                or len(plan) < gate.predictor.horizon
+                or not np.all(np.isfinite(plan))
+            ):
+                raise link.MessageError(
+                    f"plan must be [H >= {gate.predictor.horizon}, 6] finite "
+                    f"numbers, got shape {list(plan.shape)}"
+                )
+            forecast = gate.predictor.forecast(self.estimator.state, plan)
+        else:
+            aim = getattr(self.policy.controller, "aim", None)
+            if aim is None:
+                raise link.MessageError("no plan given and the controller has no aim yet")
+            forecast = gate.forecast(aim, self.policy.controller.roll_hint)
+        return link.encode(
+            "grasp_forecast",
+            t_capture=self.clock(),
+            meta={
+                "p_success": forecast.p_success,
+                "spread": forecast.spread,
+                "samples": forecast.samples,
+                "horizon": forecast.horizon,
+                "ms": forecast.ms,
+                "phase": self.policy.phase,
+                "threshold": gate.threshold,
+            },
+        )
 
     def status(self) -> dict:
         stats = self.loop.stats.summary() if self.loop else LoopStats().summary()
@@ -380,6 +424,26 @@ def load_world_model(spec: str):
     return wm.eval()
 
 
+def grasp_policy(job: GraspJob, spec: str, log=print):
+    """The grasp policy, gated when the model file has a success head and the gate is on."""
+    from world_model.checkpoint import load_tensors
+
+    from .assets import resolve
+    from .gate import GraspGate
+    from .grasp_training import load_grasp_predictor
+
+    path = resolve(spec)
+    groups, meta = load_tensors(path)
+    controller = GraspController(job.controller, max_retries=job.gate.retries)
+    if not job.gate.enabled or "success_head" not in groups:
+        if job.gate.enabled:
+            log(f"{path.name} has no success head: grasps are not gated (`kiwi train grasp`)")
+        return GraspPolicy(controller), None
+    _, predictor, _, _ = load_grasp_predictor(path, job.gate.samples)
+    gate = GraspGate(predictor, job.controller, job.runtime.rate_hz, job.gate.threshold)
+    return GraspPolicy(controller, gate), predictor
+
+
 def main(argv: list[str] | None = None) -> int:
     """The runtime process of `kiwi sim`: grasp attempts on the simulated world's arm."""
     import argparse
@@ -394,9 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     job, _ = load_config(args.config, GraspJob, args.overrides)
     torch.set_num_threads(job.runtime.threads)
     wm = load_world_model(job.runtime.checkpoint)
+    policy, predictor = grasp_policy(job, job.runtime.checkpoint)
     ctx = link.Context()
     arm = RemoteSimArm(ctx, job)
-    runtime = Runtime(job, wm, arm, ctx=ctx)
+    runtime = Runtime(job, wm, arm, ctx=ctx, policy=policy)
     stopping = {"reason": None}
 
     def on_signal(signum, frame):

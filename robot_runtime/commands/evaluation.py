@@ -37,6 +37,29 @@ def cmd_eval_latency(args) -> int:
     return 0
 
 
+def cmd_eval_grasp(args) -> int:
+    import torch
+
+    from ..assets import resolve
+    from ..config import GraspJob, load_config
+    from ..grasp_eval import evaluate, print_summary, write
+
+    torch.set_num_threads(1)
+    overrides = list(args.overrides)
+    if args.samples:
+        overrides.append(f"gate.samples={args.samples}")
+    job, _ = load_config(args.config, GraspJob, overrides)
+    path = resolve(args.checkpoint or job.runtime.checkpoint)
+    episodes = 3 if args.quick else args.episodes
+    print(f"kiwi eval grasp: {episodes} held-out episodes (seeds {args.seed}..) with {path.name}")
+    summary, records = evaluate(
+        job, path, episodes, args.seed, args.threshold, not args.no_progress
+    )
+    print_summary(summary)
+    write(summary, records, args.json, Path(args.plot))
+    return 0
+
+
 def register(sub) -> None:
     ev = sub.add_parser("eval", help="the headline evaluations", formatter_class=Formatter)
     ev_sub = ev.add_subparsers(dest="what", metavar="WHAT", required=True)
@@ -68,4 +91,32 @@ def register(sub) -> None:
     p.add_argument("--json", nargs="?", const="eval-latency.json", metavar="FILE")
     p.add_argument("--plot", default="eval-latency.png", help="where the plot goes")
     p.add_argument("--quick", action="store_true", help="2 short episodes per condition (smoke)")
+    p.add_argument("--no-progress", action="store_true")
+
+    from ..grasp_eval import EVAL_SEED
+
+    p = command(
+        ev_sub,
+        "grasp",
+        cmd_eval_grasp,
+        "the grasp-success forecast and the commit gate, on held-out seeds",
+        "Runs held-out grasp episodes in lockstep. At every DECIDE it forecasts the grasp "
+        "(K prior rollouts of the commit plan, and a no-rollout classifier on the same "
+        "belief), plays the commit out on a saved copy of the simulator to get the true "
+        "outcome, restores it, and lets the gate commit or back off. Reports AUROC, Brier, "
+        "ECE (reliability diagram PNG), success of committed grasps with and without "
+        "the gate, the share of would-be successes the gate skipped, and forecast latency.",
+        "kiwi eval grasp --episodes 300 --json eval-grasp.json\n"
+        "kiwi eval grasp --episodes 100 --threshold 0.6 --samples 128",
+    )
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help="first held-out seed")
+    p.add_argument("--threshold", type=float, help="commit threshold (default: config)")
+    p.add_argument("--samples", type=int, help="K rollouts per forecast (default: config)")
+    p.add_argument("--checkpoint", help="model with success head (default: the shipped one)")
+    p.add_argument("--config", default="sim_grasp")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", nargs="?", const="eval-grasp.json", metavar="FILE")
+    p.add_argument("--plot", default="eval-grasp-reliability.png", help="reliability diagram")
+    p.add_argument("--quick", action="store_true", help="3 episodes (smoke)")
     p.add_argument("--no-progress", action="store_true")

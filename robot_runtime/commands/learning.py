@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..textui import format_table
@@ -125,6 +126,49 @@ def cmd_train_agent(args) -> int:
     return 0
 
 
+def cmd_train_grasp(args) -> int:
+    import shlex
+    import shutil
+    import sys
+
+    from ..assets import ASSETS
+    from ..config import GraspJob, dump_config, load_config
+    from ..grasp_training import train_grasp
+
+    job, _ = load_config(args.config, GraspJob, args.overrides, "quick" if args.quick else None)
+    set_threads(job.train.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(job))
+    command = "kiwi " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    data = Path(args.data or job.data.episodes)
+    print(f"kiwi train grasp: success head on {args.init} with episodes from {data} -> {out}")
+    report = train_grasp(job, Path(args.init), data, out, command, not args.no_progress)
+    rows = [("held-out", "AUROC", "Brier", "ECE")]
+    for name in ("rollout", "no_rollout"):
+        r = report[name]
+        rows.append((name, f"{r['auroc']:.3f}", f"{r['brier']:.3f}", f"{r['ece']:.3f}"))
+    print(format_table(rows))
+    print(
+        f"({report['holdout_decisions']} held-out decisions, success rate "
+        f"{report['holdout_success_rate']:.0%}; temperatures {report['temperature']:.2f} / "
+        f"{report['temperature_now']:.2f})"
+    )
+    path = out / "grasp_model.safetensors"
+    print(f"wrote {path}")
+    if args.ship:
+        shutil.copyfile(path, ASSETS / "grasp_world_model.safetensors")
+        (ASSETS / "grasp_world_model.md").write_text(
+            "# grasp_world_model.safetensors\n\nThe grasp world model with its success heads, "
+            "shipped so `kiwi sim` and `kiwi grasp-check` work after install. Made by:\n\n"
+            f"```\n{command}\n```\n\non a world model made by `kiwi train world-model` (its "
+            "command is in the file's metadata, `made_by`, and in configs/sim_grasp.yaml).\n\n"
+            f"Held-out figures at training: {json.dumps(report, indent=1)}\n"
+        )
+        print(f"shipped as {ASSETS / 'grasp_world_model.safetensors'}")
+    return 0
+
+
 def register(sub) -> None:
     lab = sub.add_parser("lab", help="the RSSM lab", formatter_class=Formatter)
     lab_sub = lab.add_subparsers(dest="lab", metavar="LAB", required=True)
@@ -180,3 +224,21 @@ def register(sub) -> None:
     add_config_args(p, "pendulum")
     p.add_argument("--env-steps", type=int, help="environment steps (default: config)")
     p.add_argument("--out", default="runs/agent", help="output folder")
+    p = command(
+        train_sub,
+        "grasp",
+        cmd_train_grasp,
+        "fit the grasp-success head on a trained grasp world model",
+        "From collected grasps (`kiwi collect`), finds each decision (the tick the gripper "
+        "starts to close), rolls the world model's prior through the recorded commit K times "
+        "from the belief there, and fits a success head on the states reached (and, as an "
+        "ablation, one on the belief alone); calibrates both with a temperature on held-out "
+        "episodes. --ship replaces the shipped model used by `kiwi sim` and `kiwi grasp-check`.",
+        "kiwi train grasp --config configs/sim_grasp.yaml --data data/grasp "
+        "--init runs/grasp-wm/checkpoint.safetensors --out runs/grasp --ship",
+    )
+    add_config_args(p, "sim_grasp")
+    p.add_argument("--init", required=True, help="world model from `kiwi train world-model`")
+    p.add_argument("--data", help="episodes from `kiwi collect` (default: the config's)")
+    p.add_argument("--ship", action="store_true", help="also replace the shipped model")
+    p.add_argument("--out", default="runs/grasp", help="output folder")

@@ -48,6 +48,112 @@ def cmd_run(args) -> int:
     return 0
 
 
+class _StopAtDecision(Exception):
+    pass
+
+
+def cmd_grasp_check(args) -> int:
+    if args.connect:
+        return _grasp_check_remote(args)
+    import numpy as np
+    import torch
+
+    from ..assets import resolve
+    from ..config import GraspJob, load_config
+    from ..controllers import GraspController, GraspPolicy
+    from ..gate import GraspGate
+    from ..grasp_training import load_grasp_predictor
+    from ..lockstep import Condition, GraspLockstep
+
+    torch.set_num_threads(1)
+    job, _ = load_config(args.config, GraspJob, args.overrides)
+    path = resolve(args.checkpoint or job.runtime.checkpoint)
+    wm, predictor, head_now, temp_now = load_grasp_predictor(path, args.samples)
+    every = max(1, int(round(job.runtime.rate_hz / job.slow.rate_hz)))
+    delay = int(round(job.slow.latency_ms / 1000 * job.runtime.rate_hz))
+    report = {}
+
+    class CheckGate(GraspGate):
+        def __call__(self, t, aim, roll_hint=0.0):
+            super().__call__(t, aim, roll_hint)  # the runtime's forecast, recorded
+            d = self.decisions[-1]
+            with torch.no_grad():
+                logit = float(head_now(self.estimator.state.feat())[0])
+            truth = run.env.true_object()
+            guess = self.estimator.decode()["object"]
+            report.update(
+                p=d.p_success,
+                spread=d.spread,
+                ms=d.ms,
+                K=predictor.samples,
+                H=predictor.horizon,
+                p_now=1 / (1 + np.exp(-logit / temp_now)),
+                estimate_error_mm=float(np.linalg.norm(guess[:3] - truth[:3]) * 1e3),
+            )
+            if not args.execute:
+                raise _StopAtDecision
+            return "commit"
+
+    gate = CheckGate(predictor, job.controller, job.runtime.rate_hz, job.gate.threshold)
+    offset = (args.offset_mm / 1000.0, args.offset_across_mm / 1000.0)
+    controller = GraspController(job.controller, max_retries=0, aim_offset_m=offset)
+    run = GraspLockstep(
+        job, wm, Condition("compensated", delay, every), args.seed, GraspPolicy(controller, gate)
+    )
+    try:
+        result = run.run()
+    except _StopAtDecision:
+        result = None
+    if not report:
+        print("the arm never reached the decision (no observation of the cube?)")
+        return 1
+    verdict = "COMMIT" if report["p"] >= job.gate.threshold else "BACK OFF"
+    print(
+        f"cube seed {args.seed}, aim offset {args.offset_mm:g} mm along / "
+        f"{args.offset_across_mm:g} mm across the closing axis"
+    )
+    print(
+        f"P(success) = {report['p']:.2f} ± {report['spread']:.2f} (K={report['K']} rollouts of "
+        f"H={report['H']} ticks, {report['ms']:.1f} ms); no-rollout classifier "
+        f"{report['p_now']:.2f}; the belief's cube estimate is {report['estimate_error_mm']:.1f} "
+        f"mm off -> {verdict} (threshold {job.gate.threshold})"
+    )
+    if result is not None:
+        print(
+            f"executed: the grasp {'SUCCEEDED' if result['success'] else 'FAILED'} "
+            f"(final phase {result['phase']})"
+        )
+    return 0
+
+
+def _grasp_check_remote(args) -> int:
+    import zmq
+
+    from .. import link
+
+    ctx = link.Context()
+    try:
+        sock = ctx.connect(zmq.REQ, args.connect)
+        sock.send_multipart(link.encode("grasp_query"))
+        if not sock.poll(int(args.timeout * 1000)):
+            raise OSError(
+                f"no answer from {args.connect} in {args.timeout:g} s (is `kiwi sim` "
+                "or `kiwi run` running there?)"
+            )
+        reply = link.decode(sock.recv_multipart())
+    finally:
+        ctx.close()
+    if reply.kind == "error":
+        print(f"the runtime says: {reply.header.meta.get('error')}")
+        return 1
+    m = reply.header.meta
+    print(
+        f"P(success) = {m['p_success']:.2f} ± {m['spread']:.2f} (K={m['samples']}, "
+        f"H={m['horizon']}, {m['ms']:.1f} ms); phase {m['phase']}, threshold {m['threshold']}"
+    )
+    return 0
+
+
 def register(sub) -> None:
     p = command(
         sub,
@@ -83,3 +189,33 @@ def register(sub) -> None:
     )
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print the final figures as JSON")
+
+    p = command(
+        sub,
+        "grasp-check",
+        cmd_grasp_check,
+        "will this grasp succeed? a forecast now",
+        "In the simulator (held-out cube placements), runs the runtime's grasp to its "
+        "decision and prints the forecast: P(success) from K rollouts of the commit plan, "
+        "their spread, the time taken and the no-rollout classifier's answer; --execute "
+        "then commits and prints what happened. --connect asks a running runtime "
+        "(`kiwi sim`, `kiwi run`) over its query socket instead.",
+        "kiwi grasp-check --seed 200001\n"
+        "kiwi grasp-check --seed 200001 --offset-mm 12 --execute\n"
+        "kiwi grasp-check --connect tcp://127.0.0.1:5602",
+    )
+    p.add_argument("--seed", type=int, default=200_000, help="cube placement")
+    p.add_argument(
+        "--offset-mm",
+        type=float,
+        default=0.0,
+        help="shift the aim along the closing axis (a deliberate misalignment)",
+    )
+    p.add_argument("--offset-across-mm", type=float, default=0.0, help="... and across it")
+    p.add_argument("--execute", action="store_true", help="commit and report the outcome")
+    p.add_argument("--samples", type=int, help="K rollouts (default: the model's)")
+    p.add_argument("--checkpoint", help="model with a success head (default: the shipped one)")
+    p.add_argument("--config", default="sim_grasp")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--connect", help="query a running runtime at this address instead")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait with --connect")

@@ -1,0 +1,71 @@
+"""The commit gate: at DECIDE, forecast the grasp with the current belief; commit above the
+threshold, otherwise back off (the controller raises the gripper, looks again and re-plans,
+within its retry bound). Every decision is kept for telemetry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim.kinematics import reach_top_down
+
+from .config import GraspControllerConfig
+
+
+def commit_plan(
+    xy: np.ndarray,
+    yaw: float,
+    roll_hint: float,
+    c: GraspControllerConfig,
+    rate_hz: float,
+    horizon: int,
+) -> np.ndarray:
+    """``[horizon, 6]`` targets (degrees, gripper): hold the grasp pose and close the gripper
+    over ``close_s``, then start to lift (what COMMIT does)."""
+    close_ticks = max(1, int(round(c.close_s * rate_hz)))
+    lift_ticks = max(1, int(round(c.lift_s * rate_hz)))
+    rows = []
+    for k in range(horizon):
+        if k < close_ticks:
+            s = (k + 1) / close_ticks
+            z, grip = c.grasp_height_m, 100.0 * (1.0 - s * s * (3 - 2 * s))
+        else:
+            s = min(1.0, (k - close_ticks + 1) / lift_ticks)
+            z, grip = (
+                c.grasp_height_m + s * s * (3 - 2 * s) * (c.lift_height_m - c.grasp_height_m),
+                0.0,
+            )
+        q = reach_top_down(xy, z, yaw, roll_hint)
+        rows.append(np.append(np.degrees(q), grip))
+    return np.array(rows, np.float32)
+
+
+@dataclass
+class Decision:
+    t: float
+    p_success: float
+    spread: float
+    ms: float
+    verdict: str
+
+
+@dataclass
+class GraspGate:
+    predictor: object  # world_model.grasp.GraspPredictor
+    config: GraspControllerConfig
+    rate_hz: float
+    threshold: float = 0.5
+    estimator: object = None  # set by the policy before each tick
+    decisions: list[Decision] = field(default_factory=list)
+
+    def forecast(self, aim: tuple[np.ndarray, float], roll_hint: float = 0.0):
+        xy, yaw = aim
+        plan = commit_plan(xy, yaw, roll_hint, self.config, self.rate_hz, self.predictor.horizon)
+        return self.predictor.forecast(self.estimator.state, plan)
+
+    def __call__(self, t: float, aim: tuple[np.ndarray, float], roll_hint: float = 0.0) -> str:
+        f = self.forecast(aim, roll_hint)
+        verdict = "commit" if f.p_success >= self.threshold else "back_off"
+        self.decisions.append(Decision(t, f.p_success, f.spread, f.ms, verdict))
+        return verdict

@@ -1,0 +1,226 @@
+"""`kiwi train grasp`: a success head on top of the grasp world model, from collected grasps.
+
+For each recorded episode, the decision is the tick the gripper starts to close (the scripted
+policy's ``close`` phase; the runtime's DECIDE is at the same place: open gripper at grasp
+height). The belief there comes from the episode's observations thinned to the runtime's rate
+(one every ``obs_every`` ticks, as the slow process delivers them); the prior then rolls the
+recorded commit (close, start of the lift) for ``horizon`` ticks, K times; the head learns the
+episode's outcome from the states those rollouts reach. A second head learns it from the belief
+at the decision tick alone: the no-rollout ablation. Both are calibrated with a temperature on
+held-out episodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sim.outcomes import PHASES
+from world_model.grasp import SuccessHead, auroc, brier, fit_temperature, reliability
+from world_model.model import WorldModel
+from world_model.rssm import State
+
+CLOSE = PHASES.index("close")
+
+
+@dataclass
+class Decisions:
+    rollout_feat: torch.Tensor  # [N, K, F] states reached by the rollouts
+    now_feat: torch.Tensor  # [N, F] beliefs at the decision tick
+    labels: torch.Tensor  # [N] 1.0 = the grasp succeeded
+
+
+def decision_tick(episode: dict[str, np.ndarray]) -> int | None:
+    closing = np.nonzero(np.asarray(episode["phase"]) == CLOSE)[0]
+    return int(closing[0]) if len(closing) else None
+
+
+@torch.no_grad()
+def build_decisions(
+    wm: WorldModel,
+    episodes: list[dict[str, np.ndarray]],
+    horizon: int,
+    samples: int,
+    obs_every: int,
+    seed: int,
+    batch: int = 128,
+    progress: bool = True,
+) -> Decisions:
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    usable = [(ep, decision_tick(ep)) for ep in episodes]
+    usable = [(ep, j) for ep, j in usable if j is not None and j + horizon <= len(ep["action"])]
+    rollout, now, labels = [], [], []
+    for lo in tqdm(
+        range(0, len(usable), batch), desc="decisions", disable=not progress, dynamic_ncols=True
+    ):
+        part = usable[lo : lo + batch]
+        context = min(j for _, j in part) + 1  # ticks up to and including the decision
+        obs = {
+            k: torch.as_tensor(np.stack([ep[k][j + 1 - context : j + 1] for ep, j in part]))
+            for k in wm.obs_keys
+        }
+        actions = torch.as_tensor(
+            np.stack([ep["action"][j + 1 - context : j + horizon] for ep, j in part])
+        ).float()
+        norm = wm.normalize_action(actions)
+        prev = torch.cat([torch.zeros_like(norm[:, :1]), norm[:, : context - 1]], 1)
+        first = torch.zeros(len(part), context, dtype=torch.bool)
+        first[:, 0] = True
+        phase = torch.as_tensor(rng.integers(0, obs_every, (len(part), 1)))
+        observed = (torch.arange(context)[None] - phase) % obs_every == 0
+        states, _ = wm.observe(
+            {k: v.float() for k, v in obs.items()}, prev, first, generator=gen, observed=observed
+        )
+        belief = State(*(x[:, -1] for x in states))
+        now.append(belief.feat())
+        start = State(*(x.repeat_interleave(samples, 0) for x in belief))
+        plan = norm[:, context - 1 : context - 1 + horizon].repeat_interleave(samples, 0)
+        imagined, _ = wm.imagine(start, plan, generator=gen)
+        rollout.append(imagined.feat()[:, -1].view(len(part), samples, -1))
+        labels.append(torch.tensor([float(ep["success"][0]) for ep, _ in part]))
+    return Decisions(torch.cat(rollout), torch.cat(now), torch.cat(labels))
+
+
+def train_head(
+    feat: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    seed: int,
+    log: Callable[[str], None] = print,
+) -> SuccessHead:
+    """``feat [N, K, F]`` (every sample carries its decision's label) or ``[N, F]``."""
+    torch.manual_seed(seed)
+    if feat.dim() == 3:
+        labels = labels[:, None].expand(-1, feat.shape[1]).reshape(-1)
+        feat = feat.reshape(-1, feat.shape[-1])
+    head = SuccessHead(feat.shape[-1])
+    opt = torch.optim.Adam(head.parameters(), 1e-3, weight_decay=1e-4)
+    n = len(labels)
+    for epoch in range(epochs):
+        order = torch.randperm(n)
+        total = 0.0
+        for lo in range(0, n, 256):
+            idx = order[lo : lo + 256]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                head(feat[idx]), labels[idx]
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        if (epoch + 1) % max(1, epochs // 5) == 0:
+            log(f"epoch {epoch + 1}/{epochs}: BCE {total / n:.4f}")
+    return head.eval()
+
+
+@torch.no_grad()
+def mean_logits(head: SuccessHead, feat: torch.Tensor) -> np.ndarray:
+    logits = head(feat)
+    return (logits.mean(-1) if feat.dim() == 3 else logits).numpy()
+
+
+def scores(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+    p = 1.0 / (1.0 + np.exp(-logits / temperature))
+    ece, _ = reliability(p, labels)
+    return {"auroc": auroc(p, labels), "brier": brier(p, labels), "ece": ece}
+
+
+def train_grasp(
+    job,
+    init: Path,
+    data: Path,
+    out: Path,
+    command: str,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Heads on top of the world model in ``init``; writes ``out/grasp_model.safetensors``
+    (world model + success heads + calibration) and returns the held-out figures."""
+    from world_model.errors import ReplayError
+    from world_model.replay import Replay
+
+    g = job.gate
+    wm, meta, _ = WorldModel.load(init)
+    wm.eval()
+    episodes = Replay(data).episodes
+    if len(episodes) < 20:
+        raise ReplayError(
+            f"{data}: {len(episodes)} episodes; a success head needs hundreds "
+            "(kiwi collect --env grasp --episodes 1000 ...)"
+        )
+    n_hold = max(10, int(round(g.holdout_fraction * len(episodes))))
+    train_eps, hold_eps = episodes[:-n_hold], episodes[-n_hold:]
+    log(
+        f"{len(train_eps)} training and {len(hold_eps)} held-out episodes; horizon {g.horizon}, "
+        f"{g.train_samples} rollouts per decision"
+    )
+    train = build_decisions(
+        wm, train_eps, g.horizon, g.train_samples, g.obs_every, 1, progress=progress
+    )
+    hold = build_decisions(
+        wm, hold_eps, g.horizon, g.train_samples, g.obs_every, 2, progress=progress
+    )
+    log("success head on the rollouts' states")
+    head = train_head(train.rollout_feat, train.labels, g.epochs, 0, log)
+    log("no-rollout ablation: a head on the belief at the decision")
+    head_now = train_head(train.now_feat, train.labels, g.epochs, 0, log)
+    labels = hold.labels.numpy()
+    logits, logits_now = mean_logits(head, hold.rollout_feat), mean_logits(head_now, hold.now_feat)
+    temperature, temperature_now = (
+        fit_temperature(logits, labels),
+        fit_temperature(logits_now, labels),
+    )
+    report = {
+        "rollout": scores(logits, labels, temperature),
+        "no_rollout": scores(logits_now, labels, temperature_now),
+        "temperature": temperature,
+        "temperature_now": temperature_now,
+        "holdout_decisions": int(len(labels)),
+        "train_decisions": int(len(train.labels)),
+        "holdout_success_rate": float(labels.mean()),
+    }
+    grasp_meta = {
+        "horizon": g.horizon,
+        "samples": g.samples,
+        "temperature": temperature,
+        "temperature_now": temperature_now,
+        "obs_every": g.obs_every,
+        "threshold": g.threshold,
+        "holdout": report,
+    }
+    path = out / "grasp_model.safetensors"
+    wm.save(
+        path,
+        {
+            **{k: v for k, v in meta.items() if k not in ("model_config", "spec")},
+            "grasp": grasp_meta,
+            "made_by": command,
+        },
+        {"success_head": head.state_dict(), "success_head_now": head_now.state_dict()},
+    )
+    return report
+
+
+def load_grasp_predictor(path: Path, samples: int | None = None, seed: int = 0):
+    """(world model, GraspPredictor, no-rollout head, temperature of that head) from a file
+    written by `kiwi train grasp`."""
+    from world_model.errors import CheckpointError
+    from world_model.grasp import GraspPredictor
+
+    wm, meta, groups = WorldModel.load(path)
+    if "success_head" not in groups or "grasp" not in meta:
+        raise CheckpointError(f"{path} has no success head: train one with `kiwi train grasp`")
+    g = meta["grasp"]
+    head, head_now = SuccessHead(wm.rssm.feat_dim), SuccessHead(wm.rssm.feat_dim)
+    head.load_state_dict(groups["success_head"])
+    head_now.load_state_dict(groups["success_head_now"])
+    predictor = GraspPredictor(
+        wm, head, g["horizon"], samples or g["samples"], g["temperature"], seed=seed
+    )
+    return wm.eval(), predictor, head_now.eval(), g["temperature_now"]

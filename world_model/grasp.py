@@ -1,0 +1,172 @@
+"""Will this grasp succeed? Roll the prior K times through the commit plan and read a success head.
+
+The head sees the state the rollout reaches after H steps of the plan (close the gripper, start
+lifting) and predicts the outcome of the whole commit, so H need not cover the lift. Its
+probabilities are calibrated on held-out episodes by a temperature (or an isotonic map).
+
+Pure PyTorch: plans are action sequences in the data's units; the caller builds them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .nets import init_weights, mlp
+from .rssm import State
+
+
+class SuccessHead(nn.Module):
+    def __init__(self, feat_dim: int, units: int = 128, layers: int = 2):
+        super().__init__()
+        self.mlp = mlp(feat_dim, units, layers)
+        self.out = nn.Linear(units, 1)
+        init_weights(self)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """Logits ``[...]``."""
+        return self.out(self.mlp(feat)).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    p_success: float  # calibrated, averaged over the K rollouts
+    spread: float  # standard deviation of the K rollouts' probabilities
+    samples: int
+    horizon: int
+    ms: float  # time taken
+
+
+# --- calibration (pure numpy) -------------------------------------------------------------
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T minimising the NLL of sigmoid(logit / T) (golden-section on log T)."""
+    logits, labels = np.asarray(logits, float), np.asarray(labels, float)
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, z) - labels * z))
+
+    lo, hi = np.log(0.05), np.log(20.0)
+    g = (np.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    for _ in range(80):
+        if nll(a) < nll(b):
+            hi, b = b, a
+            a = hi - g * (hi - lo)
+        else:
+            lo, a = a, b
+            b = lo + g * (hi - lo)
+    return float(np.exp((lo + hi) / 2))
+
+
+def fit_isotonic(p: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pool-adjacent-violators: a non-decreasing map from predicted to observed frequency.
+    Returns (knots x, values y) for ``np.interp``."""
+    order = np.argsort(p, kind="stable")
+    x, y = np.asarray(p, float)[order], np.asarray(labels, float)[order]
+    blocks: list[list[float]] = []  # [sum_y, count, x_min, x_max]
+    for xi, yi in zip(x, y):
+        blocks.append([yi, 1.0, xi, xi])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, c, x0, _ = blocks.pop(-2)
+            blocks[-1][0] += s
+            blocks[-1][1] += c
+            blocks[-1][2] = x0
+    knots, values = [], []
+    for s, c, x0, x1 in blocks:
+        knots += [x0, x1]
+        values += [s / c, s / c]
+    return np.array(knots), np.array(values)
+
+
+# --- metrics (pure numpy) -----------------------------------------------------------------
+
+
+def auroc(p: np.ndarray, labels: np.ndarray) -> float:
+    """Probability that a random success scores above a random failure (ties count half)."""
+    p, labels = np.asarray(p, float), np.asarray(labels, bool)
+    pos, neg = p[labels], p[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    ranks = np.argsort(np.argsort(np.concatenate([pos, neg]), kind="stable"), kind="stable") + 1.0
+    # average ranks over ties
+    allv = np.concatenate([pos, neg])
+    for v in np.unique(allv):
+        idx = allv == v
+        ranks[idx] = ranks[idx].mean()
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def brier(p: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean((np.asarray(p, float) - np.asarray(labels, float)) ** 2))
+
+
+def reliability(
+    p: np.ndarray, labels: np.ndarray, bins: int = 10
+) -> tuple[float, list[tuple[float, float, int]]]:
+    """Expected calibration error over equal-width bins, and (mean p, frequency, count) per
+    non-empty bin."""
+    p, labels = np.asarray(p, float), np.asarray(labels, float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    ece, table = 0.0, []
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            conf, freq = p[sel].mean(), labels[sel].mean()
+            ece += sel.mean() * abs(conf - freq)
+            table.append((float(conf), float(freq), int(sel.sum())))
+    return float(ece), table
+
+
+class GraspPredictor:
+    """``forecast(state, plan)``: K prior rollouts of the plan from the belief ``state``."""
+
+    def __init__(
+        self,
+        world_model,
+        head: SuccessHead,
+        horizon: int,
+        samples: int = 64,
+        temperature: float = 1.0,
+        isotonic: tuple[np.ndarray, np.ndarray] | None = None,
+        seed: int = 0,
+    ):
+        self.wm, self.head = world_model.eval(), head.eval()
+        self.horizon, self.samples = horizon, samples
+        self.temperature, self.isotonic = temperature, isotonic
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        """Logits ``[...]`` -> calibrated probabilities (temperature, then isotonic if fitted)."""
+        p = 1.0 / (1.0 + np.exp(-np.asarray(logits, float) / self.temperature))
+        if self.isotonic is not None:
+            p = np.interp(p, *self.isotonic)
+        return p
+
+    @torch.no_grad()
+    def rollout_logits(self, state: State, plan: torch.Tensor) -> torch.Tensor:
+        """``state`` batch of B beliefs, ``plan [B, H, A]`` in data units -> logits ``[B, K]``."""
+        b = state.deter.shape[0]
+        start = State(*(x.repeat_interleave(self.samples, 0) for x in state))
+        actions = self.wm.normalize_action(plan[:, : self.horizon]).repeat_interleave(
+            self.samples, 0
+        )
+        states, _ = self.wm.imagine(start, actions, generator=self.gen)
+        last = State(*(x[:, -1] for x in states))
+        return self.head(last.feat()).view(b, self.samples)
+
+    def forecast(self, state: State, plan: np.ndarray) -> Forecast:
+        """One belief (batch of one) and one plan ``[H, A]`` (degrees, gripper 0..100)."""
+        t0 = time.perf_counter()
+        plan_t = torch.as_tensor(np.asarray(plan, np.float32))[None]
+        logits = self.rollout_logits(state, plan_t)[0].numpy()
+        p = float(self.calibrate(logits.mean()))  # the K rollouts' mean logit, calibrated
+        spread = float(self.calibrate(logits).std())
+        return Forecast(p, spread, self.samples, self.horizon, (time.perf_counter() - t0) * 1e3)
