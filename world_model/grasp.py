@@ -165,7 +165,7 @@ class GraspPredictor:
     def forecast(self, state: State, plan: np.ndarray) -> Forecast:
         """One belief (batch of one) and one plan ``[H, A]`` (degrees, gripper 0..100)."""
         t0 = time.perf_counter()
-        plan_t = torch.as_tensor(np.asarray(plan, np.float32))[None]
+        plan_t = torch.tensor(np.asarray(plan, np.float32))[None]  # a copy: plans may be read-only
         logits = self.rollout_logits(state, plan_t)[0].numpy()
         p = float(self.calibrate(logits.mean()))  # the K rollouts' mean logit, calibrated
         spread = float(self.calibrate(logits).std())

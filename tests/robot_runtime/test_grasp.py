@@ -1,0 +1,144 @@
+"""The grasp-success predictor's maths, the commit gate's retry bound and grasp queries."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from robot_runtime import link
+from robot_runtime.config import GraspControllerConfig
+from robot_runtime.controllers import BACK_OFF, CLOSE, GAVE_UP, GraspController, GraspPolicy
+from robot_runtime.dryrun import free_ports
+from robot_runtime.gate import GraspGate, commit_plan
+from robot_runtime.service import Runtime
+from world_model.grasp import (
+    GraspPredictor,
+    SuccessHead,
+    auroc,
+    brier,
+    fit_isotonic,
+    fit_temperature,
+    reliability,
+)
+
+from .runtime_helpers import grasp_job, tiny_grasp_model
+
+
+def test_temperature_against_a_hand_computed_case():
+    # Logit +2 is right 3 times in 4, logit -2 likewise: the best temperature makes
+    # sigmoid(2 / T) = 0.75, i.e. T = 2 / ln 3.
+    logits = np.array([2, 2, 2, 2, -2, -2, -2, -2], float)
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 1], float)
+    assert fit_temperature(logits, labels) == pytest.approx(2 / math.log(3), rel=1e-4)
+
+
+def test_isotonic_pools_adjacent_violators():
+    knots, values = fit_isotonic(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]))
+    assert np.interp([0.1, 0.2, 0.3, 0.4], knots, values).tolist() == [0.0, 0.5, 0.5, 1.0]
+
+
+def test_auroc_brier_and_ece_against_hand_computed_cases():
+    p, y = np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])
+    assert auroc(p, y) == pytest.approx(0.75)  # 3 of the 4 (success, failure) pairs ordered
+    assert brier(p, y) == pytest.approx((0.01 + 0.16 + 0.4225 + 0.04) / 4)
+    # two bins: [0.1, 0.4, 0.35] -> mean 0.2833, freq 1/3; [0.8] -> 0.8, freq 1
+    ece, table = reliability(p, y, bins=2)
+    assert ece == pytest.approx(0.75 * abs(0.85 / 3 - 1 / 3) + 0.25 * 0.2)
+    assert [n for *_, n in table] == [3, 1]
+
+
+class AlwaysBackOff:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, t, aim, roll_hint):
+        self.calls += 1
+        return "back_off"
+
+
+def drive(controller, ticks=2000, dt=0.02):
+    joints = np.array([0.0, -70.0, 30.0, 90.0, 0.0, 100.0])
+    estimate = np.array([0.0, 0.02, 0.22, 10.0])  # a cube below the home camera
+    controller.reset(0.0, joints)
+    phases = []
+    for k in range(ticks):
+        controller.act(k * dt, joints, estimate)
+        if not phases or phases[-1] != controller.phase:
+            phases.append(controller.phase)
+        if controller.finished:
+            break
+    return phases
+
+
+def test_the_gate_backs_off_at_most_the_retry_bound_then_gives_up():
+    gate = AlwaysBackOff()
+    phases = drive(GraspController(GraspControllerConfig(), gate, max_retries=2))
+    assert gate.calls == 3  # the first decision and two retries
+    assert phases.count(BACK_OFF) == 2 and phases[-1] == GAVE_UP and CLOSE not in phases
+
+
+def test_a_committing_gate_closes_the_gripper():
+    phases = drive(GraspController(GraspControllerConfig(), lambda t, a, r: "commit"))
+    assert phases[-1] == "done" and CLOSE in phases and BACK_OFF not in phases
+
+
+def test_commit_plan_closes_then_lifts():
+    c = GraspControllerConfig()
+    plan = commit_plan(np.array([0.19, 0.0]), 0.3, 0.0, c, 50.0, 60)
+    assert plan.shape == (60, 6)
+    grip = plan[:, 5]
+    assert grip[0] > 90 and grip[29] == pytest.approx(0.0, abs=1e-6) and np.all(np.diff(grip) <= 0)
+
+
+@pytest.fixture
+def gated_runtime():
+    from drivers.sim_arm import SimArm
+
+    query, obs, tele = free_ports(3)
+    job = grasp_job(
+        f"link.query=tcp://127.0.0.1:{query}",
+        f"link.obs=tcp://127.0.0.1:{obs}",
+        f"link.telemetry=tcp://127.0.0.1:{tele}",
+    )
+    wm = tiny_grasp_model()
+    torch.manual_seed(0)
+    predictor = GraspPredictor(wm, SuccessHead(wm.rssm.feat_dim), horizon=5, samples=8)
+    gate = GraspGate(predictor, job.controller, job.runtime.rate_hz)
+    arm = SimArm(seed=1)
+    arm.connect()
+    rt = Runtime(job, wm, arm, policy=GraspPolicy(GraspController(job.controller), gate))
+    rt.start_attempt(1, arm.read_joints())
+    ctx = link.Context()
+    req = ctx.connect(zmq.REQ, job.link.query)
+    yield rt, req
+    ctx.close()
+    rt.close()
+    arm.disconnect()
+
+
+def ask(rt, req, frames):
+    req.send_multipart(frames)
+    for k in range(300):
+        rt.tick(k, k * rt.period)
+        if req.poll(5):
+            return link.decode(req.recv_multipart())
+    raise AssertionError("no reply")
+
+
+def test_grasp_queries_answer_a_plan_and_explain_bad_ones(gated_runtime):
+    rt, req = gated_runtime
+    plan = np.tile(np.array([0, -70, 30, 90, 0, 100], np.float32), (5, 1))
+    reply = ask(rt, req, link.encode("grasp_query", {"plan": plan}))
+    assert reply.kind == "grasp_forecast"
+    m = reply.header.meta
+    assert 0 <= m["p_success"] <= 1 and m["samples"] == 8 and m["horizon"] == 5
+    short = ask(rt, req, link.encode("grasp_query", {"plan": plan[:2]}))
+    assert short.kind == "error" and "plan must be [H >= 5, 6]" in short.header.meta["error"]
+    no_aim = ask(rt, req, link.encode("grasp_query"))
+    assert no_aim.kind == "error" and "no aim yet" in no_aim.header.meta["error"]
+    nan_plan = plan.copy()
+    nan_plan[0, 0] = np.nan
+    bad = ask(rt, req, link.encode("grasp_query", {"plan": nan_plan}))
+    assert bad.kind == "error"
