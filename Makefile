@@ -1,9 +1,10 @@
-# `make lab` and `make test` set up .venv on first use (CPU torch 2.13.0 first, then the project).
+# `make sim`, `make lab` and `make test` set up .venv on first use (CPU torch 2.13.0 first, then
+# the project).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 KIWI := $(VENV)/bin/kiwi
 
-.PHONY: setup lab test lint clean
+.PHONY: setup sim lab test lint clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -12,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
+
+sim: setup
+	$(KIWI) sim
 
 lab: setup
 	$(KIWI) lab pendulum --out runs/lab

@@ -203,7 +203,7 @@ class LatentEstimator:
         out = {}
         for k in self.wm.obs_keys:
             a = np.asarray(obs[k])
-            t = torch.as_tensor(a)[None]
+            t = torch.tensor(a)[None]  # a copy: message buffers are read-only
             out[k] = t if a.dtype == np.uint8 else t.float()
         return out
 
