@@ -114,6 +114,11 @@ class SafetySection(Frozen):
 
 
 class GraspControllerConfig(Frozen):
+    aim: Literal["first", "track"] = Field(
+        "first",
+        description="first: plan from the first estimate and keep it (the gate then "
+        "judges it after a close look); track: re-aim from the latest estimate until descent",
+    )
     pregrasp_height_m: float = 0.08
     grasp_height_m: float = 0.024
     lift_height_m: float = 0.09
@@ -144,7 +149,7 @@ class SimConfig(Frozen):
 
     attempts: int = Field(3, ge=1, description="grasp attempts (episodes)")
     seed: int = Field(1000, description="seed of the first episode (held out from training)")
-    episode_s: float = Field(7.0, gt=0, description="longest attempt")
+    episode_s: float = Field(16.0, gt=0, description="longest attempt (with back-offs)")
 
 
 class GraspJob(Frozen):
@@ -164,6 +169,7 @@ class GraspJob(Frozen):
 
 
 JOBS = {"pendulum": PendulumJob, "grasp": GraspJob}
+GRASP_EVAL_SEED = 200_000  # evaluations start here, far from `kiwi collect`'s training seeds
 Job = TypeVar("Job", bound=BaseModel)
 
 

@@ -96,6 +96,15 @@ def pendulum_rows(agent_path: Path, episodes: int, progress: bool) -> list[dict]
 
 
 def grasp_rows(job, wm, episodes: int, progress: bool) -> list[dict]:
+    """The arm re-aims from its latest estimate until it descends (``controller.aim=track``):
+    what it acts on while moving is what latency compensation changes. No gate."""
+    job = job.model_copy(
+        update={
+            "controller": job.controller.model_copy(update={"aim": "track"}),
+            "gate": job.gate.model_copy(update={"enabled": False}),
+        }
+    )
+
     def run(cond, seed):
         r = grasp_episode(job, wm, cond, seed)
         return {"success_rate": float(r["success"]), "estimate_error_mm": r["estimate_error_mm"]}

@@ -25,8 +25,6 @@ from .gate import GraspGate, commit_plan
 from .lockstep import Condition, GraspLockstep
 from .textui import format_table
 
-EVAL_SEED = 200_000  # far from the training seeds (collect uses 0..)
-
 
 @dataclass
 class DecisionRecord:
@@ -130,7 +128,9 @@ def evaluate(
             temperature_now=temperature_now,
             seed=seed + i,
         )
-        controller = GraspController(job.controller, max_retries=job.gate.retries)
+        controller = GraspController(
+            job.controller, max_retries=job.gate.retries, aim=job.controller.aim
+        )
         run = GraspLockstep(job, wm, condition, seed + i, GraspPolicy(controller, gate))
         gate.run = run
         result = run.run()

@@ -107,7 +107,7 @@ class GraspLockstep:
         self.env = self.arm.env
         self.estimator = estimator_for(wm, self.period, condition, seed)
         self.estimator.reset(0.0)
-        self.policy = policy or GraspPolicy(GraspController(job.controller))
+        self.policy = policy or GraspPolicy(GraspController(job.controller, aim=job.controller.aim))
         self.policy.reset(0.0)
         sc = job.safety
         self.safety = SafetyConfig(

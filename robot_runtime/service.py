@@ -118,7 +118,7 @@ class Runtime:
         )
         s = job.safety
         self.safety = SafetyConfig(s.max_step_deg, s.slow_after_s, s.hold_after_s, s.slow_factor)
-        self.policy = policy or GraspPolicy(GraspController(job.controller))
+        self.policy = policy or GraspPolicy(GraspController(job.controller, aim=job.controller.aim))
         self.ctx = ctx or link.Context()
         self.obs_sock = self.query_sock = self.telemetry_sock = None
         if bind_sockets:
@@ -434,7 +434,9 @@ def grasp_policy(job: GraspJob, spec: str, log=print):
 
     path = resolve(spec)
     groups, meta = load_tensors(path)
-    controller = GraspController(job.controller, max_retries=job.gate.retries)
+    controller = GraspController(
+        job.controller, max_retries=job.gate.retries, aim=job.controller.aim
+    )
     if not job.gate.enabled or "success_head" not in groups:
         if job.gate.enabled:
             log(f"{path.name} has no success head: grasps are not gated (`kiwi train grasp`)")

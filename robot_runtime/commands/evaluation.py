@@ -93,7 +93,7 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="2 short episodes per condition (smoke)")
     p.add_argument("--no-progress", action="store_true")
 
-    from ..grasp_eval import EVAL_SEED
+    from ..config import GRASP_EVAL_SEED as EVAL_SEED
 
     p = command(
         ev_sub,

@@ -27,7 +27,7 @@ def cmd_run(args) -> int:
     policy = (
         ChunkPolicy(1.0 / job.runtime.rate_hz)
         if args.controller == "chunk"
-        else GraspPolicy(GraspController(job.controller))
+        else GraspPolicy(GraspController(job.controller, aim=job.controller.aim))
     )
     print(
         f"kiwi run: {args.robot} on {args.port}, {args.controller} controller at "
@@ -96,7 +96,9 @@ def cmd_grasp_check(args) -> int:
 
     gate = CheckGate(predictor, job.controller, job.runtime.rate_hz, job.gate.threshold)
     offset = (args.offset_mm / 1000.0, args.offset_across_mm / 1000.0)
-    controller = GraspController(job.controller, max_retries=0, aim_offset_m=offset)
+    controller = GraspController(
+        job.controller, max_retries=0, aim=job.controller.aim, aim_offset_m=offset
+    )
     run = GraspLockstep(
         job, wm, Condition("compensated", delay, every), args.seed, GraspPolicy(controller, gate)
     )
