@@ -19,7 +19,15 @@ from . import dynamixel, feetech
 from .errors import BusError, BusTimeout, PacketError, PortGone, ServoError
 from .tables import Register, ServoModel, model_by_number
 
+try:
+    import termios
+except ImportError:  # pragma: no cover - Windows
+    termios = None
+
 PROTOCOLS = {"feetech": feetech, "dynamixel": dynamixel}
+# What a vanished port raises: pyserial wraps most OS errors, but reset_input_buffer (tcflush)
+# raises termios.error, which is not an OSError.
+PORT_ERRORS = (serial.SerialException, OSError) + ((termios.error,) if termios else ())
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ class MotorBus:
                     timeout=self.settings.timeout_s,
                     write_timeout=self.settings.timeout_s * 5,
                 )
-            except (serial.SerialException, OSError) as e:
+            except PORT_ERRORS as e:
                 raise PortGone(
                     f"cannot open {self.port_name}: {e} (is the cable plugged in, is "
                     f"the path right, may you read it? see `kiwi scan --help`)"
@@ -92,7 +100,7 @@ class MotorBus:
         if self.serial is not None:
             try:
                 self.serial.close()
-            except (serial.SerialException, OSError):
+            except PORT_ERRORS:
                 pass
             self.serial = None
 
@@ -106,14 +114,22 @@ class MotorBus:
         try:
             self.serial.reset_input_buffer()  # a late reply from a failed attempt must not count
             self.serial.write(request)
-        except (serial.SerialException, OSError) as e:
-            raise PortGone(f"{self.port_name} failed while writing: {e}") from e
+        except PORT_ERRORS as e:
+            raise PortGone(f"{self.port_name} failed while writing (unplugged?): {e}") from e
 
     def _read(self, n: int) -> bytes:
         try:
             return self.serial.read(n)
-        except (serial.SerialException, OSError) as e:
+        except PORT_ERRORS as e:
             raise PortGone(f"{self.port_name} failed while reading (unplugged?): {e}") from e
+
+    def _read_available(self) -> bytes:
+        """What has arrived, or (waiting up to the port timeout) at least one byte."""
+        try:
+            waiting = self.serial.in_waiting
+        except PORT_ERRORS as e:
+            raise PortGone(f"{self.port_name} failed while reading (unplugged?): {e}") from e
+        return self._read(max(1, waiting))
 
     # --- transactions with retries ----------------------------------------------------------
     def _transact(self, request: bytes, receive, context: str):
@@ -146,23 +162,41 @@ class MotorBus:
         stats.failures += 1
         raise type(last)(f"{context}: {last} (after {s.retries + 1} attempts)") from last
 
-    def _receive_packets(self, count: int, expected_len: int | None) -> list:
-        """``count`` status packets. With a known length, one read; else framed as they come."""
-        codec = self.codec
-        if expected_len is not None:
-            buf = self._read(expected_len * count)
-            if len(buf) < expected_len * count:
-                raise BusTimeout(f"got {len(buf)} of {expected_len * count} reply bytes")
-            try:
-                return [
-                    codec.parse_status(buf[i * expected_len : (i + 1) * expected_len])
-                    for i in range(count)
-                ]
-            except PacketError:
-                if self.protocol == "feetech":
-                    raise
-                return self._frame(bytearray(buf), count)  # byte stuffing changed a length
-        return self._frame(bytearray(), count)
+    def _receive_replies(self, ids: list[int], n_params: int) -> list:
+        """One status packet from each of ``ids``, in order, each with ``n_params`` bytes.
+
+        A reply that does not fit its request (a late answer to an earlier one) is a PacketError,
+        so it is retried rather than taken for this request's answer."""
+        codec, count = self.codec, len(ids)
+        size = codec.MIN_STATUS + n_params
+        buf = self._read(size * count)
+        if len(buf) < size * count:
+            raise BusTimeout(f"got {len(buf)} of {size * count} reply bytes")
+        try:
+            statuses = [codec.parse_status(buf[i * size : (i + 1) * size]) for i in range(count)]
+        except PacketError:
+            if not self._stuffed(buf, size):
+                raise  # damaged: retry now rather than wait for bytes that will not come
+            statuses = self._frame(bytearray(buf), count)  # byte stuffing made a reply longer
+        for servo_id, status in zip(ids, statuses):
+            if status.servo_id != servo_id or len(status.params) != n_params:
+                raise PacketError(
+                    f"reply from servo {status.servo_id} with {len(status.params)} data bytes, "
+                    f"expected servo {servo_id} with {n_params} (a late reply?)"
+                )
+        return statuses
+
+    def _stuffed(self, buf: bytes, expected_len: int) -> bool:
+        """Whether a Dynamixel reply in ``buf`` says it is longer than expected (stuffing)."""
+        if self.protocol != "dynamixel":
+            return False
+        start = 0
+        while start + 7 <= len(buf) and buf[start : start + 4] == dynamixel.HEADER:
+            total = dynamixel.packet_length(buf[start : start + 7])
+            if total > expected_len:
+                return True
+            start += total
+        return False
 
     def _frame(self, buf: bytearray, count: int) -> list:
         out = []
@@ -175,8 +209,7 @@ class MotorBus:
                 continue
             if time.perf_counter() > deadline:
                 raise BusTimeout(f"got {len(out)} of {count} replies")
-            more = self._read(max(1, self.serial.in_waiting or 1))
-            buf += more
+            buf += self._read_available()
         return out
 
     def _check(self, status, servo_id: int, context: str) -> None:
@@ -197,17 +230,18 @@ class MotorBus:
         context = f"ping servo {servo_id}"
         if self.protocol == "dynamixel":
             status = self._transact(
-                codec.ping(servo_id), lambda: self._receive_packets(1, 14)[0], context
+                codec.ping(servo_id), lambda: self._receive_replies([servo_id], 3)[0], context
             )
             self._check(status, servo_id, context)
             return int.from_bytes(status.params[:2], "little")
         status = self._transact(
-            codec.ping(servo_id), lambda: self._receive_packets(1, 6)[0], context
+            codec.ping(servo_id), lambda: self._receive_replies([servo_id], 0)[0], context
         )
         self._check(status, servo_id, context)
         status = self._transact(
-            codec.read(servo_id, 3, 2), lambda: self._receive_packets(1, 8)[0], context
+            codec.read(servo_id, 3, 2), lambda: self._receive_replies([servo_id], 2)[0], context
         )
+        self._check(status, servo_id, context)
         return int.from_bytes(status.params, "little")
 
     def identify(self, servo_id: int) -> ServoModel | None:
@@ -215,10 +249,9 @@ class MotorBus:
 
     def read(self, servo_id: int, reg: Register) -> int:
         context = f"read {reg.name} from servo {servo_id}"
-        size = self.codec.MIN_STATUS + reg.size
         status = self._transact(
             self.codec.read(servo_id, reg.address, reg.size),
-            lambda: self._receive_packets(1, size)[0],
+            lambda: self._receive_replies([servo_id], reg.size)[0],
             context,
         )
         self._check(status, servo_id, context)
@@ -227,12 +260,42 @@ class MotorBus:
     def write(self, servo_id: int, reg: Register, value: int) -> None:
         context = f"write {reg.name}={value} to servo {servo_id}"
         request = self.codec.write(servo_id, reg.address, self.codec.encode(value, reg))
-        status = self._transact(
-            request, lambda: self._receive_packets(1, self.codec.MIN_STATUS)[0], context
-        )
+        status = self._transact(request, lambda: self._receive_replies([servo_id], 0)[0], context)
         self._check(status, servo_id, context)
 
     def sync_read(self, reg: Register, ids: list[int]) -> dict[int, int]:
+        """``{id: value}``; a timeout names the servos that do not answer a ping."""
+        if not ids:
+            return {}
+        try:
+            return self._sync_read(reg, ids)
+        except BusTimeout as e:
+            silent = self._silent(ids)
+            if not silent:
+                raise
+            raise BusTimeout(
+                f"{e}; no answer from servo(s) {silent} (absent, unpowered, wrong id or baud rate)"
+            ) from e
+
+    def _silent(self, ids: list[int]) -> list[int]:
+        """Which of ``ids`` never answer a PING (with the bus's retries): to name them."""
+        n_params = 3 if self.protocol == "dynamixel" else 0  # model number and firmware
+        silent = []
+        for servo_id in ids:
+            for _ in range(self.settings.retries + 1):  # a lost reply is not a lost servo
+                self._io(self.codec.ping(servo_id))
+                try:
+                    self._receive_replies([servo_id], n_params)
+                except BusTimeout:
+                    continue
+                except PacketError:
+                    pass  # it answered, if garbled
+                break
+            else:
+                silent.append(servo_id)
+        return silent
+
+    def _sync_read(self, reg: Register, ids: list[int]) -> dict[int, int]:
         context = f"sync read {reg.name} from servos {list(ids)}"
         fast = self.protocol == "dynamixel" and self.settings.fast_sync_read
         key = ("sync_read", reg.address, reg.size, tuple(ids), fast)
@@ -245,9 +308,11 @@ class MotorBus:
             )
             self._requests[key] = request
         if fast:
+            # ERR1 follows INST, then ID DATA CRC ERR ... ID DATA (the last CRC is the packet's)
+            n_params = len(ids) * (reg.size + 4) - 3
             status = self._transact(
                 request,
-                lambda: self._receive_packets(1, 7 + 1 + len(ids) * (reg.size + 4))[0],
+                lambda: self._receive_replies([dynamixel.BROADCAST], n_params)[0],
                 context,
             )
             blocks = dynamixel.fast_sync_blocks(status, reg.size)
@@ -263,7 +328,7 @@ class MotorBus:
             return out
         statuses = self._transact(
             request,
-            lambda: self._receive_packets(len(ids), self.codec.MIN_STATUS + reg.size),
+            lambda: self._receive_replies(list(ids), reg.size),
             context,
         )
         out = {}
@@ -288,7 +353,7 @@ class MotorBus:
         buf = bytearray()
         deadline = time.perf_counter() + self.settings.timeout_s + 0.002 * max_servos
         while time.perf_counter() < deadline and len(found) < max_servos:
-            buf += self._read(max(1, self.serial.in_waiting or 1))
+            buf += self._read_available()
             while True:
                 pkt, drop = self.codec.find_packet(buf)
                 del buf[:drop]

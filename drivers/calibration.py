@@ -56,7 +56,12 @@ def load(path: Path, expected: dict[str, int] | None = None) -> dict[str, MotorC
         missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
         if missing:
             raise CalibrationError(f"{path}: motor {name!r} lacks {missing}")
-        cal = MotorCalibration(*(int(entry[f]) for f in fields))
+        values = [entry[f] for f in fields]
+        bad = [f for f, v in zip(fields, values) if not _is_int(v)]
+        if bad:
+            shown = ", ".join(f"{f}={entry[f]!r}" for f in bad)
+            raise CalibrationError(f"{path}: motor {name!r} has non-integer {shown}")
+        cal = MotorCalibration(*(int(v) for v in values))
         if cal.range_min >= cal.range_max:
             raise CalibrationError(
                 f"{path}: motor {name!r} has range_min >= range_max "
@@ -66,11 +71,20 @@ def load(path: Path, expected: dict[str, int] | None = None) -> dict[str, MotorC
     if expected is not None:
         missing = sorted(set(expected) - set(out))
         if missing:
-            raise CalibrationError(f"{path}: no calibration for {missing}")
+            unknown = sorted(set(out) - set(expected))
+            also = f" (it has unknown motors {unknown}: a typo?)" if unknown else ""
+            raise CalibrationError(f"{path}: no calibration for {missing}{also}")
         wrong = {n: (out[n].id, i) for n, i in expected.items() if out[n].id != i}
         if wrong:
             raise CalibrationError(f"{path}: ids differ from the arm's (file, arm): {wrong}")
     return out
+
+
+def _is_int(value) -> bool:
+    """JSON integers (or floats with no fraction); not bools, strings or null."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
 def save(path: Path, calibration: dict[str, MotorCalibration]) -> None:

@@ -191,23 +191,31 @@ def fast_sync_reply(blocks: list[tuple[int, int, bytes]]) -> bytes:
 
 
 def find_packet(buf: bytes | bytearray) -> tuple[bytes | None, int]:
-    """Stream framing for a receiver: (first complete packet or None, bytes to drop)."""
-    start = buf.find(HEADER[:3])
-    if start < 0:
-        return None, max(0, len(buf) - 2)
-    if len(buf) < start + 7:
-        return None, start
-    if buf[start + 3] != 0x00:
-        return None, start + 1
-    total = 7 + int.from_bytes(buf[start + 5 : start + 7], "little")
-    if total < 10 or total > 1024:
-        return None, start + 3
-    if len(buf) < start + total:
-        return None, start
-    candidate = bytes(buf[start : start + total])
-    if crc16(candidate[:-2]) != int.from_bytes(candidate[-2:], "little"):
-        return None, start + total
-    return candidate, start + total
+    """Stream framing for a receiver: (first complete packet or None, bytes to drop).
+
+    A packet with a bad CRC is dropped whole and the search goes on, so None means no complete
+    packet is in ``buf`` yet (wait for more bytes)."""
+    offset = 0
+    while True:
+        start = buf.find(HEADER[:3], offset)
+        if start < 0:
+            return None, max(offset, len(buf) - 2)  # a last FF FF may start a header
+        if len(buf) < start + 7:
+            return None, start
+        if buf[start + 3] != 0x00:
+            offset = start + 1
+            continue
+        total = 7 + int.from_bytes(buf[start + 5 : start + 7], "little")
+        if total < 10 or total > 1024:
+            offset = start + 3
+            continue
+        if len(buf) < start + total:
+            return None, start
+        candidate = bytes(buf[start : start + total])
+        if crc16(candidate[:-2]) != int.from_bytes(candidate[-2:], "little"):
+            offset = start + total
+            continue
+        return candidate, start + total
 
 
 def error_names(code: int) -> tuple[str, ...]:

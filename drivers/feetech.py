@@ -104,24 +104,28 @@ def split_statuses(buf: bytes, count: int, n_params: int) -> list[Status]:
 def find_packet(buf: bytes | bytearray) -> tuple[bytes | None, int]:
     """Stream framing for a receiver: (first complete packet or None, bytes to drop).
 
-    Garbage before a header is dropped; an incomplete packet waits for more bytes; a packet with
-    a bad checksum is dropped whole, so the next one can be found."""
-    start = buf.find(HEADER)
-    if start < 0:
-        return None, max(0, len(buf) - 1)
-    while start + 2 < len(buf) and buf[start + 2] == 0xFF:  # FF FF FF ...: skip one
-        start += 1
-    if len(buf) < start + 4:
-        return None, start
-    end = start + buf[start + 3] + 4
-    if buf[start + 3] < 2:
-        return None, start + 2
-    if len(buf) < end:
-        return None, start
-    candidate = bytes(buf[start:end])
-    if checksum(candidate[2:-1]) != candidate[-1]:
-        return None, end
-    return candidate, end
+    Garbage before a header is dropped; a packet with a bad checksum is dropped whole and the
+    search goes on, so None means no complete packet is in ``buf`` yet (wait for more bytes)."""
+    offset = 0
+    while True:
+        start = buf.find(HEADER, offset)
+        if start < 0:
+            return None, max(offset, len(buf) - 1)  # a last FF may start a header
+        while start + 2 < len(buf) and buf[start + 2] == 0xFF:  # FF FF FF ...: skip one
+            start += 1
+        if len(buf) < start + 4:
+            return None, start
+        if buf[start + 3] < 2:
+            offset = start + 2
+            continue
+        end = start + buf[start + 3] + 4
+        if len(buf) < end:
+            return None, start
+        candidate = bytes(buf[start:end])
+        if checksum(candidate[2:-1]) != candidate[-1]:
+            offset = end
+            continue
+        return candidate, end
 
 
 def error_names(code: int) -> tuple[str, ...]:
@@ -130,11 +134,13 @@ def error_names(code: int) -> tuple[str, ...]:
 
 def encode(value: int, reg: Register) -> bytes:
     """Little-endian; sign-magnitude where the register has a sign bit."""
-    if reg.sign_bit is not None and value < 0:
-        magnitude = -value
+    if reg.sign_bit is not None:
+        # a positive value reaching the sign bit would read back as a negative one
+        magnitude = abs(value)
         if magnitude >= 1 << reg.sign_bit:
             raise ValueError(f"{reg.name}: magnitude {magnitude} exceeds {(1 << reg.sign_bit) - 1}")
-        value = magnitude | (1 << reg.sign_bit)
+        if value < 0:
+            value = magnitude | (1 << reg.sign_bit)
     if not 0 <= value < 1 << (8 * reg.size):
         raise ValueError(f"{reg.name}: {value} does not fit {reg.size} byte(s)")
     return value.to_bytes(reg.size, "little")

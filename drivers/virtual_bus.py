@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import dynamixel, feetech
+from .errors import PacketError
 from .tables import MODELS, ServoModel
 
 SPEED_TICKS_PER_S = 3000.0  # ~46 rpm no-load (STS3215 figure; XL330s are similar)
@@ -162,6 +163,7 @@ class VirtualBus:
         self.port = os.ttyname(self.slave)
         self.requests = 0
         self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()  # wakes the server out of select() to stop
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -174,36 +176,53 @@ class VirtualBus:
     def serve_forever(self) -> None:
         buf = bytearray()
         while not self._stop.is_set():
+            fd = self.master
             try:
-                ready, _, _ = select.select([self.master], [], [], 0.05)
-                if not ready:
+                ready, _, _ = select.select([fd, self._wake_r], [], [], 0.5)
+                if fd not in ready:
                     continue
-                chunk = os.read(self.master, 4096)
-            except OSError:
-                return  # unplugged
+                chunk = os.read(fd, 4096)
+            except (OSError, ValueError):
+                return  # unplugged (a closed descriptor is -1: ValueError)
             buf += chunk
             while True:
                 pkt, drop = self.codec.find_packet(buf)
                 del buf[:drop]
                 if pkt is None:
                     break
-                self._serve(pkt)
+                try:
+                    self._serve(pkt)
+                except (PacketError, IndexError, ValueError):
+                    pass  # a malformed instruction: a real servo ignores it, and so do we
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
-        for fd in (self.master, self.slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._halt()
+        for which in ("master", "slave", "_wake_r", "_wake_w"):
+            self._close(which)
 
     def unplug(self) -> None:
-        """The cable is pulled: the port's other end closes; the client's next I/O fails."""
+        """The cable is pulled: the port's other end closes; the client's next I/O fails.
+
+        Synchronous: the server leaves select() first, as a descriptor being waited on stays
+        open (and the pty not hung up) until the wait ends."""
+        self._halt()
+        self._close("master")
+
+    def _halt(self) -> None:
         self._stop.set()
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"x")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=1.0)
+
+    def _close(self, which: str) -> None:
+        """Closes our end once: a second close could hit a descriptor reused by someone else."""
+        fd = getattr(self, which)
+        if fd < 0:
+            return
+        setattr(self, which, -1)
         try:
-            os.close(self.master)
+            os.close(fd)
         except OSError:
             pass
 
@@ -243,7 +262,7 @@ class VirtualBus:
         try:
             os.write(self.master, reply)
         except OSError:
-            pass
+            pass  # unplugged (the master is then -1)
 
     def handle(self, pkt: bytes) -> list[bytes]:
         """Replies (possibly none) to one instruction packet."""
@@ -260,13 +279,11 @@ class VirtualBus:
         )
         codec = self.codec
         if inst == codec.PING:
-            return [
-                self._status(self.servos[i], self._ping_params(self.servos[i])) for i in targets
-            ]
+            return [self._status(i, self._ping_params(self.servos[i])) for i in targets]
         if inst == codec.READ:
             address, size = self._addr_size(params)
             return [
-                self._status(self.servos[i], bytes(self.servos[i].regs[address : address + size]))
+                self._status(i, bytes(self.servos[i].regs[address : address + size]))
                 for i in targets
                 if servo_id != 0xFE
             ]
@@ -276,14 +293,18 @@ class VirtualBus:
             for i in targets:
                 err = self.servos[i].write(address, data)
                 if servo_id != 0xFE:
-                    out.append(self._status(self.servos[i], b"", err))
+                    out.append(self._status(i, b"", err))  # addressed id, even after an ID write
+            self._rekey()
             return out
         if inst in (codec.SYNC_READ, getattr(codec, "FAST_SYNC_READ", -1)):
             address, size = self._addr_size(params)
             ids = params[2:] if self.protocol == "feetech" else params[4:]
             present = [self.servos[i] for i in ids if i in self.servos]
             if inst == codec.SYNC_READ:
-                return [self._status(s, bytes(s.regs[address : address + size])) for s in present]
+                return [
+                    self._status(s.servo_id, bytes(s.regs[address : address + size]))
+                    for s in present
+                ]
             blocks = [(0, s.servo_id, bytes(s.regs[address : address + size])) for s in present]
             return [dynamixel.fast_sync_reply(blocks)] if blocks else []
         if inst == codec.SYNC_WRITE:
@@ -292,10 +313,16 @@ class VirtualBus:
             for k in range(0, len(body) - size, size + 1):
                 if body[k] in self.servos:
                     self.servos[body[k]].write(address, bytes(body[k + 1 : k + 1 + size]))
+            self._rekey()
             return []
         if self.protocol == "dynamixel" and targets and servo_id != 0xFE:
-            return [self._status(self.servos[targets[0]], b"", 2)]  # instruction error
+            return [self._status(targets[0], b"", 2)]  # instruction error
         return []
+
+    def _rekey(self) -> None:
+        """A servo whose ID register was written answers to its new id from now on."""
+        if any(i != s.servo_id for i, s in self.servos.items()):
+            self.servos = {s.servo_id: s for s in self.servos.values()}
 
     def _ping_params(self, servo: VirtualServo) -> bytes:
         if self.protocol == "feetech":
@@ -304,10 +331,10 @@ class VirtualBus:
             (servo.get("Firmware_Version"),)
         )
 
-    def _status(self, servo: VirtualServo, params: bytes, error: int = 0) -> bytes:
+    def _status(self, servo_id: int, params: bytes, error: int = 0) -> bytes:
         if self.protocol == "feetech":
-            return feetech.packet(servo.servo_id, error, params)
-        return dynamixel.status_packet(servo.servo_id, error, params)
+            return feetech.packet(servo_id, error, params)
+        return dynamixel.status_packet(servo_id, error, params)
 
     def _addr_size(self, params: bytes) -> tuple[int, int]:
         if self.protocol == "feetech":

@@ -121,7 +121,7 @@ def gated_runtime():
 def ask(rt, req, frames):
     req.send_multipart(frames)
     for k in range(300):
-        rt.tick(k, k * rt.period)
+        rt.tick(k, rt.attempt.t_start + k * rt.period)
         if req.poll(5):
             return link.decode(req.recv_multipart())
     raise AssertionError("no reply")

@@ -38,8 +38,10 @@ def runtime():
 
 
 def tick_until(rt, k0, n, predicate=lambda: False):
+    """Ticks k0 .. k0+n-1 on the runtime's clock (the attempt started at its tick 0)."""
+    t0 = rt.attempt.t_start
     for k in range(k0, k0 + n):
-        rt.tick(k, k * rt.period)
+        rt.tick(k, t0 + k * rt.period)
         if predicate():
             return k + 1
         time.sleep(0.002)  # let messages arrive on the sockets
@@ -78,7 +80,7 @@ def test_malformed_messages_are_counted_and_the_loop_keeps_ticking(runtime):
     k = tick_until(rt, k, 200, lambda: rt.counter["rejected"] >= len(bad))
     assert rt.counter["rejected"] == len(bad)
     assert rt.estimator.stats.applied == 0
-    push.send_multipart(good_obs(t_capture=(k - 2) * rt.period))
+    push.send_multipart(good_obs(t_capture=rt.attempt.t_start + (k - 2) * rt.period))
     k = tick_until(rt, k, 100, lambda: rt.estimator.stats.applied == 1)
     assert rt.estimator.stats.applied == 1
     assert rt.estimator.tick == k  # a belief for every tick: nothing stalled
@@ -90,7 +92,7 @@ def test_query_socket_answers_status_and_clock_and_rejects_garbage(runtime):
     def ask(frames):
         req.send_multipart(frames)
         for k in range(200):
-            rt.tick(k, k * rt.period)
+            rt.tick(k, rt.attempt.t_start + k * rt.period)
             if req.poll(5):
                 return link.decode(req.recv_multipart())
         raise AssertionError("no reply")
@@ -107,11 +109,12 @@ def test_query_socket_answers_status_and_clock_and_rejects_garbage(runtime):
 
 def test_watchdog_holds_the_arm_when_observations_stop(runtime):
     rt, push, _, job = runtime
-    push.send_multipart(good_obs(t_capture=0.0))
+    push.send_multipart(good_obs(t_capture=rt.attempt.t_start))
     k = tick_until(rt, 0, 100, lambda: rt.estimator.stats.applied == 1)
+    assert rt.estimator.stats.applied == 1
     # No more observations: after hold_after_s (0.4 s = 20 ticks) the command stops changing.
     k = tick_until(rt, k, 25)
-    assert rt.watchdog.mode(k * rt.period) == "hold"
+    assert rt.watchdog.mode(rt.attempt.t_start + k * rt.period) == "hold"
     held = rt.command.copy()
     tick_until(rt, k, 10)
     assert np.array_equal(rt.command, held)

@@ -95,9 +95,17 @@ def test_periodic_columns_are_seen_as_cos_sin_and_decoded_back():
 def test_scaled_and_periodic_features_round_trip():
     from world_model.config import ModelConfig, ModelSpec
 
-    cfg = ModelConfig(deter=16, hidden=16, stoch=2, classes=4, units=16, layers=1,
-                      mlp_keys=("object", "state"), periodic={"object": (3, 90.0)},
-                      scale={"object": (0.02, 0.02, 0.02, 1.0), "state": 20.0})
+    cfg = ModelConfig(
+        deter=16,
+        hidden=16,
+        stoch=2,
+        classes=4,
+        units=16,
+        layers=1,
+        mlp_keys=("object", "state"),
+        periodic={"object": (3, 90.0)},
+        scale={"object": (0.02, 0.02, 0.02, 1.0), "state": 20.0},
+    )
     wm = WorldModel(cfg, ModelSpec(vector_dims={"object": 4, "state": 2}, action_dim=1))
     obs = {"object": torch.tensor([[0.1, -0.2, 0.3, 30.0]]), "state": torch.tensor([[40.0, -10.0]])}
     feats = wm.features(obs)

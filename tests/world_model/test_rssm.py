@@ -112,8 +112,13 @@ def test_withheld_observations_leave_the_state_on_the_prior():
     observed = torch.ones(2, 8, dtype=torch.bool)
     observed[:, 3:6] = False
     with torch.no_grad():
-        states, priors = wm.observe({"state": batch["state"]}, prev, first,
-                                    generator=torch.Generator().manual_seed(0), observed=observed)
+        states, priors = wm.observe(
+            {"state": batch["state"]},
+            prev,
+            first,
+            generator=torch.Generator().manual_seed(0),
+            observed=observed,
+        )
     for t in (3, 4, 5):
         assert torch.equal(states.stoch[:, t], priors.stoch[:, t])
         assert torch.equal(states.logits[:, t], priors.logits[:, t])
@@ -125,6 +130,5 @@ def test_sparse_observation_masks():
 
     assert sparse_observations((4, 10), 1) is None
     mask = sparse_observations((500, 24), 6, torch.Generator().manual_seed(0))
-    gaps = [int(torch.diff(torch.nonzero(row)[:, 0]).unique()[0]) for row in mask
-            if row.sum() > 1]
+    gaps = [int(torch.diff(torch.nonzero(row)[:, 0]).unique()[0]) for row in mask if row.sum() > 1]
     assert set(gaps) == {1, 2, 3, 4, 5, 6}
