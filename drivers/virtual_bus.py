@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import select
+import termios
 import threading
 import time
 import tty
@@ -139,7 +140,12 @@ class VirtualBus:
         return_delay_us: float = 0.0,
         faults: Faults | None = None,
         clock=time.monotonic,
+        check_baud: bool = True,
     ):
+        """``wire_time``: requests and replies take their bytes' time on a wire at ``baudrate``
+        (10 bits a byte), one after another, as on a half-duplex bus. ``check_baud``: a client
+        whose port is set to another baud rate gets no answer, as from real servos (clients that
+        set a non-standard rate the pty cannot report are served)."""
         if protocol not in ("feetech", "dynamixel"):
             raise ValueError(f"protocol must be feetech or dynamixel, got {protocol!r}")
         self.protocol = protocol
@@ -162,6 +168,8 @@ class VirtualBus:
         tty.setraw(self.slave)
         self.port = os.ttyname(self.slave)
         self.requests = 0
+        self.check_baud = check_baud
+        self._wire_free = 0.0  # when the simulated wire is next idle (clock time)
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()  # wakes the server out of select() to stop
         self._thread: threading.Thread | None = None
@@ -235,34 +243,50 @@ class VirtualBus:
     # --- one request ------------------------------------------------------------------------
     def _serve(self, pkt: bytes) -> None:
         self.requests += 1
+        if self.check_baud and not self._baud_matches():
+            return  # at the wrong baud rate a servo hears noise, and says nothing
         now = self.clock()
         with self._lock:
             for servo in self.servos.values():
                 servo.advance(now)
             replies = self.handle(pkt)
-        for reply in replies:
-            self._send(reply, len(pkt))
+        self._send(replies, len(pkt), now)
 
-    def _send(self, reply: bytes, request_len: int) -> None:
-        f = self.faults
-        if f.drop and self.rng.random() < f.drop:
-            return
-        if f.corrupt and self.rng.random() < f.corrupt:
-            b = bytearray(reply)
-            i = int(self.rng.integers(2, len(b)))  # keep the header so it reads as a bad packet
-            b[i] ^= int(self.rng.integers(1, 256))
-            reply = bytes(b)
-        delay = self.return_delay_s
-        if self.wire_time:
-            delay += (request_len + len(reply)) * 10.0 / self.baudrate
-        if f.late and self.rng.random() < f.late:
-            delay += f.late_s
-        if delay > 0:
-            time.sleep(delay)
+    def _baud_matches(self) -> bool:
         try:
-            os.write(self.master, reply)
-        except OSError:
-            pass  # unplugged (the master is then -1)
+            speed = termios.tcgetattr(self.slave)[4]
+        except (termios.error, OSError):
+            return True
+        expected = getattr(termios, f"B{self.baudrate}", None)
+        return expected is None or speed in (expected, getattr(termios, "BOTHER", -1))
+
+    def _send(self, replies: list[bytes], request_len: int, now: float) -> None:
+        """Faults applied per reply; with wire time, the request and then each reply occupy the
+        wire in turn and the replies are written when the last one would have arrived."""
+        f, out = self.faults, []
+        byte_s = 10.0 / self.baudrate
+        t = max(now, self._wire_free) + (request_len * byte_s if self.wire_time else 0.0)
+        for reply in replies:
+            if f.drop and self.rng.random() < f.drop:
+                continue
+            if f.corrupt and self.rng.random() < f.corrupt:
+                b = bytearray(reply)
+                i = int(self.rng.integers(2, len(b)))  # keep the header: a damaged packet
+                b[i] ^= int(self.rng.integers(1, 256))
+                reply = bytes(b)
+            t += self.return_delay_s + (len(reply) * byte_s if self.wire_time else 0.0)
+            if f.late and self.rng.random() < f.late:
+                t += f.late_s
+            out.append(reply)
+        self._wire_free = t
+        delay = t - self.clock()
+        if delay > 0 and (self.wire_time or self.return_delay_s or f.late):
+            time.sleep(delay)
+        if out:
+            try:
+                os.write(self.master, b"".join(out))
+            except OSError:
+                pass  # unplugged (the master is then -1)
 
     def handle(self, pkt: bytes) -> list[bytes]:
         """Replies (possibly none) to one instruction packet."""

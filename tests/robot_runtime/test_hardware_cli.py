@@ -131,3 +131,10 @@ def test_calibrate_refuses_a_joint_that_never_moved(tmp_path, monkeypatch, capsy
         )
     assert code == 2 and "did not move" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
+
+
+def test_scan_finds_servos_only_at_their_baud_rate(capsys):
+    with VirtualBus("dynamixel", {1: "xl330-m288"}, baudrate=57_600) as bus:
+        assert main(["scan", "--port", bus.port, "--protocol", "dynamixel", "--all-bauds"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "xl330" in line]
+    assert len(lines) == 1 and "57600" in lines[0]
