@@ -106,8 +106,13 @@ class GraspController:
             xy = xy + self.aim_offset[0] * along + self.aim_offset[1] * across
         return xy, yaw
 
-    def act(self, t: float, joints_deg: np.ndarray, object_estimate: np.ndarray) -> np.ndarray:
-        """Targets for this tick; an aim no pose can reach holds the arm where it is."""
+    def act(
+        self, t: float, joints_deg: np.ndarray, object_estimate: np.ndarray, fresh: bool = True
+    ) -> np.ndarray:
+        """Targets for this tick; an aim no pose can reach holds the arm where it is. ``fresh``:
+        an observation corrected the estimate recently; tracking re-aims only then, so the arm
+        does not follow the prior's drift after the cube has left the camera's view."""
+        self._fresh = fresh
         try:
             return self._act(t, joints_deg, object_estimate)
         except Unreachable as e:
@@ -117,7 +122,11 @@ class GraspController:
 
     def _act(self, t: float, joints_deg: np.ndarray, object_estimate: np.ndarray) -> np.ndarray:
         c = self.config
-        tracking = self.aim_mode == "track" and self.phase in (APPROACH, LOOK)
+        tracking = (
+            self.aim_mode == "track"
+            and self.phase in (APPROACH, LOOK)
+            and getattr(self, "_fresh", True)
+        )
         if self.aim is None or tracking:
             self.aim = self._aim_at(object_estimate, joints_deg)
         xy, yaw = self.aim
@@ -225,10 +234,12 @@ class GraspPolicy:
     (robot_runtime/gate.py), DECIDE forecasts the grasp from the current belief, and each
     decision becomes an event."""
 
-    def __init__(self, controller: GraspController, gate=None):
+    def __init__(self, controller: GraspController, gate=None, fresh_s: float = 0.5):
         self.controller = controller
         self.gate = gate
+        self.fresh_s = fresh_s
         self.estimator = None
+        self._applied, self._t_observed = 0, 0.0
         if gate is not None:
             controller.gate = self._decide
         self.waiting = True
@@ -262,12 +273,15 @@ class GraspPolicy:
 
     def act(self, t: float, tick: int, joints: np.ndarray, estimator) -> np.ndarray | None:
         self.estimator = estimator
+        if estimator.stats.applied != self._applied:
+            self._applied, self._t_observed = estimator.stats.applied, t
         if self.waiting:
             if estimator.stats.applied == 0:
                 return None  # hold
             self.waiting = False
             self.controller.reset(t, joints)
-        return self.controller.act(t, joints, estimator.decode()["object"])
+        fresh = t - self._t_observed <= self.fresh_s
+        return self.controller.act(t, joints, estimator.decode()["object"], fresh)
 
     @property
     def events(self) -> list[GraspEvent]:

@@ -113,6 +113,9 @@ class GraspLockstep:
         self.safety = SafetyConfig(
             sc.max_step_deg, sc.slow_after_s, sc.hold_after_s, sc.slow_factor
         )
+        from .safety import Watchdog
+
+        self.watchdog = Watchdog(self.safety, 0.0)
         self.line = DelayLine(condition)
         self.command = self.arm.read_joints()
         self.tick = 0
@@ -120,7 +123,7 @@ class GraspLockstep:
 
     @torch.no_grad()
     def step(self) -> None:
-        from .safety import NORMAL, safe_targets
+        from .safety import safe_targets
 
         tick, est, c = self.tick, self.estimator, self.condition
         joints = self.arm.read_joints()
@@ -132,15 +135,17 @@ class GraspLockstep:
             if found is not None:
                 self.line.capture(tick, {"state": joints.astype(np.float32), "object": found})
         for capture_tick, o in self.line.arrivals(tick):
-            est.correct(o, capture_tick * self.period)
+            if not est.correct(o, capture_tick * self.period).startswith("dropped"):
+                self.watchdog.observed(tick * self.period)
         targets = self.policy.act(tick * self.period, tick, joints, est)
         if targets is None:
             targets = self.command
         if est.stats.applied:
             guess = est.decode()["object"]
             self.errors.append(float(np.linalg.norm(guess[:3] - self.env.true_object()[:3]) * 1e3))
+        mode = self.watchdog.mode(tick * self.period)
         self.command = safe_targets(
-            np.asarray(targets, float), self.command, self.arm.limits, NORMAL, self.safety
+            np.asarray(targets, float), self.command, self.arm.limits, mode, self.safety
         )
         self.arm.write_targets(self.command)
         action = self.wm.normalize_action(torch.as_tensor(self.command, dtype=torch.float32)[None])
