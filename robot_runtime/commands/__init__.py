@@ -9,12 +9,13 @@ class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsH
     """Descriptions kept as written; defaults shown, except empty ones (None, False)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or "default" in (action.help or ""):
+        if action.default in (None, False, []) or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
 
-def add_config_args(p: argparse.ArgumentParser, default: str) -> None:
+def add_config_args(p: argparse.ArgumentParser, default: str, presets: bool = True) -> None:
+    """--config, --set (and, with ``presets``, --quick and --no-progress)."""
     p.add_argument("--config", default=default, help="job config (YAML) under configs/ or a path")
     p.add_argument(
         "--set",
@@ -24,6 +25,8 @@ def add_config_args(p: argparse.ArgumentParser, default: str) -> None:
         metavar="KEY=VALUE",
         help="override one config key, e.g. --set train.steps=200 (repeatable)",
     )
+    if not presets:
+        return
     p.add_argument(
         "--quick",
         action="store_true",

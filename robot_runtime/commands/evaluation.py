@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Formatter, command
+from . import Formatter, add_config_args, command
 
 
 def cmd_eval_latency(args) -> int:
@@ -86,8 +86,7 @@ def register(sub) -> None:
         default="shipped:pendulum_agent.safetensors",
         help="Pendulum agent (from `kiwi train agent`)",
     )
-    p.add_argument("--config", default="sim_grasp", help="grasp job config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config_args(p, "sim_grasp", presets=False)
     p.add_argument("--json", nargs="?", const="eval-latency.json", metavar="FILE")
     p.add_argument("--plot", default="eval-latency.png", help="where the plot goes")
     p.add_argument("--quick", action="store_true", help="2 short episodes per condition (smoke)")
@@ -114,8 +113,7 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, help="commit threshold (default: config)")
     p.add_argument("--samples", type=int, help="K rollouts per forecast (default: config)")
     p.add_argument("--checkpoint", help="model with success head (default: the shipped one)")
-    p.add_argument("--config", default="sim_grasp")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config_args(p, "sim_grasp", presets=False)
     p.add_argument("--json", nargs="?", const="eval-grasp.json", metavar="FILE")
     p.add_argument("--plot", default="eval-grasp-reliability.png", help="reliability diagram")
     p.add_argument("--quick", action="store_true", help="3 episodes (smoke)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from . import command
+from . import add_config_args, command
 
 
 def cmd_run(args) -> int:
@@ -174,15 +174,7 @@ def register(sub) -> None:
     p.add_argument("--robot", choices=["so100", "so101", "koch"], required=True)
     p.add_argument("--port", required=True)
     p.add_argument("--calibration", required=True, help="LeRobot-layout calibration JSON")
-    p.add_argument("--config", default="sim_grasp", help="job config (runtime, safety, link)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (repeatable)",
-    )
+    add_config_args(p, "sim_grasp", presets=False)
     p.add_argument(
         "--controller",
         choices=["chunk", "grasp"],
@@ -217,7 +209,6 @@ def register(sub) -> None:
     p.add_argument("--execute", action="store_true", help="commit and report the outcome")
     p.add_argument("--samples", type=int, help="K rollouts (default: the model's)")
     p.add_argument("--checkpoint", help="model with a success head (default: the shipped one)")
-    p.add_argument("--config", default="sim_grasp")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config_args(p, "sim_grasp", presets=False)
     p.add_argument("--connect", help="query a running runtime at this address instead")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait with --connect")

@@ -174,14 +174,6 @@ def register(sub) -> None:
         "kiwi slow --config configs/sim_grasp.yaml\n"
         "kiwi slow --config configs/sim_grasp.yaml --vla --set slow.latency_ms=300",
     )
-    p.add_argument("--config", default="sim_grasp", help="job config (YAML)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (repeatable)",
-    )
+    add_config_args(p, "sim_grasp", presets=False)
     p.add_argument("--vla", action="store_true", help="attach action chunks")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
