@@ -175,6 +175,35 @@ def measure(wm: WorldModel, threads: int, quick: bool) -> dict:
     }
 
 
+def default_model(quick: bool) -> dict | None:
+    """The shipped grasp model's own figures, at one thread (the runtime's setting)."""
+    from ..assets import ASSETS
+
+    path = ASSETS / "grasp_world_model.safetensors"
+    if not path.is_file():
+        return None
+    wm, meta, _ = WorldModel.load(path)
+    wm.eval()
+    horizon = int(meta.get("grasp", {}).get("horizon", 30))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        p50, _ = time_prior_step(wm, 1000 if quick else 5000)
+        forecast = time_rollout(wm, 64, horizon, 5 if quick else 20)
+    finally:
+        torch.set_num_threads(before)
+    c = wm.config
+    return {
+        "deter": c.deter,
+        "hidden": c.hidden,
+        "stoch": c.stoch,
+        "classes": c.classes,
+        "prior_step_us_p50": p50,
+        "forecast_k64_ms": forecast,
+        "horizon": horizon,
+    }
+
+
 def run(args) -> int:
     torch.manual_seed(0)
     wm = WorldModel(REFERENCE, SPEC).eval()
@@ -210,10 +239,19 @@ def run(args) -> int:
         f"headline: {args.threads} thread(s); the K=256 rollout reaches "
         f"{100 * main['rollout_gflops'] / main['gemm_gflops']:.0f} % of GEMM throughput"
     )
+    default = default_model(args.quick)
+    if default:
+        print(
+            f"the shipped grasp model (deter {default['deter']}, {default['stoch']}x"
+            f"{default['classes']} stoch), 1 thread: prior step p50 "
+            f"{default['prior_step_us_p50']:.0f} µs, the gate's forecast (K=64, "
+            f"H={default['horizon']}) {default['forecast_k64_ms']:.1f} ms"
+        )
     write_json(
         args.json,
         {
             **main,
+            "default_model": default,
             "by_threads": {str(t): r for t, r in results.items()},
             "reference": {
                 "deter": 256,
