@@ -83,6 +83,7 @@ class GraspController:
             raise ValueError(f"aim must be first or track, got {aim!r}")
         self.config, self.gate, self.max_retries, self.aim_mode = config, gate, max_retries, aim
         self.aim_offset = np.asarray(aim_offset_m, float)
+        self._fresh = True
         self.events: list[GraspEvent] = []
         self.phase = DONE
 
@@ -122,11 +123,7 @@ class GraspController:
 
     def _act(self, t: float, joints_deg: np.ndarray, object_estimate: np.ndarray) -> np.ndarray:
         c = self.config
-        tracking = (
-            self.aim_mode == "track"
-            and self.phase in (APPROACH, LOOK)
-            and getattr(self, "_fresh", True)
-        )
+        tracking = self.aim_mode == "track" and self.phase in (APPROACH, LOOK) and self._fresh
         if self.aim is None or tracking:
             self.aim = self._aim_at(object_estimate, joints_deg)
         xy, yaw = self.aim
