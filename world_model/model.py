@@ -30,7 +30,12 @@ class WorldModel(nn.Module):
         # A periodic column becomes (cos, sin): one more input and output dimension.
         vector_dims = {k: spec.vector_dims[k] + (k in config.periodic) for k in config.mlp_keys}
         self.encoder = Encoder(
-            vector_dims, config.cnn_keys, config.units, config.layers, config.cnn_depth
+            vector_dims,
+            config.cnn_keys,
+            config.units,
+            config.layers,
+            config.cnn_depth,
+            linear_keys=tuple(config.scale),
         )
         self.rssm = RSSM(
             config.deter,
@@ -120,6 +125,10 @@ class WorldModel(nn.Module):
             return value * self._scale(key, value)
         return value
 
+    def _from_decoder(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """Vector decoder output -> features: scaled keys are linear, the others symlog."""
+        return value if key in self.config.scale else symexp(value)
+
     def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.encoder(self.features(obs))
 
@@ -170,7 +179,7 @@ class WorldModel(nn.Module):
             out[key] = (
                 (value + 0.5).clamp(0, 1)
                 if key in self.config.cnn_keys
-                else self._unfeature(key, symexp(value))
+                else self._unfeature(key, self._from_decoder(key, value))
             )
         if self.reward is not None:
             out["reward"] = self.reward.mean(self.reward(feat))
@@ -215,6 +224,8 @@ class WorldModel(nn.Module):
             rec = rec + (
                 image_mse(pred, targets[key])
                 if key in self.config.cnn_keys
+                else ((pred - targets[key]) ** 2).sum(-1)
+                if key in self.config.scale
                 else symlog_mse(pred, targets[key])
             )
         parts["obs"] = rec
@@ -243,7 +254,7 @@ class WorldModel(nn.Module):
         metrics["loss"] = loss.item()
         with torch.no_grad():
             for key in self.config.mlp_keys:
-                err = (symexp(recon[key]) - targets[key]) ** 2
+                err = (self._from_decoder(key, recon[key]) - targets[key]) ** 2
                 metrics[f"recon_mse_{key}"] = err.mean().item()
         return loss, metrics, post
 

@@ -60,9 +60,11 @@ class Encoder(nn.Module):
         units: int,
         layers: int,
         cnn_depth: int,
+        linear_keys: tuple[str, ...] = (),
     ):
         super().__init__()
         self.vector_keys = tuple(vector_dims)
+        self.linear_keys = frozenset(linear_keys)  # already scaled by the caller: no symlog
         self.image_keys = image_keys
         self.out_dim = 0
         if self.vector_keys:
@@ -84,7 +86,10 @@ class Encoder(nn.Module):
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = []
         if self.vector_keys:
-            parts.append(self.mlp(symlog(torch.cat([obs[k] for k in self.vector_keys], -1))))
+            vectors = [
+                obs[k] if k in self.linear_keys else symlog(obs[k]) for k in self.vector_keys
+            ]
+            parts.append(self.mlp(torch.cat(vectors, -1)))
         if self.image_keys:
             lead = obs[self.image_keys[0]].shape[:-3]
             imgs = torch.cat([obs[k].reshape(-1, *obs[k].shape[-3:]) for k in self.image_keys], -1)
