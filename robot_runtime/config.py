@@ -142,6 +142,12 @@ class GraspGateConfig(Frozen):
     train_samples: int = Field(8, ge=1, description="training: rollouts per recorded decision")
     epochs: int = Field(40, ge=1)
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    calibration_episodes: int = Field(
+        200,
+        ge=0,
+        description="closed-loop grasps (own seeds) the temperature is fitted on; "
+        "0: fit on the recorded held-out decisions instead",
+    )
 
 
 class SimConfig(Frozen):
@@ -170,6 +176,7 @@ class GraspJob(Frozen):
 
 JOBS = {"pendulum": PendulumJob, "grasp": GraspJob}
 GRASP_EVAL_SEED = 200_000  # evaluations start here, far from `kiwi collect`'s training seeds
+GRASP_CALIBRATION_SEED = 150_000  # `kiwi train grasp` calibrates on these
 Job = TypeVar("Job", bound=BaseModel)
 
 

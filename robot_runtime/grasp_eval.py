@@ -111,13 +111,36 @@ def evaluate(
 
     wm, predictor, head_now, temperature_now = load_grasp_predictor(path, job.gate.samples)
     threshold = job.gate.threshold if threshold is None else threshold
-    period_ticks = max(1, int(round(job.runtime.rate_hz / job.slow.rate_hz)))
-    delay_ticks = int(round(job.slow.latency_ms / 1000 * job.runtime.rate_hz))
-    condition = Condition("compensated", delay_ticks, period_ticks)
+    return run_decisions(
+        job, wm, predictor, head_now, temperature_now, episodes, seed, threshold, progress
+    )
+
+
+def runtime_condition(job) -> Condition:
+    """Observations as the slow process delivers them (rate and latency of the config)."""
+    every = max(1, int(round(job.runtime.rate_hz / job.slow.rate_hz)))
+    delay = int(round(job.slow.latency_ms / 1000 * job.runtime.rate_hz))
+    return Condition("compensated", delay, every)
+
+
+def run_decisions(
+    job,
+    wm,
+    predictor,
+    head_now,
+    temperature_now: float,
+    episodes: int,
+    seed: int,
+    threshold: float,
+    progress: bool = True,
+    desc: str = "eval grasp",
+) -> tuple[dict, list[DecisionRecord]]:
+    """Closed-loop grasps on seeds ``seed ..``; every decision forecast and played out."""
+    condition = runtime_condition(job)
     records: list[DecisionRecord] = []
     outcomes = []
     for i in tqdm(
-        range(episodes), desc="eval grasp", unit="episode", disable=not progress, dynamic_ncols=True
+        range(episodes), desc=desc, unit="episode", disable=not progress, dynamic_ncols=True
     ):
         gate = EvaluatingGate(
             predictor,

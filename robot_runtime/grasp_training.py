@@ -93,29 +93,48 @@ def train_head(
     epochs: int,
     seed: int,
     log: Callable[[str], None] = print,
+    validation: float = 0.15,
 ) -> SuccessHead:
-    """``feat [N, K, F]`` (every sample carries its decision's label) or ``[N, F]``."""
+    """``feat [N, K, F]`` (every sample carries its decision's label) or ``[N, F]``. A share of
+    the decisions is kept back to pick the epoch (early stopping): the head overfits fast."""
+    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    if feat.dim() == 3:
-        labels = labels[:, None].expand(-1, feat.shape[1]).reshape(-1)
-        feat = feat.reshape(-1, feat.shape[-1])
+    order = torch.randperm(len(labels), generator=gen)
+    n_val = max(1, int(validation * len(labels)))
+    val, train = order[:n_val], order[n_val:]
+
+    def flat(idx):
+        f, y = feat[idx], labels[idx]
+        if f.dim() == 3:
+            y = y[:, None].expand(-1, f.shape[1]).reshape(-1)
+            f = f.reshape(-1, f.shape[-1])
+        return f, y
+
+    f_train, y_train = flat(train)
+    f_val, y_val = flat(val)
     head = SuccessHead(feat.shape[-1])
     opt = torch.optim.Adam(head.parameters(), 1e-3, weight_decay=1e-4)
-    n = len(labels)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    best, best_state, best_epoch = float("inf"), None, 0
     for epoch in range(epochs):
-        order = torch.randperm(n)
-        total = 0.0
-        for lo in range(0, n, 256):
-            idx = order[lo : lo + 256]
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                head(feat[idx]), labels[idx]
-            )
+        head.train()
+        perm = torch.randperm(len(y_train), generator=gen)
+        for lo in range(0, len(perm), 256):
+            idx = perm[lo : lo + 256]
+            loss = bce(head(f_train[idx]), y_train[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
+        head.eval()
+        with torch.no_grad():
+            val_loss = bce(head(f_val), y_val).item()
+        if val_loss < best:
+            best, best_epoch = val_loss, epoch + 1
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
         if (epoch + 1) % max(1, epochs // 5) == 0:
-            log(f"epoch {epoch + 1}/{epochs}: BCE {total / n:.4f}")
+            log(f"epoch {epoch + 1}/{epochs}: validation BCE {val_loss:.4f}")
+    head.load_state_dict(best_state)
+    log(f"kept epoch {best_epoch} (validation BCE {best:.4f})")
     return head.eval()
 
 
@@ -176,6 +195,11 @@ def train_grasp(
         fit_temperature(logits, labels),
         fit_temperature(logits_now, labels),
     )
+    closed_loop = None
+    if g.calibration_episodes:  # refit on decisions the runtime itself makes
+        temperature, temperature_now, closed_loop = calibrate_closed_loop(
+            job, wm, head, head_now, progress, log
+        )
     report = {
         "rollout": scores(logits, labels, temperature),
         "no_rollout": scores(logits_now, labels, temperature_now),
@@ -184,6 +208,7 @@ def train_grasp(
         "holdout_decisions": int(len(labels)),
         "train_decisions": int(len(train.labels)),
         "holdout_success_rate": float(labels.mean()),
+        "closed_loop_calibration": closed_loop,
     }
     grasp_meta = {
         "horizon": g.horizon,
@@ -205,6 +230,52 @@ def train_grasp(
         {"success_head": head.state_dict(), "success_head_now": head_now.state_dict()},
     )
     return report
+
+
+def calibrate_closed_loop(
+    job, wm, head, head_now, progress: bool, log: Callable[[str], None]
+) -> tuple[float, float, dict]:
+    """Runs the runtime's grasp (lockstep, its own seeds) with uncalibrated forecasts, plays every
+    decision out, and fits both temperatures on those (forecast, outcome) pairs: the decisions the
+    runtime makes differ from the recorded scripted ones (it looks before deciding)."""
+    from world_model.grasp import GraspPredictor
+
+    from .config import GRASP_CALIBRATION_SEED
+    from .grasp_eval import run_decisions
+
+    g = job.gate
+    log(
+        f"calibrating on {g.calibration_episodes} closed-loop grasps "
+        f"(seeds {GRASP_CALIBRATION_SEED}..)"
+    )
+    predictor = GraspPredictor(wm, head, g.horizon, g.samples, temperature=1.0)
+    _, records = run_decisions(
+        job,
+        wm,
+        predictor,
+        head_now,
+        1.0,
+        g.calibration_episodes,
+        GRASP_CALIBRATION_SEED,
+        g.threshold,
+        progress,
+        "calibrate",
+    )
+    to_logit = lambda p: np.log(np.clip(p, 1e-6, 1 - 1e-6) / np.clip(1 - p, 1e-6, 1))  # noqa: E731
+    z = to_logit(np.array([r.p_success for r in records]))
+    z_now = to_logit(np.array([r.p_no_rollout for r in records]))
+    y = np.array([r.would_succeed for r in records], float)
+    t, t_now = fit_temperature(z, y), fit_temperature(z_now, y)
+    return (
+        t,
+        t_now,
+        {
+            "decisions": len(records),
+            "success_rate": float(y.mean()),
+            "rollout": scores(z, y, t),
+            "no_rollout": scores(z_now, y, t_now),
+        },
+    )
 
 
 def load_grasp_predictor(path: Path, samples: int | None = None, seed: int = 0):

@@ -144,13 +144,17 @@ def cmd_train_grasp(args) -> int:
     data = Path(args.data or job.data.episodes)
     print(f"kiwi train grasp: success head on {args.init} with episodes from {data} -> {out}")
     report = train_grasp(job, Path(args.init), data, out, command, not args.no_progress)
-    rows = [("held-out", "AUROC", "Brier", "ECE")]
-    for name in ("rollout", "no_rollout"):
-        r = report[name]
-        rows.append((name, f"{r['auroc']:.3f}", f"{r['brier']:.3f}", f"{r['ece']:.3f}"))
+    rows = [("decisions", "head", "AUROC", "Brier", "ECE")]
+    sets = [("recorded, held out", report)]
+    if report.get("closed_loop_calibration"):
+        sets.append(("closed loop (calibration)", report["closed_loop_calibration"]))
+    for label, figures in sets:
+        for name in ("rollout", "no_rollout"):
+            r = figures[name]
+            rows.append((label, name, f"{r['auroc']:.3f}", f"{r['brier']:.3f}", f"{r['ece']:.3f}"))
     print(format_table(rows))
     print(
-        f"({report['holdout_decisions']} held-out decisions, success rate "
+        f"({report['holdout_decisions']} recorded held-out decisions, success rate "
         f"{report['holdout_success_rate']:.0%}; temperatures {report['temperature']:.2f} / "
         f"{report['temperature_now']:.2f})"
     )
