@@ -133,12 +133,21 @@ def status_line(rec: Recorder, attempt: int, attempts: int) -> str:
     est = last.get("estimator", {})
     errs = estimate_errors(rec.estimates[-50:], rec.truths[-400:])
     err = f"{np.median(errs[:, 0]):5.1f} mm {np.median(errs[:, 1]):4.1f} deg" if len(errs) else "-"
+    decisions = [e for e in rec.events if e.get("phase") == "decision"]
+    gate = f"  P={decisions[-1]['p_success']:.2f} {decisions[-1]['verdict']}" if decisions else ""
     return (
         f"attempt {attempt}/{attempts}  {last.get('phase', '?'):9s} "
         f"jitter p99 {last.get('jitter_us_p99', 0):6.0f} µs  overruns {last.get('overruns', 0)}  "
         f"obs {est.get('applied', 0)} (age {est.get('last_age_ms', float('nan')):4.0f} ms)  "
-        f"estimate error {err}  watchdog {last.get('watchdog', '?')}"
+        f"estimate error {err}  watchdog {last.get('watchdog', '?')}{gate}"
     )
+
+
+def _start_of(rec: Recorder, end: dict) -> float:
+    starts = [
+        e["t"] for e in rec.events if e.get("event") == "attempt_start" and e["t"] <= end["t"]
+    ]
+    return starts[-1] if starts else float("-inf")
 
 
 def summarize(rec: Recorder, job: GraspJob, wall_s: float) -> dict:
@@ -147,8 +156,14 @@ def summarize(rec: Recorder, job: GraspJob, wall_s: float) -> dict:
     for end in ends:
         truths = [tr for tr in rec.truths if tr[0] <= end["t"]]
         success = bool(truths[-1][2]) if truths else False
+        decisions = [
+            e
+            for e in rec.events
+            if e.get("phase") == "decision" and e["t"] <= end["t"] and e["t"] >= _start_of(rec, end)
+        ]
         attempts.append(
             {
+                "decisions": [(round(d["p_success"], 3), d["verdict"]) for d in decisions],
                 "seed": end["seed"],
                 "phase": end["phase"],
                 "success": success,
@@ -281,14 +296,26 @@ def run_sim(job: GraspJob, out: Path, live: bool = True) -> dict:
 
 
 def print_summary(summary: dict, out: Path) -> None:
-    rows = [("attempt", "seed", "outcome", "final phase", "obs applied", "jitter p99 µs")]
+    rows = [
+        (
+            "attempt",
+            "seed",
+            "outcome",
+            "final phase",
+            "gate: P(success)",
+            "obs applied",
+            "jitter p99 µs",
+        )
+    ]
     for i, a in enumerate(summary["per_attempt"], 1):
+        gate = ", ".join(f"{p:.2f} {v}" for p, v in a["decisions"]) or "-"
         rows.append(
             (
                 i,
                 a["seed"],
                 "success" if a["success"] else "failure",
                 a["phase"],
+                gate,
                 a["estimator"]["applied"],
                 f"{a['loop']['jitter_us_p99']:.0f}",
             )
