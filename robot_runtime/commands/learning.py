@@ -123,15 +123,64 @@ def cmd_train_agent(args) -> int:
         )
     )
     print(f"wrote {out / 'eval.json'}")
+    if args.ship:
+        ship_agent(out, result, invoked_as(args))
     return 0
 
 
-def cmd_train_grasp(args) -> int:
-    import shlex
+def ship(name: str, source: Path | None, what: str, command: str, figures: dict) -> Path:
+    """Install a trained file as robot_runtime/assets/NAME, with NAME.md saying how it was made
+    and what it measured (the file itself carries the same in its metadata)."""
     import shutil
-    import sys
 
     from ..assets import ASSETS
+
+    target = ASSETS / name
+    if source is not None:
+        shutil.copyfile(source, target)
+    (ASSETS / f"{Path(name).stem}.md").write_text(
+        f"# {name}\n\n{what}\n\nMade by:\n\n```\n{command}\n```\n\n"
+        f"Figures at training: {json.dumps(figures, indent=1)}\n"
+    )
+    print(f"shipped as {target}")
+    return target
+
+
+def ship_agent(out: Path, result: dict, command: str) -> None:
+    """The agent's weights without optimizer state and critics (what `kiwi eval latency` and
+    the runtime need), as the shipped Pendulum agent."""
+    from world_model.model import WorldModel
+    from world_model.train import CHECKPOINT
+
+    from ..assets import ASSETS
+
+    wm, meta, groups = WorldModel.load(out / CHECKPOINT)
+    keep = {k: meta[k] for k in ("behavior_config", "env_step", "step") if k in meta}
+    names = ("return_mean", "return_std", "episodes", "env_steps", "wall_s")
+    figures = {k: result[k] for k in names}
+    meta_out = {
+        **keep,
+        "made_by": f"{command} (optimizer state and critics dropped)",
+        "eval": figures,
+    }
+    wm.save(ASSETS / "pendulum_agent.safetensors", meta_out, {"actor": groups["actor"]})
+    ship(
+        "pendulum_agent.safetensors",
+        None,
+        "The Pendulum-v1 Dreamer agent (world model and actor) that `kiwi eval latency` runs "
+        "by default.",
+        command,
+        figures,
+    )
+
+
+def invoked_as(args) -> str:
+    import shlex
+
+    return "kiwi " + " ".join(shlex.quote(a) for a in args.argv)
+
+
+def cmd_train_grasp(args) -> int:
     from ..config import GraspJob, dump_config, load_config
     from ..grasp_training import train_grasp
 
@@ -140,7 +189,7 @@ def cmd_train_grasp(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(job))
-    command = "kiwi " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = invoked_as(args)
     data = Path(args.data or job.data.episodes)
     print(f"kiwi train grasp: success head on {args.init} with episodes from {data} -> {out}")
     report = train_grasp(job, Path(args.init), data, out, command, not args.no_progress)
@@ -161,15 +210,17 @@ def cmd_train_grasp(args) -> int:
     path = out / "grasp_model.safetensors"
     print(f"wrote {path}")
     if args.ship:
-        shutil.copyfile(path, ASSETS / "grasp_world_model.safetensors")
-        (ASSETS / "grasp_world_model.md").write_text(
-            "# grasp_world_model.safetensors\n\nThe grasp world model with its success heads, "
-            "shipped so `kiwi sim` and `kiwi grasp-check` work after install. Made by:\n\n"
-            f"```\n{command}\n```\n\non a world model made by `kiwi train world-model` (its "
-            "command is in the file's metadata, `made_by`, and in configs/sim_grasp.yaml).\n\n"
-            f"Held-out figures at training: {json.dumps(report, indent=1)}\n"
+        ship(
+            "grasp_world_model.safetensors",
+            path,
+            "The grasp world model with its success heads, shipped so `kiwi sim` and "
+            "`kiwi grasp-check` work after install. Its world model was made by `kiwi train "
+            "world-model` (that command is in the file's metadata, `made_by`, and in "
+            "configs/sim_grasp.yaml's header); the success heads were fitted on it by the "
+            "command below.",
+            command,
+            report,
         )
-        print(f"shipped as {ASSETS / 'grasp_world_model.safetensors'}")
     return 0
 
 
@@ -228,6 +279,11 @@ def register(sub) -> None:
     add_config_args(p, "pendulum")
     p.add_argument("--env-steps", type=int, help="environment steps (default: config)")
     p.add_argument("--out", default="runs/agent", help="output folder")
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help="also replace the shipped agent (robot_runtime/assets/pendulum_agent.safetensors)",
+    )
     p = command(
         train_sub,
         "grasp",

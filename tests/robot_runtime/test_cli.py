@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from robot_runtime.cli import main
 
@@ -57,18 +58,32 @@ def test_lab_quick_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_agent_quick_writes_eval_json(tmp_path):
+def test_train_agent_quick_writes_eval_json_and_ships_a_lean_agent(tmp_path, monkeypatch):
+    from robot_runtime import assets
+    from world_model.checkpoint import load_tensors
+    from world_model.train import load_agent
+
+    monkeypatch.setattr(assets, "ASSETS", tmp_path / "assets")
+    (tmp_path / "assets").mkdir()
     out = tmp_path / "agent"
-    assert (
-        main(
-            ["train", "agent", "--quick", "--out", str(out), "--no-progress", "--env-steps", "450"]
-        )
-        == 0
-    )
+    args = ["train", "agent", "--quick", "--out", str(out), "--no-progress", "--env-steps", "450"]
+    assert main([*args, "--ship"]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert {"return_mean", "return_std", "episodes", "env_steps", "wall_s"} <= set(result)
     assert result["env_steps"] == 450 and result["episodes"] == 2
     assert -3300 < result["return_mean"] <= 0  # Pendulum returns lie in [-3255, 0]
+
+    shipped = tmp_path / "assets" / "pendulum_agent.safetensors"
+    groups, meta = load_tensors(shipped)
+    assert set(groups) == {"model", "actor"}  # no optimizer state, no critics
+    assert "--ship" in meta["made_by"] and meta["eval"]["return_mean"] == result["return_mean"]
+    wm, behavior, _ = load_agent(shipped)
+    wm_full, behavior_full, _ = load_agent(out / "checkpoint.safetensors")
+    state = wm.initial(1)
+    assert torch.equal(
+        behavior.policy(state, sample=False), behavior_full.policy(state, sample=False)
+    )
+    assert "kiwi train agent" in (tmp_path / "assets" / "pendulum_agent.md").read_text()
 
 
 def test_train_world_model_on_a_data_folder_and_resume(tmp_path):
