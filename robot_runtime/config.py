@@ -117,7 +117,8 @@ class GraspControllerConfig(Frozen):
     aim: Literal["first", "track"] = Field(
         "first",
         description="first: plan from the first estimate and keep it (the gate then "
-        "judges it after a close look); track: re-aim from the latest estimate until descent",
+        "judges it after a close look); track: re-aim from the latest estimate until descent "
+        "(the shipped success head was calibrated on `first` grasps: with `track`, gate with care)",
     )
     pregrasp_height_m: float = 0.08
     grasp_height_m: float = 0.024
