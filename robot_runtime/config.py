@@ -120,6 +120,13 @@ class GraspControllerConfig(Frozen):
         "judges it after a close look); track: re-aim from the latest estimate until descent "
         "(the shipped success head was calibrated on `first` grasps: with `track`, gate with care)",
     )
+    track_gain: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="aim=track: each fresh tick moves the aim this share of the way to the "
+        "latest estimate (a low-pass filter; 1 jumps straight to it)",
+    )
     pregrasp_height_m: float = 0.08
     grasp_height_m: float = 0.024
     lift_height_m: float = 0.09

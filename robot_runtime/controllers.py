@@ -56,6 +56,13 @@ class GraspEvent:
     detail: dict = field(default_factory=dict)
 
 
+def blend_aim(old, new, gain: float):
+    """``gain`` of the way from aim ``old`` to ``new``; yaw the short way round (a cube looks
+    the same every 90 degrees)."""
+    d_yaw = (new[1] - old[1] + math.pi / 4) % (math.pi / 2) - math.pi / 4
+    return old[0] + gain * (np.asarray(new[0]) - old[0]), old[1] + gain * d_yaw
+
+
 class GraspController:
     """Call ``reset(t, joints)`` per attempt, then ``act(t, joints, object_estimate)`` per tick.
 
@@ -124,8 +131,10 @@ class GraspController:
     def _act(self, t: float, joints_deg: np.ndarray, object_estimate: np.ndarray) -> np.ndarray:
         c = self.config
         tracking = self.aim_mode == "track" and self.phase in (APPROACH, LOOK) and self._fresh
-        if self.aim is None or tracking:
+        if self.aim is None:
             self.aim = self._aim_at(object_estimate, joints_deg)
+        elif tracking:
+            self.aim = blend_aim(self.aim, self._aim_at(object_estimate, joints_deg), c.track_gain)
         xy, yaw = self.aim
         s = t - self.t_phase
         grip = 100.0

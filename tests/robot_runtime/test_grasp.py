@@ -9,7 +9,15 @@ import zmq
 
 from robot_runtime import link
 from robot_runtime.config import GraspControllerConfig
-from robot_runtime.controllers import BACK_OFF, CLOSE, GAVE_UP, GraspController, GraspPolicy
+from robot_runtime.controllers import (
+    BACK_OFF,
+    CLOSE,
+    GAVE_UP,
+    GraspController,
+    GraspPolicy,
+    blend_aim,
+    cube_in_world,
+)
 from robot_runtime.dryrun import free_ports
 from robot_runtime.gate import GraspGate, commit_plan
 from robot_runtime.service import Runtime
@@ -82,6 +90,30 @@ def test_the_gate_backs_off_at_most_the_retry_bound_then_gives_up():
 def test_a_committing_gate_closes_the_gripper():
     phases = drive(GraspController(GraspControllerConfig(), lambda t, a, r: "commit"))
     assert phases[-1] == "done" and CLOSE in phases and BACK_OFF not in phases
+
+
+def test_tracking_low_passes_the_aim_and_turns_yaw_the_short_way():
+    old = (np.array([0.20, 0.00]), math.radians(40.0))
+    new = (np.array([0.22, 0.02]), math.radians(-44.0))  # the same cube face as +46 degrees
+    xy, yaw = blend_aim(old, new, 0.25)
+    assert xy == pytest.approx([0.205, 0.005])
+    assert math.degrees(yaw) == pytest.approx(41.5)  # a quarter of +6, not of -84
+    xy, yaw = blend_aim(old, new, 1.0)
+    assert xy == pytest.approx(new[0]) and math.degrees(yaw) == pytest.approx(46.0)
+
+    # with a fixed estimate, tracking converges on the aim it gives
+    c = GraspControllerConfig(aim="track", track_gain=0.05)
+    controller = GraspController(c, aim="track")
+    joints = np.array([0.0, -70.0, 30.0, 90.0, 0.0, 100.0])
+    controller.reset(0.0, joints)
+    controller.act(0.0, joints, np.array([0.0, 0.02, 0.22, 10.0]))
+    first = controller.aim
+    moved = np.array([0.03, 0.02, 0.22, 10.0])
+    for k in range(1, 40):
+        controller.act(k * 0.02, joints, moved)
+    target = cube_in_world(moved, joints)[0]
+    expected = target + (first[0] - target) * 0.95**39
+    assert controller.aim[0] == pytest.approx(expected, abs=1e-9)
 
 
 def test_commit_plan_closes_then_lifts():
