@@ -149,5 +149,11 @@ class AgentConfig(Frozen):
     prefill: int = Field(1000, ge=0, description="random-policy steps before training starts")
     train_ratio: float = Field(64.0, gt=0, description="replayed steps per environment step")
     eval_episodes: int = Field(50, gt=0)
+    obs_every_max: int | None = Field(
+        None,
+        ge=1,
+        description="the agent's world model trains with this train.obs_every_max (None: "
+        "train's own): an agent whose latent runs on late, sparse observations wants > 1",
+    )
     log_every: int = Field(1000, gt=0, description="environment steps between metric lines")
     checkpoint_every: int = Field(5000, gt=0, description="environment steps between checkpoints")

@@ -347,6 +347,8 @@ def train_agent(
     at ``train_ratio`` replayed steps per environment step. Writes eval.json and returns it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if agent_config.obs_every_max is not None:
+        train_config = train_config.model_copy(update={"obs_every_max": agent_config.obs_every_max})
     torch.manual_seed(train_config.seed)
     env = make_env()
     spec = spec_from_env(env)
