@@ -145,7 +145,7 @@ class GraspGateConfig(Frozen):
     threshold: float = Field(0.5, ge=0, le=1, description="commit when P(success) >= this")
     retries: int = Field(2, ge=0, description="back-offs before giving up")
     samples: int = Field(64, ge=1, description="K rollouts per forecast")
-    horizon: int = Field(30, ge=1, description="H ticks of the commit plan rolled out")
+    horizon: int = Field(20, ge=1, description="H ticks of the commit plan rolled out")
     obs_every: int = Field(10, ge=1, description="training: one observation every N ticks")
     train_samples: int = Field(8, ge=1, description="training: rollouts per recorded decision")
     epochs: int = Field(40, ge=1)
@@ -153,7 +153,8 @@ class GraspGateConfig(Frozen):
     calibration_episodes: int = Field(
         200,
         ge=0,
-        description="closed-loop grasps (own seeds) the temperature is fitted on; "
+        description="closed-loop grasps (own seeds) the calibration (temperature and bias) "
+        "is fitted on; "
         "0: fit on the recorded held-out decisions instead",
     )
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from world_model.grasp import auroc, brier, reliability
+from world_model.grasp import Calibration, auroc, brier, reliability
 
 from .controllers import GraspController, GraspPolicy
 from .gate import GraspGate, commit_plan
@@ -47,15 +47,15 @@ class EvaluatingGate(GraspGate):
         *args,
         run: GraspLockstep | None = None,
         head_now=None,
-        temperature_now: float = 1.0,
+        calibration_now=None,
         seed: int = 0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.run, self.head_now, self.temperature_now, self.seed = (
+        self.run, self.head_now, self.calibration_now, self.seed = (
             run,
             head_now,
-            temperature_now,
+            calibration_now or Calibration(),
             seed,
         )
         self.records: list[DecisionRecord] = []
@@ -65,7 +65,7 @@ class EvaluatingGate(GraspGate):
         d = self.decisions[-1]
         with torch.no_grad():
             logit = float(self.head_now(self.estimator.state.feat())[0])
-        p_now = 1.0 / (1.0 + np.exp(-logit / self.temperature_now))
+        p_now = float(self.calibration_now(logit))
         outcome = would_succeed(self.run, aim, roll_hint, self.config)
         self.records.append(
             DecisionRecord(
@@ -109,10 +109,10 @@ def evaluate(
 ) -> tuple[dict, list[DecisionRecord]]:
     from .grasp_training import load_grasp_predictor
 
-    wm, predictor, head_now, temperature_now = load_grasp_predictor(path, job.gate.samples)
+    wm, predictor, head_now, calibration_now = load_grasp_predictor(path, job.gate.samples)
     threshold = job.gate.threshold if threshold is None else threshold
     return run_decisions(
-        job, wm, predictor, head_now, temperature_now, episodes, seed, threshold, progress
+        job, wm, predictor, head_now, calibration_now, episodes, seed, threshold, progress
     )
 
 
@@ -128,7 +128,7 @@ def run_decisions(
     wm,
     predictor,
     head_now,
-    temperature_now: float,
+    calibration_now,
     episodes: int,
     seed: int,
     threshold: float,
@@ -148,7 +148,7 @@ def run_decisions(
             job.runtime.rate_hz,
             threshold,
             head_now=head_now,
-            temperature_now=temperature_now,
+            calibration_now=calibration_now,
             seed=seed + i,
         )
         controller = GraspController(

@@ -21,7 +21,15 @@ import torch
 from tqdm import tqdm
 
 from sim.outcomes import PHASES
-from world_model.grasp import SuccessHead, auroc, brier, fit_temperature, reliability
+from world_model.grasp import (
+    Calibration,
+    SuccessHead,
+    auroc,
+    brier,
+    fit_platt,
+    fit_temperature,
+    reliability,
+)
 from world_model.model import WorldModel
 from world_model.rssm import State
 
@@ -144,8 +152,8 @@ def mean_logits(head: SuccessHead, feat: torch.Tensor) -> np.ndarray:
     return (logits.mean(-1) if feat.dim() == 3 else logits).numpy()
 
 
-def scores(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
-    p = 1.0 / (1.0 + np.exp(-logits / temperature))
+def scores(logits: np.ndarray, labels: np.ndarray, calibration: Calibration) -> dict:
+    p = calibration(logits)
     ece, _ = reliability(p, labels)
     return {"auroc": auroc(p, labels), "brier": brier(p, labels), "ece": ece}
 
@@ -191,20 +199,19 @@ def train_grasp(
     head_now = train_head(train.now_feat, train.labels, g.epochs, 0, log)
     labels = hold.labels.numpy()
     logits, logits_now = mean_logits(head, hold.rollout_feat), mean_logits(head_now, hold.now_feat)
-    temperature, temperature_now = (
-        fit_temperature(logits, labels),
-        fit_temperature(logits_now, labels),
-    )
+    calib, calib_now = fit_platt(logits, labels), fit_platt(logits_now, labels)
     closed_loop = None
     if g.calibration_episodes:  # refit on decisions the runtime itself makes
-        temperature, temperature_now, closed_loop = calibrate_closed_loop(
+        calib, calib_now, closed_loop = calibrate_closed_loop(
             job, wm, head, head_now, progress, log
         )
     report = {
-        "rollout": scores(logits, labels, temperature),
-        "no_rollout": scores(logits_now, labels, temperature_now),
-        "temperature": temperature,
-        "temperature_now": temperature_now,
+        "rollout": scores(logits, labels, calib),
+        "no_rollout": scores(logits_now, labels, calib_now),
+        "temperature": calib.temperature,
+        "bias": calib.bias,
+        "temperature_now": calib_now.temperature,
+        "bias_now": calib_now.bias,
         "holdout_decisions": int(len(labels)),
         "train_decisions": int(len(train.labels)),
         "holdout_success_rate": float(labels.mean()),
@@ -213,8 +220,10 @@ def train_grasp(
     grasp_meta = {
         "horizon": g.horizon,
         "samples": g.samples,
-        "temperature": temperature,
-        "temperature_now": temperature_now,
+        "temperature": calib.temperature,
+        "bias": calib.bias,
+        "temperature_now": calib_now.temperature,
+        "bias_now": calib_now.bias,
         "obs_every": g.obs_every,
         "threshold": g.threshold,
         "holdout": report,
@@ -234,10 +243,11 @@ def train_grasp(
 
 def calibrate_closed_loop(
     job, wm, head, head_now, progress: bool, log: Callable[[str], None]
-) -> tuple[float, float, dict]:
+) -> tuple[Calibration, Calibration, dict]:
     """Runs the runtime's grasp (lockstep, its own seeds) with uncalibrated forecasts, plays every
-    decision out, and fits both temperatures on those (forecast, outcome) pairs: the decisions the
-    runtime makes differ from the recorded scripted ones (it looks before deciding)."""
+    decision out, and fits both calibrations (temperature and bias) on those (forecast, outcome)
+    pairs: the decisions the runtime makes differ from the recorded scripted ones (it looks
+    before deciding)."""
     from world_model.grasp import GraspPredictor
 
     from .config import GRASP_CALIBRATION_SEED
@@ -254,7 +264,7 @@ def calibrate_closed_loop(
         wm,
         predictor,
         head_now,
-        1.0,
+        Calibration(),
         g.calibration_episodes,
         GRASP_CALIBRATION_SEED,
         g.threshold,
@@ -265,22 +275,24 @@ def calibrate_closed_loop(
     z = to_logit(np.array([r.p_success for r in records]))
     z_now = to_logit(np.array([r.p_no_rollout for r in records]))
     y = np.array([r.would_succeed for r in records], float)
-    t, t_now = fit_temperature(z, y), fit_temperature(z_now, y)
+    calib, calib_now = fit_platt(z, y), fit_platt(z_now, y)
     return (
-        t,
-        t_now,
+        calib,
+        calib_now,
         {
             "decisions": len(records),
             "success_rate": float(y.mean()),
-            "rollout": scores(z, y, t),
-            "no_rollout": scores(z_now, y, t_now),
+            "rollout": scores(z, y, calib),
+            "no_rollout": scores(z_now, y, calib_now),
+            # in-sample, for comparison: the temperature alone
+            "rollout_temperature_only": scores(z, y, Calibration(fit_temperature(z, y))),
         },
     )
 
 
 def load_grasp_predictor(path: Path, samples: int | None = None, seed: int = 0):
-    """(world model, GraspPredictor, no-rollout head, temperature of that head) from a file
-    written by `kiwi train grasp`."""
+    """(world model, GraspPredictor, no-rollout head, that head's Calibration) from a file
+    written by `kiwi train grasp` (files from before the bias have none: 0)."""
     from world_model.errors import CheckpointError
     from world_model.grasp import GraspPredictor
 
@@ -292,6 +304,17 @@ def load_grasp_predictor(path: Path, samples: int | None = None, seed: int = 0):
     head.load_state_dict(groups["success_head"])
     head_now.load_state_dict(groups["success_head_now"])
     predictor = GraspPredictor(
-        wm, head, g["horizon"], samples or g["samples"], g["temperature"], seed=seed
+        wm,
+        head,
+        g["horizon"],
+        samples or g["samples"],
+        g["temperature"],
+        seed=seed,
+        bias=g.get("bias", 0.0),
     )
-    return wm.eval(), predictor, head_now.eval(), g["temperature_now"]
+    return (
+        wm.eval(),
+        predictor,
+        head_now.eval(),
+        Calibration(g["temperature_now"], g.get("bias_now", 0.0)),
+    )

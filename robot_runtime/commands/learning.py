@@ -198,14 +198,17 @@ def cmd_train_grasp(args) -> int:
     if report.get("closed_loop_calibration"):
         sets.append(("closed loop (calibration)", report["closed_loop_calibration"]))
     for label, figures in sets:
-        for name in ("rollout", "no_rollout"):
+        for name in ("rollout", "no_rollout", "rollout_temperature_only"):
+            if name not in figures:
+                continue
             r = figures[name]
             rows.append((label, name, f"{r['auroc']:.3f}", f"{r['brier']:.3f}", f"{r['ece']:.3f}"))
     print(format_table(rows))
     print(
         f"({report['holdout_decisions']} recorded held-out decisions, success rate "
-        f"{report['holdout_success_rate']:.0%}; temperatures {report['temperature']:.2f} / "
-        f"{report['temperature_now']:.2f})"
+        f"{report['holdout_success_rate']:.0%}; calibration sigmoid(logit / T + b): "
+        f"T {report['temperature']:.2f}, b {report['bias']:+.2f} / no rollout "
+        f"T {report['temperature_now']:.2f}, b {report['bias_now']:+.2f})"
     )
     path = out / "grasp_model.safetensors"
     print(f"wrote {path}")

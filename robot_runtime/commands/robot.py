@@ -68,7 +68,7 @@ def cmd_grasp_check(args) -> int:
     torch.set_num_threads(1)
     job, _ = load_config(args.config, GraspJob, args.overrides)
     path = resolve(args.checkpoint or job.runtime.checkpoint)
-    wm, predictor, head_now, temp_now = load_grasp_predictor(path, args.samples)
+    wm, predictor, head_now, calibration_now = load_grasp_predictor(path, args.samples)
     every = max(1, int(round(job.runtime.rate_hz / job.slow.rate_hz)))
     delay = int(round(job.slow.latency_ms / 1000 * job.runtime.rate_hz))
     report = {}
@@ -87,7 +87,7 @@ def cmd_grasp_check(args) -> int:
                 ms=d.ms,
                 K=predictor.samples,
                 H=predictor.horizon,
-                p_now=1 / (1 + np.exp(-logit / temp_now)),
+                p_now=float(calibration_now(logit)),
                 estimate_error_mm=float(np.linalg.norm(guess[:3] - truth[:3]) * 1e3),
             )
             if not args.execute:

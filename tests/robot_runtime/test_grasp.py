@@ -27,6 +27,7 @@ from world_model.grasp import (
     auroc,
     brier,
     fit_isotonic,
+    fit_platt,
     fit_temperature,
     reliability,
 )
@@ -40,6 +41,21 @@ def test_temperature_against_a_hand_computed_case():
     logits = np.array([2, 2, 2, 2, -2, -2, -2, -2], float)
     labels = np.array([1, 1, 1, 0, 0, 0, 0, 1], float)
     assert fit_temperature(logits, labels) == pytest.approx(2 / math.log(3), rel=1e-4)
+
+
+def test_platt_scale_and_bias_against_a_hand_computed_case():
+    # Logit +1 is right 4 times in 5, logit -1 is wrong 3 times in 5 (an over-confident, biased
+    # head). Two distinct logits: the fit reproduces both frequencies, sigmoid(a + b) = 0.8 and
+    # sigmoid(-a + b) = 0.4, so a + b = ln 4 and b - a = ln(2/3).
+    logits = np.array([1] * 5 + [-1] * 5, float)
+    labels = np.array([1, 1, 1, 1, 0] + [1, 1, 0, 0, 0], float)
+    c = fit_platt(logits, labels, l2=0.0)
+    a, b = (math.log(4) - math.log(2 / 3)) / 2, (math.log(4) + math.log(2 / 3)) / 2
+    assert 1 / c.temperature == pytest.approx(a, rel=1e-6) and c.bias == pytest.approx(b, rel=1e-6)
+    assert c(np.array([1.0, -1.0])) == pytest.approx([0.8, 0.4], rel=1e-6)
+    # a head that ranks backwards is not turned around: the temperature alone, no bias
+    backwards = fit_platt(-logits, labels, l2=0.0)
+    assert backwards.bias == 0.0 and backwards.temperature > 0
 
 
 def test_isotonic_pools_adjacent_violators():
