@@ -27,11 +27,12 @@ def test_straight_through_sample_carries_gradients():
     assert logits.grad.abs().sum() > 0
 
 
-def test_gathered_input_equals_the_matrix_product():
+@pytest.mark.parametrize("batch", [1, 5, 40])  # the three gather paths
+def test_gathered_input_equals_the_matrix_product(batch):
     wm = tiny_model()
-    state = wm.initial(5)
+    state = wm.initial(batch)
     with torch.no_grad():
-        state = wm.img_step(state, torch.zeros(5, 1))
+        state = wm.img_step(state, torch.zeros(batch, 1))
         gathered = wm.rssm._stoch_in(state.stoch, wm.rssm.in_stoch)
     product = state.stoch.flatten(-2) @ wm.rssm.in_stoch
     assert torch.allclose(gathered, product.detach(), atol=1e-6)
