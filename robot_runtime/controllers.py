@@ -160,7 +160,9 @@ class GraspController:
         elif self.phase == DECIDE:
             q = reach_top_down(xy, c.grasp_height_m, yaw, self.roll_hint)
             verdict = self.gate(t, self.aim, self.roll_hint) if self.gate else "commit"
-            if verdict == "commit":
+            if verdict == "pending":  # the forecast runs beside the loop: hold here
+                pass
+            elif verdict == "commit":
                 self._enter(CLOSE, t)
             elif self.retries >= self.max_retries:
                 self._enter(GAVE_UP, t, retries=self.retries)
@@ -253,6 +255,8 @@ class GraspPolicy:
     def _decide(self, t: float, aim, roll_hint: float) -> str:
         self.gate.estimator = self.estimator
         verdict = self.gate(t, aim, roll_hint)
+        if verdict == "pending":
+            return verdict
         d = self.gate.decisions[-1]
         self.controller.events.append(
             GraspEvent(

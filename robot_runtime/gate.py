@@ -4,6 +4,7 @@ within its retry bound). Every decision is kept for telemetry."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,22 +51,51 @@ class Decision:
     verdict: str
 
 
+PENDING = "pending"
+
+
 @dataclass
 class GraspGate:
+    """``gate(t, aim, roll_hint)`` -> "commit" or "back_off". With ``background``, the forecast
+    (K x H rollouts, ~15 ms here) runs on a worker thread from a copy of the belief, so it does
+    not eat the tick it starts in: calls answer "pending" (the controller holds at DECIDE) until
+    it is done. Lockstep runs keep it inline, so their results do not depend on timing."""
+
     predictor: object  # world_model.grasp.GraspPredictor
     config: GraspControllerConfig
     rate_hz: float
     threshold: float = 0.5
     estimator: object = None  # set by the policy before each tick
     decisions: list[Decision] = field(default_factory=list)
+    background: bool = False
+    _pending: Future | None = field(default=None, repr=False)
+    _worker: ThreadPoolExecutor | None = field(default=None, repr=False)
 
-    def forecast(self, aim: tuple[np.ndarray, float], roll_hint: float = 0.0):
+    def forecast(self, aim: tuple[np.ndarray, float], roll_hint: float = 0.0, state=None):
         xy, yaw = aim
         plan = commit_plan(xy, yaw, roll_hint, self.config, self.rate_hz, self.predictor.horizon)
-        return self.predictor.forecast(self.estimator.state, plan)
+        return self.predictor.forecast(self.estimator.state if state is None else state, plan)
 
     def __call__(self, t: float, aim: tuple[np.ndarray, float], roll_hint: float = 0.0) -> str:
-        f = self.forecast(aim, roll_hint)
+        if not self.background:
+            return self._decide(t, self.forecast(aim, roll_hint))
+        if self._pending is None:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix="grasp-forecast")
+            belief = type(self.estimator.state)(*(x.clone() for x in self.estimator.state))
+            self._pending = self._worker.submit(self.forecast, aim, roll_hint, belief)
+            return PENDING
+        if not self._pending.done():
+            return PENDING
+        future, self._pending = self._pending, None
+        return self._decide(t, future.result())  # a failed forecast raises here, in the tick
+
+    def _decide(self, t: float, f) -> str:
         verdict = "commit" if f.p_success >= self.threshold else "back_off"
         self.decisions.append(Decision(t, f.p_success, f.spread, f.ms, verdict))
         return verdict
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker, self._pending = None, None

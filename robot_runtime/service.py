@@ -381,6 +381,9 @@ class Runtime:
             self.arm.write_targets(self.command)
 
     def close(self) -> None:
+        gate = getattr(self.policy, "gate", None)
+        if gate is not None and hasattr(gate, "close"):
+            gate.close()  # a forecast in flight finishes first
         for sock in (self.obs_sock, self.query_sock, self.telemetry_sock):
             if sock is not None:
                 sock.close(0)
@@ -442,7 +445,9 @@ def grasp_policy(job: GraspJob, spec: str, log=print):
             log(f"{path.name} has no success head: grasps are not gated (`kiwi train grasp`)")
         return GraspPolicy(controller), None
     _, predictor, _, _ = load_grasp_predictor(path, job.gate.samples)
-    gate = GraspGate(predictor, job.controller, job.runtime.rate_hz, job.gate.threshold)
+    gate = GraspGate(
+        predictor, job.controller, job.runtime.rate_hz, job.gate.threshold, background=True
+    )
     return GraspPolicy(controller, gate), predictor
 
 

@@ -22,6 +22,7 @@ from robot_runtime.dryrun import free_ports
 from robot_runtime.gate import GraspGate, commit_plan
 from robot_runtime.service import Runtime
 from world_model.grasp import (
+    Forecast,
     GraspPredictor,
     SuccessHead,
     auroc,
@@ -101,6 +102,76 @@ def test_the_gate_backs_off_at_most_the_retry_bound_then_gives_up():
     phases = drive(GraspController(GraspControllerConfig(), gate, max_retries=2))
     assert gate.calls == 3  # the first decision and two retries
     assert phases.count(BACK_OFF) == 2 and phases[-1] == GAVE_UP and CLOSE not in phases
+
+
+class FakeSlowPredictor:
+    """A fake GraspPredictor (the real one is timed by the tests below and `kiwi eval grasp`):
+    each forecast takes ``seconds`` and answers ``p``; records the belief it was given."""
+
+    horizon, samples = 20, 4
+
+    def __init__(self, seconds: float, p: float):
+        self.seconds, self.p, self.beliefs = seconds, p, []
+
+    def forecast(self, state, plan):
+        import time
+
+        self.beliefs.append(state)
+        time.sleep(self.seconds)
+        return Forecast(self.p, 0.0, self.samples, self.horizon, self.seconds * 1e3)
+
+
+class Belief:
+    def __init__(self, model):
+        self.state = model.initial(1)
+
+
+def test_a_background_gate_holds_at_decide_until_its_forecast_is_in():
+    import time
+
+    model = tiny_grasp_model()
+    predictor = FakeSlowPredictor(0.2, p=0.9)
+    gate = GraspGate(predictor, GraspControllerConfig(), 50.0, 0.5, background=True)
+    belief = Belief(model)
+    gate.estimator = belief
+    controller = GraspController(GraspControllerConfig(), gate)
+    joints = np.array([0.0, -70.0, 30.0, 90.0, 0.0, 100.0])
+    controller.reset(0.0, joints)
+    estimate = np.array([0.0, 0.02, 0.22, 10.0])
+    k = 0
+    while controller.phase != "decide":
+        controller.act(k * 0.02, joints, estimate)
+        k += 1
+    targets = controller.act(k * 0.02, joints, estimate)  # starts the forecast, returns at once
+    started = time.perf_counter()
+    assert controller.phase == "decide" and gate._pending is not None
+    while controller.phase == "decide":
+        assert np.allclose(controller.act(k * 0.02, joints, estimate), targets)  # holding
+        assert time.perf_counter() - started < 5, "the forecast never arrived"
+        time.sleep(0.01)
+    assert controller.phase == CLOSE and time.perf_counter() - started >= 0.19
+    assert [d.verdict for d in gate.decisions] == ["commit"]
+    # the forecast saw a copy of the belief, not the live state the loop goes on updating
+    assert predictor.beliefs[0].deter is not belief.state.deter
+    assert torch.equal(predictor.beliefs[0].deter, belief.state.deter)
+    gate.close()
+
+
+def test_background_and_inline_gates_give_the_same_forecast():
+    model = tiny_grasp_model()
+    head = SuccessHead(model.rssm.feat_dim)
+    aim = (np.array([0.19, 0.01]), 0.2)
+    answers = []
+    for background in (False, True):
+        predictor = GraspPredictor(model, head, 5, 8, seed=3)
+        gate = GraspGate(predictor, GraspControllerConfig(), 50.0, 0.5, background=background)
+        gate.estimator = Belief(model)
+        verdict = gate(0.0, aim)
+        while verdict == "pending":
+            verdict = gate(0.0, aim)
+        answers.append((verdict, gate.decisions[-1].p_success))
+        gate.close()
+    assert answers[0] == answers[1]
 
 
 def test_a_committing_gate_closes_the_gripper():
