@@ -274,6 +274,8 @@ class GraspPolicy:
         return verdict
 
     def reset(self, t: float) -> None:
+        if self.gate is not None and hasattr(self.gate, "discard"):
+            self.gate.discard()  # a forecast still in flight belongs to the attempt before
         self.waiting = True
         self.controller.phase = "wait"
         self.controller.events.clear()

@@ -95,6 +95,10 @@ class GraspGate:
         self.decisions.append(Decision(t, f.p_success, f.spread, f.ms, verdict))
         return verdict
 
+    def discard(self) -> None:
+        """Forget a forecast in flight (a new attempt starts): it finishes unread."""
+        self._pending = None
+
     def close(self) -> None:
         if self._worker is not None:
             self._worker.shutdown(wait=True)

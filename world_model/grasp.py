@@ -9,6 +9,7 @@ Pure PyTorch: plans are action sequences in the data's units; the caller builds 
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -176,6 +177,9 @@ class GraspPredictor:
         self.horizon, self.samples = horizon, samples
         self.calibration, self.isotonic = Calibration(temperature, bias), isotonic
         self.gen = torch.Generator().manual_seed(seed)
+        # the runtime forecasts on a worker thread and answers grasp queries on the loop's:
+        # one rollout at a time, so the generator is never drawn from by both
+        self._lock = threading.Lock()
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         """Logits ``[...]`` -> calibrated probabilities (temperature and bias, then isotonic
@@ -204,7 +208,8 @@ class GraspPredictor:
         """One belief (batch of one) and one plan ``[H, A]`` (degrees, gripper 0..100)."""
         t0 = time.perf_counter()
         plan_t = torch.tensor(np.asarray(plan, np.float32))[None]  # a copy: plans may be read-only
-        logits = self.rollout_logits(state, plan_t)[0].numpy()
+        with self._lock:
+            logits = self.rollout_logits(state, plan_t)[0].numpy()
         p = float(self.calibrate(logits.mean()))  # the K rollouts' mean logit, calibrated
         spread = float(self.calibrate(logits).std())
         return Forecast(p, spread, self.samples, self.horizon, (time.perf_counter() - t0) * 1e3)

@@ -157,6 +157,20 @@ def test_a_background_gate_holds_at_decide_until_its_forecast_is_in():
     gate.close()
 
 
+def test_a_new_attempt_discards_the_forecast_of_the_one_before():
+    model = tiny_grasp_model()
+    gate = GraspGate(
+        FakeSlowPredictor(0.05, p=0.9), GraspControllerConfig(), 50.0, 0.5, background=True
+    )
+    gate.estimator = Belief(model)
+    policy = GraspPolicy(GraspController(GraspControllerConfig()), gate)
+    policy.estimator = gate.estimator
+    assert policy._decide(0.0, (np.array([0.19, 0.0]), 0.0), 0.0) == "pending"
+    policy.reset(1.0)
+    assert gate._pending is None
+    gate.close()
+
+
 def test_background_and_inline_gates_give_the_same_forecast():
     model = tiny_grasp_model()
     head = SuccessHead(model.rssm.feat_dim)
