@@ -23,6 +23,7 @@ from sim.kinematics import Unreachable, forward, reach_top_down
 from sim.perception import camera_to_world
 
 from .config import GraspControllerConfig
+from .gate import PENDING
 
 APPROACH, LOOK, DESCEND, DECIDE, CLOSE, LIFT, HOLD, DONE = (
     "approach",
@@ -160,7 +161,7 @@ class GraspController:
         elif self.phase == DECIDE:
             q = reach_top_down(xy, c.grasp_height_m, yaw, self.roll_hint)
             verdict = self.gate(t, self.aim, self.roll_hint) if self.gate else "commit"
-            if verdict == "pending":  # the forecast runs beside the loop: hold here
+            if verdict == PENDING:  # the forecast runs beside the loop: hold here
                 pass
             elif verdict == "commit":
                 self._enter(CLOSE, t)
@@ -255,7 +256,7 @@ class GraspPolicy:
     def _decide(self, t: float, aim, roll_hint: float) -> str:
         self.gate.estimator = self.estimator
         verdict = self.gate(t, aim, roll_hint)
-        if verdict == "pending":
+        if verdict == PENDING:
             return verdict
         d = self.gate.decisions[-1]
         self.controller.events.append(

@@ -85,14 +85,27 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, l2: float = 1e-3) -> Calib
     the ranking (a <= 0) it falls back to the temperature."""
     z, y = np.asarray(logits, float), np.asarray(labels, float)
     x = np.stack([z, np.ones_like(z)], 1)
+
+    def nll(w: np.ndarray) -> float:
+        m = x @ w
+        return float(np.mean(np.logaddexp(0.0, m) - y * m) + 0.5 * l2 * w @ w)
+
     w = np.array([1.0, 0.0])
     for _ in range(100):
-        q = 1.0 / (1.0 + np.exp(-(x @ w)))
+        q = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -500, 500)))
         grad = x.T @ (q - y) / len(y) + l2 * w
         hess = (x * (q * (1 - q))[:, None]).T @ x / len(y) + l2 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-10:
+        try:
+            step = np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:  # saturated: no curvature left to step on
+            break
+        # damped Newton: halve the step until the NLL falls (plain steps diverge when the
+        # starting point is far from the optimum)
+        before, scale = nll(w), 1.0
+        while nll(w - scale * step) > before and scale > 1e-6:
+            scale /= 2
+        w = w - scale * step
+        if np.abs(scale * step).max() < 1e-10:
             break
     if not np.all(np.isfinite(w)) or w[0] <= 0:
         return Calibration(fit_temperature(z, y), 0.0)

@@ -1,6 +1,7 @@
 """The grasp-success predictor's maths, the commit gate's retry bound and grasp queries."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from robot_runtime.controllers import (
     cube_in_world,
 )
 from robot_runtime.dryrun import free_ports
-from robot_runtime.gate import GraspGate, commit_plan
+from robot_runtime.gate import PENDING, GraspGate, commit_plan
 from robot_runtime.service import Runtime
 from world_model.grasp import (
     Forecast,
@@ -52,8 +53,20 @@ def test_platt_scale_and_bias_against_a_hand_computed_case():
     labels = np.array([1, 1, 1, 1, 0] + [1, 1, 0, 0, 0], float)
     c = fit_platt(logits, labels, l2=0.0)
     a, b = (math.log(4) - math.log(2 / 3)) / 2, (math.log(4) + math.log(2 / 3)) / 2
-    assert 1 / c.temperature == pytest.approx(a, rel=1e-6) and c.bias == pytest.approx(b, rel=1e-6)
+    assert 1 / c.temperature == pytest.approx(a, rel=1e-6)
+    assert c.bias == pytest.approx(b, rel=1e-6)
     assert c(np.array([1.0, -1.0])) == pytest.approx([0.8, 0.4], rel=1e-6)
+
+
+def test_platt_fit_is_the_likelihoods_stationary_point_on_random_data():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, 400)
+    labels = (rng.random(400) < 1 / (1 + np.exp(-(0.5 * logits - 1.0)))).astype(float)
+    c = fit_platt(logits, labels, l2=0.0)
+    q = c(logits)  # d NLL / d(a, b) = mean((q - y) * (z, 1)) vanishes at the optimum
+    assert abs(np.mean((q - labels) * logits)) < 1e-6 and abs(np.mean(q - labels)) < 1e-6
+    assert 1 / c.temperature == pytest.approx(0.5, abs=0.15)
+    assert c.bias == pytest.approx(-1, abs=0.4)
     # a head that ranks backwards is not turned around: the temperature alone, no bias
     backwards = fit_platt(-logits, labels, l2=0.0)
     assert backwards.bias == 0.0 and backwards.temperature > 0
@@ -114,8 +127,6 @@ class FakeSlowPredictor:
         self.seconds, self.p, self.beliefs = seconds, p, []
 
     def forecast(self, state, plan):
-        import time
-
         self.beliefs.append(state)
         time.sleep(self.seconds)
         return Forecast(self.p, 0.0, self.samples, self.horizon, self.seconds * 1e3)
@@ -127,8 +138,6 @@ class Belief:
 
 
 def test_a_background_gate_holds_at_decide_until_its_forecast_is_in():
-    import time
-
     model = tiny_grasp_model()
     predictor = FakeSlowPredictor(0.2, p=0.9)
     gate = GraspGate(predictor, GraspControllerConfig(), 50.0, 0.5, background=True)
@@ -165,7 +174,7 @@ def test_a_new_attempt_discards_the_forecast_of_the_one_before():
     gate.estimator = Belief(model)
     policy = GraspPolicy(GraspController(GraspControllerConfig()), gate)
     policy.estimator = gate.estimator
-    assert policy._decide(0.0, (np.array([0.19, 0.0]), 0.0), 0.0) == "pending"
+    assert policy._decide(0.0, (np.array([0.19, 0.0]), 0.0), 0.0) == PENDING
     policy.reset(1.0)
     assert gate._pending is None
     gate.close()
@@ -181,7 +190,7 @@ def test_background_and_inline_gates_give_the_same_forecast():
         gate = GraspGate(predictor, GraspControllerConfig(), 50.0, 0.5, background=background)
         gate.estimator = Belief(model)
         verdict = gate(0.0, aim)
-        while verdict == "pending":
+        while verdict == PENDING:
             verdict = gate(0.0, aim)
         answers.append((verdict, gate.decisions[-1].p_success))
         gate.close()
