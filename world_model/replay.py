@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from .atomic import atomic_write_bytes, atomic_write_text
 from .config import ModelSpec
@@ -32,6 +33,9 @@ def validate_episode(episode: dict[str, np.ndarray], source: str = "episode") ->
     missing = [k for k in REQUIRED if k not in episode]
     if missing:
         raise ReplayError(f"{source}: missing keys {missing}")
+    scalars = sorted(k for k, v in episode.items() if np.ndim(v) == 0)
+    if scalars:
+        raise ReplayError(f"{source}: {scalars} hold a single value, not one per step")
     lengths = {k: len(v) for k, v in episode.items()}
     length = lengths["action"]
     wrong = {k: n for k, n in lengths.items() if n != length}
@@ -56,8 +60,11 @@ def load_episode(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             episode = {k: data[k] for k in data.files}
-    except Exception as e:
-        raise ReplayError(f"cannot read episode {path}: {e}") from e
+    except Exception as e:  # zipfile, numpy and OS errors for a truncated or garbage file
+        raise ReplayError(
+            f"cannot read episode {path} ({_one_line(e)}); the file is damaged: move it out "
+            "of the folder"
+        ) from e
     validate_episode(episode, str(path))
     return episode
 
@@ -78,9 +85,20 @@ def load_spec(directory: Path) -> ModelSpec:
             "action units); folders written by `kiwi collect` have one"
         )
     try:
-        return ModelSpec.model_validate_json(path.read_text())
-    except ValueError as e:
-        raise ReplayError(f"{path}: {e}") from e
+        return ModelSpec.model_validate_json(path.read_bytes())
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "the file"
+        raise ReplayError(
+            f"{path} is not a valid episode spec ({e.error_count()} problem(s); "
+            f"{where}: {first['msg']})"
+        ) from e
+    except (OSError, ValueError) as e:
+        raise ReplayError(f"cannot read {path}: {_one_line(e)}") from e
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def episode_files(directory: Path) -> list[Path]:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from world_model.errors import ReplayError
-from world_model.replay import Replay, load_episode, save_episode
+from world_model.replay import SPEC_FILE, Replay, load_episode, load_spec, save_episode
 
 
 def episode(length: int, offset: float = 0.0) -> dict:
@@ -62,3 +62,32 @@ def test_unequal_lengths_are_rejected(tmp_path):
     bad["reward"] = bad["reward"][:4]
     with pytest.raises(ReplayError, match="unequal length"):
         save_episode(tmp_path, bad)
+
+
+def test_truncated_episode_file_is_a_one_line_error_naming_it(tmp_path):
+    path = save_episode(tmp_path, episode(50))
+    raw = path.read_bytes()
+    for size in (len(raw) // 2, len(raw) - 30, 10, 0):
+        path.write_bytes(raw[:size])
+        with pytest.raises(ReplayError) as info:
+            Replay(tmp_path)
+        assert path.name in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_array_without_steps_is_a_replay_error(tmp_path):
+    bad = episode(5)
+    bad["reward"] = np.float32(1.0)
+    np.savez(tmp_path / "scalar.npz", **bad)
+    with pytest.raises(ReplayError, match=r"scalar.npz: \['reward'\] hold a single value"):
+        Replay(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content", [b"{garbage", b'{"vector_dims": 3}', b"\xff\xfe\x00", b"", b'{"action_dim": 1']
+)
+def test_a_garbage_spec_file_is_a_one_line_error(tmp_path, content):
+    (tmp_path / SPEC_FILE).write_bytes(content)
+    with pytest.raises(ReplayError) as info:
+        load_spec(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / SPEC_FILE) in message and "\n" not in message
