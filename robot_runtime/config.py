@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from world_model.config import AgentConfig, BehaviorConfig, ModelConfig, TrainConfig
 
@@ -77,6 +77,53 @@ class LinkConfig(Frozen):
     curve_secret: str | None = Field(None, description="server .key_secret (non-loopback binds)")
     curve_clients: str | None = Field(None, description="folder of accepted client .key files")
 
+    @model_validator(mode="after")
+    def _curve_all_or_nothing(self):
+        if bool(self.curve_secret) != bool(self.curve_clients):
+            given, missing = (
+                ("curve_secret", "curve_clients")
+                if self.curve_secret
+                else ("curve_clients", "curve_secret")
+            )
+            raise ValueError(
+                f"{given} is set but {missing} is not: CURVE needs both the server's secret key "
+                "and the folder of client public keys it accepts (`kiwi keys` makes them)"
+            )
+        return self
+
+
+class InputLimits(Frozen):
+    """What the slow process and query clients may ask of one tick (issue 9: a sender must not
+    be able to slow the loop or grow its memory)."""
+
+    max_chunk_rows: int = Field(200, ge=1, le=10_000, description="rows in one action chunk")
+    max_chunk_s: float = Field(10.0, gt=0, description="span of one chunk (rows x dt)")
+    max_future_s: float = Field(
+        0.5, ge=0, description="capture times and chunk starts this far ahead of now: refused"
+    )
+    max_age_s: float = Field(5.0, gt=0, description="... and this far behind: refused")
+    messages_per_tick: int = Field(16, ge=1, description="observation messages read per tick")
+    bytes_per_tick: int = Field(
+        8 * 1024 * 1024, ge=1024, description="observation bytes decoded per tick"
+    )
+    queries_per_tick: int = Field(4, ge=1, description="status/clock queries answered per tick")
+    grasp_query_interval_s: float = Field(
+        0.2, ge=0, description="grasp forecasts for clients: at most one per this many seconds"
+    )
+
+
+class FaultConfig(Frozen):
+    """When a flaky servo bus stops the arm. A failed read (after the bus's retries) holds the
+    last good joints for that tick; the loop stops only past these bounds."""
+
+    max_consecutive_failures: int = Field(
+        25, ge=1, description="failed bus cycles in a row (0.5 s at 50 Hz) before stopping"
+    )
+    max_failure_rate: float = Field(
+        0.2, gt=0, le=1, description="share of failed cycles over the window before stopping"
+    )
+    window_ticks: int = Field(500, ge=10, description="the window for max_failure_rate")
+
 
 class RuntimeConfig(Frozen):
     rate_hz: float = Field(50.0, ge=1, le=1000, description="fast-loop rate; the model's step")
@@ -90,6 +137,8 @@ class RuntimeConfig(Frozen):
     torque_off_on_exit: bool = True
     telemetry_hz: float = Field(10.0, gt=0)
     seed: int = 0
+    limits: InputLimits = InputLimits()
+    faults: FaultConfig = FaultConfig()
 
 
 class SlowConfig(Frozen):
@@ -136,6 +185,9 @@ class GraspControllerConfig(Frozen):
     close_s: float = 0.6
     lift_s: float = 1.0
     hold_s: float = 1.0
+    lost_after_s: float = Field(
+        5.0, gt=0, description="watchdog holding this long (no observations): the attempt is lost"
+    )
 
 
 class GraspGateConfig(Frozen):

@@ -35,7 +35,8 @@ APPROACH, LOOK, DESCEND, DECIDE, CLOSE, LIFT, HOLD, DONE = (
     "hold",
     "done",
 )
-BACK_OFF, GAVE_UP = "back_off", "gave_up"
+BACK_OFF, GAVE_UP, LOST = "back_off", "gave_up", "lost"
+WAIT = "wait"
 
 
 def smoothstep(s: float) -> float:
@@ -197,19 +198,29 @@ class GraspController:
             return np.asarray(joints_deg, float).copy()
         return np.append(np.degrees(q), grip)
 
+    def pause(self, seconds: float) -> None:
+        """The phase clock stood still for ``seconds`` (the watchdog held the arm): the current
+        phase resumes where it stopped."""
+        self.t_phase += seconds
+
+    def lose(self, t: float, **detail) -> None:
+        self._enter(LOST, t, **detail)
+
     @property
     def finished(self) -> bool:
-        return self.phase in (DONE, GAVE_UP)
+        return self.phase in (DONE, GAVE_UP, LOST)
 
 
 class ChunkFollower:
     """Action chunks keyed by timestep: ``add(first_step, actions)`` merges a chunk (overlapping
     steps: ``old_weight * old + (1 - old_weight) * new``, LeRobot's weighted_average is 0.3/0.7;
     steps already executed are dropped), ``act(step)`` pops the action of that step (or None
-    when the queue has run dry)."""
+    when the queue has run dry). The queue holds at most ``max_steps`` steps: the farthest
+    future ones go first, so no sender can grow it without bound."""
 
-    def __init__(self, old_weight: float = 0.3):
+    def __init__(self, old_weight: float = 0.3, max_steps: int = 1000):
         self.old_weight = old_weight
+        self.max_steps = max_steps
         self.queue: dict[int, np.ndarray] = {}
         self.last_executed = -1
 
@@ -224,6 +235,9 @@ class ChunkFollower:
                 )
             else:
                 self.queue[step] = action
+        if len(self.queue) > self.max_steps:
+            for step in sorted(self.queue)[self.max_steps :]:
+                del self.queue[step]
 
     def act(self, step: int) -> np.ndarray | None:
         for old in [s for s in self.queue if s < step]:
@@ -237,18 +251,45 @@ class ChunkFollower:
         return len(self.queue)
 
 
+def chunk_on_ticks(
+    actions: np.ndarray, t_first: float, dt: float, t0: float, period: float
+) -> tuple[int, np.ndarray]:
+    """(first tick, ``[n, joints]`` actions on the loop's ticks) for a chunk whose rows are
+    ``dt`` apart from ``t_first``; tick k is at ``t0 + k * period``. Rows at another rate are
+    linearly interpolated onto the ticks they span."""
+    if abs(dt - period) <= 1e-6:
+        return int(round((t_first - t0) / period)), actions
+    times = t_first + dt * np.arange(len(actions))
+    first = int(round((times[0] - t0) / period))
+    last = max(first, int(round((times[-1] - t0) / period)))
+    ticks = np.arange(first, last + 1)
+    resampled = np.stack(
+        [np.interp(t0 + ticks * period, times, actions[:, j]) for j in range(actions.shape[1])],
+        1,
+    )
+    return first, resampled
+
+
 class GraspPolicy:
     """The grasp controller on the runtime: it waits for the first observation (an initial latent
     knows nothing of the cube), then acts on the decoded estimate every tick. With a gate
     (robot_runtime/gate.py), DECIDE forecasts the grasp from the current belief, and each
     decision becomes an event."""
 
-    def __init__(self, controller: GraspController, gate=None, fresh_s: float = 0.5):
+    def __init__(
+        self,
+        controller: GraspController,
+        gate=None,
+        fresh_s: float = 0.5,
+        lost_after_s: float = 5.0,
+    ):
         self.controller = controller
         self.gate = gate
         self.fresh_s = fresh_s
+        self.lost_after_s = lost_after_s
         self.estimator = None
         self._applied, self._t_observed = 0, 0.0
+        self._paused_at: float | None = None
         if gate is not None:
             controller.gate = self._decide
         self.waiting = True
@@ -278,13 +319,20 @@ class GraspPolicy:
         if self.gate is not None and hasattr(self.gate, "discard"):
             self.gate.discard()  # a forecast still in flight belongs to the attempt before
         self.waiting = True
-        self.controller.phase = "wait"
+        self._paused_at = None
+        self.controller.phase = WAIT
         self.controller.events.clear()
 
-    def on_observation(self, msg, t: float) -> None:
-        pass
+    def on_chunk(self, chunk, t: float) -> None:
+        pass  # the grasp state machine plans its own motion
 
-    def act(self, t: float, tick: int, joints: np.ndarray, estimator) -> np.ndarray | None:
+    def act(
+        self, t: float, tick: int, joints: np.ndarray, estimator, mode: str = "normal"
+    ) -> np.ndarray | None:
+        """Targets for this tick, or None to hold. ``mode`` is the watchdog's: while it is not
+        normal (observations are late or gone) no phase advances and no commit happens; the
+        attempt resumes where it stopped when observations return, or ends as ``lost`` after
+        ``lost_after_s``."""
         self.estimator = estimator
         if estimator.stats.applied != self._applied:
             self._applied, self._t_observed = estimator.stats.applied, t
@@ -293,8 +341,33 @@ class GraspPolicy:
                 return None  # hold
             self.waiting = False
             self.controller.reset(t, joints)
+        if self.controller.finished:
+            return self.controller.act(t, joints, estimator.decode()["object"], False)
+        if mode != "normal":
+            return self._paused(t, mode)
+        if self._paused_at is not None:
+            self._resume(t)
         fresh = t - self._t_observed <= self.fresh_s
         return self.controller.act(t, joints, estimator.decode()["object"], fresh)
+
+    def _paused(self, t: float, mode: str) -> None:
+        c = self.controller
+        if self._paused_at is None:
+            self._paused_at = t
+            c.events.append(GraspEvent(t, "paused", {"watchdog": mode, "phase": c.phase}))
+        elif t - self._paused_at >= self.lost_after_s:
+            c.lose(t, phase=c.phase, held_s=round(t - self._paused_at, 3))
+        return None
+
+    def _resume(self, t: float) -> None:
+        held = t - self._paused_at
+        self._paused_at = None
+        self.controller.pause(held)
+        if self.controller.phase == DECIDE and self.gate is not None:
+            self.gate.discard()  # forecast again, from the belief the fresh observation made
+        self.controller.events.append(
+            GraspEvent(t, "resumed", {"phase": self.controller.phase, "held_s": round(held, 3)})
+        )
 
     @property
     def events(self) -> list[GraspEvent]:
@@ -310,12 +383,13 @@ class GraspPolicy:
 
 
 class ChunkPolicy:
-    """Follows VLA action chunks: a chunk's meta ``t_first`` (its first action's time on the
-    runtime clock) and ``dt`` place it on the loop's ticks; no action queued: hold."""
+    """Follows VLA action chunks (``messages.Chunk``, already checked): ``t_first`` (its first
+    action's time on the runtime clock) and ``dt`` place it on the loop's ticks; no action
+    queued: hold."""
 
-    def __init__(self, period_s: float, old_weight: float = 0.3):
+    def __init__(self, period_s: float, old_weight: float = 0.3, max_steps: int = 1000):
         self.period = period_s
-        self.follower = ChunkFollower(old_weight)
+        self.follower = ChunkFollower(old_weight, max_steps)
         self.events: list[GraspEvent] = []
         self.t0 = 0.0
         self.phase = "waiting"
@@ -323,35 +397,18 @@ class ChunkPolicy:
 
     def reset(self, t: float) -> None:
         self.t0 = t
-        self.follower = ChunkFollower(self.follower.old_weight)
+        self.follower = ChunkFollower(self.follower.old_weight, self.follower.max_steps)
         self.phase = "waiting"
 
-    def on_observation(self, msg, t: float) -> None:
-        actions = msg.arrays.get("actions")
-        if actions is None or actions.ndim != 2:
-            return
-        meta = msg.header.meta
-        t_first = float(meta.get("t_first", msg.header.t_capture))
-        dt = float(meta.get("dt", self.period))
-        if abs(dt - self.period) > 1e-6:  # resample to the loop's ticks
-            times = t_first + dt * np.arange(len(actions))
-            ticks = np.arange(
-                round((times[0] - self.t0) / self.period),
-                round((times[-1] - self.t0) / self.period) + 1,
-            )
-            actions = np.stack(
-                [
-                    np.interp(self.t0 + ticks * self.period, times, actions[:, j])
-                    for j in range(actions.shape[1])
-                ],
-                1,
-            )
-            first = int(ticks[0])
-        else:
-            first = int(round((t_first - self.t0) / self.period))
+    def on_chunk(self, chunk, t: float) -> None:
+        first, actions = chunk_on_ticks(
+            chunk.actions, chunk.t_first, chunk.dt, self.t0, self.period
+        )
         self.follower.add(first, actions)
 
-    def act(self, t: float, tick: int, joints: np.ndarray, estimator) -> np.ndarray | None:
+    def act(
+        self, t: float, tick: int, joints: np.ndarray, estimator, mode: str = "normal"
+    ) -> np.ndarray | None:
         action = self.follower.act(tick)
         self.phase = "following" if action is not None else "waiting"
         return action

@@ -95,6 +95,13 @@ class GraspGate:
         self.decisions.append(Decision(t, f.p_success, f.spread, f.ms, verdict))
         return verdict
 
+    def submit(self, fn, *args) -> Future:
+        """Runs ``fn(*args)`` on the gate's worker thread (grasp queries from clients: they wait
+        behind the gate's own forecast, never in the tick)."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="grasp-forecast")
+        return self._worker.submit(fn, *args)
+
     def discard(self) -> None:
         """Forget a forecast in flight (a new attempt starts): it finishes unread."""
         self._pending = None

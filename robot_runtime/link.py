@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +58,23 @@ class Message:
         return self.header.kind
 
 
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON data: numpy scalars and arrays become numbers and lists, NaN and
+    infinities become null (JSON has neither; other people's parsers refuse them), tuples
+    lists; dict keys strings."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def encode(
     kind: str,
     arrays: dict[str, np.ndarray] | None = None,
@@ -83,9 +99,11 @@ def encode(
         "seq": seq,
         "t_capture": t_capture,
         "fields": fields,
-        "meta": meta or {},
+        "meta": plain(meta or {}),
     }
-    return [json.dumps(header, separators=(",", ":")).encode(), *frames]
+    if not math.isfinite(t_capture):
+        raise MessageError("t_capture must be a finite number")
+    return [json.dumps(header, separators=(",", ":"), allow_nan=False).encode(), *frames]
 
 
 def decode(frames: list, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
@@ -152,16 +170,52 @@ def is_loopback(address: str) -> bool:
 
 @dataclass(frozen=True)
 class CurveKeys:
-    """A server's key pair and the folder of client public keys it accepts."""
+    """A server's key pair and the folder of client public keys it accepts (both required:
+    a server key alone would accept any client key, a folder alone would encrypt nothing)."""
 
     secret_file: Path  # the server's .key_secret file (holds both keys)
-    clients_dir: Path | None = None  # *.key files of allowed clients (None: any CURVE client)
+    clients_dir: Path  # *.key files of the clients it accepts
+
+    def check(self) -> None:
+        """A clear error now, at startup, rather than an open door or a locked one later."""
+        if not self.secret_file.is_file():
+            raise MessageError(f"CURVE secret key file {self.secret_file} does not exist")
+        load_keypair(self.secret_file)
+        if not self.clients_dir.is_dir():
+            raise MessageError(
+                f"CURVE client folder {self.clients_dir} does not exist (a misspelt "
+                "curve_clients would lock every client out)"
+            )
+        if not any(self.clients_dir.glob("*.key")):
+            raise MessageError(
+                f"CURVE client folder {self.clients_dir} holds no client .key files: no "
+                "client could connect (copy each client's public .key there)"
+            )
+
+
+def curve_keys(secret: str | None, clients: str | None) -> CurveKeys | None:
+    """The configured CURVE keys (None when neither is set); one set without the other is an
+    error."""
+    if not secret and not clients:
+        return None
+    if not secret or not clients:
+        given = "curve_secret" if secret else "curve_clients"
+        raise MessageError(
+            "CURVE needs both curve_secret (the server's .key_secret) and curve_clients (the "
+            f"folder of accepted client .key files); got only {given}"
+        )
+    keys = CurveKeys(Path(secret), Path(clients))
+    keys.check()
+    return keys
 
 
 def load_keypair(path: Path) -> tuple[bytes, bytes]:
     import zmq.auth
 
-    public, secret = zmq.auth.load_certificate(str(path))
+    try:
+        public, secret = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as e:
+        raise MessageError(f"cannot read CURVE key file {path}: {e}") from None
     if secret is None:
         raise MessageError(f"{path} holds no secret key (use the .key_secret file)")
     return public, secret
@@ -193,8 +247,8 @@ class Context:
         sock.setsockopt(zmq.RCVHWM, hwm)
         sock.setsockopt(zmq.MAXMSGSIZE, 4 * MAX_MESSAGE_BYTES)  # decode() counts smaller excess
         if curve is not None:
-            if curve.clients_dir is not None:
-                self._start_auth(curve.clients_dir)
+            curve.check()
+            self._start_auth(curve.clients_dir)
             public, secret = load_keypair(curve.secret_file)
             sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
         sock.bind(address)
@@ -253,16 +307,26 @@ def make_keys(folder: Path, name: str) -> tuple[Path, Path]:
     return Path(public), Path(secret)
 
 
-def drain(sock, counter: dict[str, int] | None = None, max_messages: int = 64) -> list[Message]:
-    """Every message waiting on ``sock`` right now (no blocking), decoded; bad ones counted."""
+def drain(
+    sock,
+    counter: dict[str, int] | None = None,
+    max_messages: int = 64,
+    max_bytes: int = 4 * MAX_MESSAGE_BYTES,
+) -> list[Message]:
+    """The messages waiting on ``sock`` right now (no blocking), decoded, at most
+    ``max_messages`` of them and about ``max_bytes`` in all (the rest wait for the next call):
+    a flood costs one call a bounded amount of work. Bad ones are counted."""
     import zmq
 
-    out = []
+    out, received = [], 0
     for _ in range(max_messages):
+        if received >= max_bytes:
+            break
         try:
             frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             break
+        received += sum(len(f.buffer) for f in frames)
         try:
             out.append(decode([f.buffer for f in frames]))
         except MessageError as e:
@@ -277,7 +341,3 @@ def newest(messages: list[Message]) -> Message | None:
     if not messages:
         return None
     return max(messages, key=lambda m: (m.header.t_capture, m.header.seq))
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -107,7 +107,10 @@ class GraspLockstep:
         self.env = self.arm.env
         self.estimator = estimator_for(wm, self.period, condition, seed)
         self.estimator.reset(0.0)
-        self.policy = policy or GraspPolicy(GraspController(job.controller, aim=job.controller.aim))
+        self.policy = policy or GraspPolicy(
+            GraspController(job.controller, aim=job.controller.aim),
+            lost_after_s=job.controller.lost_after_s,
+        )
         self.policy.reset(0.0)
         sc = job.safety
         self.safety = SafetyConfig(
@@ -137,13 +140,13 @@ class GraspLockstep:
         for capture_tick, o in self.line.arrivals(tick):
             if not est.correct(o, capture_tick * self.period).startswith("dropped"):
                 self.watchdog.observed(tick * self.period)
-        targets = self.policy.act(tick * self.period, tick, joints, est)
+        mode = self.watchdog.mode(tick * self.period)
+        targets = self.policy.act(tick * self.period, tick, joints, est, mode)
         if targets is None:
             targets = self.command
         if est.stats.applied:
             guess = est.decode()["object"]
             self.errors.append(float(np.linalg.norm(guess[:3] - self.env.true_object()[:3]) * 1e3))
-        mode = self.watchdog.mode(tick * self.period)
         self.command = safe_targets(
             np.asarray(targets, float), self.command, self.arm.limits, mode, self.safety
         )

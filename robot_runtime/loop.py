@@ -12,11 +12,44 @@ import gc
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+
+class Ring:
+    """The last ``capacity`` floats, in a buffer allocated once: a service that runs for days
+    keeps the same memory after its first ``capacity`` samples as before them."""
+
+    def __init__(self, capacity: int):
+        self.buf = np.zeros(capacity)
+        self.count = 0  # samples ever appended
+
+    def append(self, value: float) -> None:
+        self.buf[self.count % len(self.buf)] = value
+        self.count += 1
+
+    def values(self) -> np.ndarray:
+        """The samples held, oldest first (a copy)."""
+        n, cap = self.count, len(self.buf)
+        if n <= cap:
+            return self.buf[:n].copy()
+        i = n % cap
+        return np.concatenate([self.buf[i:], self.buf[:i]])
+
+    def last(self, k: int) -> np.ndarray:
+        """The newest ``k`` samples (fewer if fewer were appended), in no particular order."""
+        n, cap = self.count, len(self.buf)
+        k = min(k, n, cap)
+        idx = (np.arange(n - k, n)) % cap
+        return self.buf[idx]
+
+    def __len__(self) -> int:
+        return min(self.count, len(self.buf))
+
+    def __iter__(self):
+        return iter(self.values().tolist())
 
 
 @dataclass
@@ -24,12 +57,12 @@ class LoopStats:
     ticks: int = 0
     overruns: int = 0
     skipped: int = 0  # slots dropped after overruns
-    jitter_s: deque = field(default_factory=lambda: deque(maxlen=100_000))
-    tick_s: deque = field(default_factory=lambda: deque(maxlen=100_000))
+    jitter_s: Ring = field(default_factory=lambda: Ring(100_000))
+    tick_s: Ring = field(default_factory=lambda: Ring(100_000))
 
     def summary(self) -> dict:
-        j = np.asarray(self.jitter_s) * 1e6 if self.jitter_s else np.zeros(1)
-        d = np.asarray(self.tick_s) * 1e6 if self.tick_s else np.zeros(1)
+        j = self.jitter_s.values() * 1e6 if len(self.jitter_s) else np.zeros(1)
+        d = self.tick_s.values() * 1e6 if len(self.tick_s) else np.zeros(1)
         return {
             "ticks": self.ticks,
             "overruns": self.overruns,

@@ -73,3 +73,52 @@ def safe_targets(
     targets = np.where(np.isfinite(targets), targets, previous)
     step = config.max_step_deg * (config.slow_factor if mode == SLOW else 1.0)
     return clamp_limits(clamp_step(clamp_limits(targets, limits), previous, step), limits)
+
+
+class BusHealth:
+    """Counts failed bus cycles (a read or a write that failed after the bus's own retries) and
+    says when the arm must stop: ``max_consecutive`` failures in a row, or more than
+    ``max_rate`` of the last ``window`` cycles. Below those bounds a failure is absorbed: the
+    tick holds the last good joints. Bounded memory: a ring of ``window`` flags."""
+
+    def __init__(self, max_consecutive: int, max_rate: float, window: int):
+        self.max_consecutive, self.max_rate, self.window = max_consecutive, max_rate, window
+        self._ring = np.zeros(window, bool)  # True: that cycle failed
+        self._n = 0
+        self.cycles = 0
+        self.failed = 0
+        self.consecutive = 0
+        self.worst_consecutive = 0
+        self.last_error = ""
+
+    def record(self, ok: bool, error: str = "") -> str | None:
+        """Adds one cycle; returns why the arm must stop, or None."""
+        self._ring[self._n % self.window] = not ok
+        self._n += 1
+        self.cycles += 1
+        if ok:
+            self.consecutive = 0
+            return None
+        self.failed += 1
+        self.consecutive += 1
+        self.worst_consecutive = max(self.worst_consecutive, self.consecutive)
+        self.last_error = error
+        if self.consecutive >= self.max_consecutive:
+            return f"{self.consecutive} bus cycles failed in a row (last: {error})"
+        if self._n >= self.window:
+            rate = float(self._ring.mean())
+            if rate > self.max_rate:
+                return (
+                    f"{rate:.0%} of the last {self.window} bus cycles failed (over "
+                    f"{self.max_rate:.0%}; last: {error})"
+                )
+        return None
+
+    def summary(self) -> dict:
+        return {
+            "cycles": self.cycles,
+            "failed": self.failed,
+            "consecutive": self.consecutive,
+            "worst_consecutive": self.worst_consecutive,
+            "last_error": self.last_error,
+        }

@@ -12,20 +12,25 @@ starts), or through ``kiwi run`` on a real arm.
 
 from __future__ import annotations
 
+import math
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from drivers.arm import LEROBOT_JOINTS
+from drivers.errors import BusError
 
 from . import link
 from .config import GraspJob
 from .controllers import GraspController, GraspPolicy
 from .estimator import LatentEstimator
+from .gate import commit_plan
 from .loop import FastLoop, LoopStats
-from .safety import SafetyConfig, Watchdog, safe_targets
+from .messages import MessageLimits, Rejected, check_observation, check_plan
+from .safety import BusHealth, SafetyConfig, Watchdog, safe_targets
 
 
 class RemoteSimArm:
@@ -112,42 +117,55 @@ class Runtime:
         import zmq
 
         self.job, self.wm, self.arm, self.clock = job, wm, arm, clock
-        self.period = 1.0 / job.runtime.rate_hz
-        self.estimator = LatentEstimator(
-            wm, self.period, job.runtime.buffer_ticks, job.runtime.mode, job.runtime.seed
-        )
+        rc = job.runtime
+        self.period = 1.0 / rc.rate_hz
+        self.estimator = LatentEstimator(wm, self.period, rc.buffer_ticks, rc.mode, rc.seed)
         s = job.safety
         self.safety = SafetyConfig(s.max_step_deg, s.slow_after_s, s.hold_after_s, s.slow_factor)
-        self.policy = policy or GraspPolicy(GraspController(job.controller, aim=job.controller.aim))
+        self.policy = policy or GraspPolicy(
+            GraspController(job.controller, aim=job.controller.aim),
+            lost_after_s=job.controller.lost_after_s,
+        )
+        lim = rc.limits
+        self.limits = MessageLimits(
+            self.period,
+            max_future_s=lim.max_future_s,
+            max_age_s=lim.max_age_s,
+            max_chunk_rows=lim.max_chunk_rows,
+            max_chunk_s=lim.max_chunk_s,
+        )
+        self.obs_dims = {k: wm.spec.vector_dims[k] for k in wm.obs_keys}
+        f = rc.faults
+        self.bus_health = BusHealth(f.max_consecutive_failures, f.max_failure_rate, f.window_ticks)
         self.ctx = ctx or link.Context()
         self.obs_sock = self.query_sock = self.telemetry_sock = None
         if bind_sockets:
-            curve = None
-            if job.link.curve_secret:
-                from pathlib import Path
-
-                curve = link.CurveKeys(
-                    Path(job.link.curve_secret),
-                    Path(job.link.curve_clients) if job.link.curve_clients else None,
-                )
+            curve = link.curve_keys(job.link.curve_secret, job.link.curve_clients)
             self.obs_sock = self.ctx.bind(zmq.PULL, job.link.obs, curve, hwm=8)
             self.query_sock = self.ctx.bind(zmq.REP, job.link.query, curve, hwm=8)
             self.telemetry_sock = self.ctx.bind(zmq.PUB, job.link.telemetry, curve, hwm=64)
-        self.counter: dict = {"rejected": 0}
+        self.counter: dict = {"rejected": 0}  # link.drain's count of undecodable messages
+        self.rejections: dict[str, int] = {}  # by reason code, decodable but refused
+        self.last_rejection = ""
         self.loop: FastLoop | None = None
         self.watchdog: Watchdog | None = None
         self.command: np.ndarray | None = None
+        self.joints: np.ndarray | None = None  # the last good reading
         self.attempt: Attempt | None = None
+        self.stop_reason: str | None = None
         self.events_sent = 0
-        self.telemetry_every = max(1, int(round(job.runtime.rate_hz / job.runtime.telemetry_hz)))
+        self.telemetry_every = max(1, int(round(rc.rate_hz / rc.telemetry_hz)))
         self.seq = 0
+        self._query: Future | None = None  # a grasp forecast for a client, on the gate's worker
+        self._t_grasp_query = -math.inf
 
     # --- an attempt -------------------------------------------------------------------------
     def start_attempt(self, seed: int, joints: np.ndarray) -> None:
         t = self.clock()
         self.estimator.reset(t)
         self.watchdog = Watchdog(self.safety, t)
-        self.command = np.asarray(joints, float).copy()
+        self.joints = np.asarray(joints, float).copy()
+        self.command = self.joints.copy()
         self.attempt = Attempt(seed, t)
         self.policy.reset(t)
         self.events_sent = 0
@@ -156,22 +174,19 @@ class Runtime:
     def tick(self, k: int, t: float) -> None:
         est = self.estimator
         est.poll()
-        if self.obs_sock is not None:
-            for msg in link.drain(self.obs_sock, self.counter):
-                self.observe(msg, t)
-        self.answer_queries()
-        joints = self.arm.read_joints()
-        targets = self.policy.act(t, k, joints, est)
-        if targets is None:  # nothing to do yet: hold
-            targets = self.command if self.command is not None else joints
+        self.receive(t)
+        self.answer_queries(t)
+        joints = self.read_joints()
         mode, changed = self.watchdog.update(t)
         if changed is not None:
             self.publish("event", {}, {"event": "watchdog", "mode": mode, "was": changed})
-        previous = self.command if self.command is not None else joints
+        targets = self.policy.act(t, k, joints, est, mode)
+        if targets is None:  # nothing to do yet: hold
+            targets = self.command
         safe = safe_targets(
-            np.asarray(targets, float), previous, self.arm.limits, mode, self.safety
+            np.asarray(targets, float), self.command, self.arm.limits, mode, self.safety
         )
-        self.arm.write_targets(safe)
+        self.write_targets(safe)
         self.command = safe
         action = self.wm.normalize_action(torch.as_tensor(safe, dtype=torch.float32)[None])
         est.predict(action, t + self.period)
@@ -179,58 +194,137 @@ class Runtime:
         if k % self.telemetry_every == 0:
             self.publish_telemetry(t, joints, mode)
 
-    def observe(self, msg: link.Message, t: float) -> None:
-        """A message from the slow process: an observation for the estimator (checked)."""
-        if msg.kind != "obs":
-            self.counter["rejected"] += 1
-            self.counter["last_error"] = f"unexpected message kind {msg.kind!r} on obs"
+    # --- the arm: a failed cycle holds, too many stop -----------------------------------------
+    def read_joints(self) -> np.ndarray:
+        """The arm's joints, or the last good reading when this cycle's read failed."""
+        try:
+            joints = np.asarray(self.arm.read_joints(), float)
+            if joints.shape != self.joints.shape or not np.all(np.isfinite(joints)):
+                raise BusError(f"joint reading {joints!r} is not {len(self.joints)} numbers")
+        except BusError as e:
+            self._bus_cycle(False, f"read: {e}")
+            return self.joints
+        self._bus_cycle(True)
+        self.joints = joints
+        return joints
+
+    def write_targets(self, targets: np.ndarray) -> None:
+        try:
+            self.arm.write_targets(targets)
+        except BusError as e:
+            self._bus_cycle(False, f"write: {e}")
             return
-        if "actions" in msg.arrays:
-            actions = msg.arrays["actions"]
-            if (
-                actions.ndim != 2
-                or actions.shape[1] != len(self.arm.joint_names)
-                or not np.all(np.isfinite(actions))
+        self._bus_cycle(True)
+
+    def _bus_cycle(self, ok: bool, error: str = "") -> None:
+        reason = self.bus_health.record(ok, error[:300])
+        if reason is not None and self.stop_reason is None:
+            self.stop(f"servo bus: {reason}")
+
+    def stop(self, reason: str) -> None:
+        """Stops the loop (the caller's ``finally`` makes the arm safe) and says why."""
+        self.stop_reason = reason
+        self.publish("event", {}, {"event": "fault", "reason": reason})
+        if self.loop is not None:
+            self.loop.stop(reason)
+
+    # --- the slow process -------------------------------------------------------------------
+    def reject(self, reason: str, message: str) -> None:
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+        self.last_rejection = f"{reason}: {message}"[:300]
+
+    def receive(self, t: float) -> None:
+        """Reads the observation socket within this tick's budget; every message is checked
+        (messages.py) before anything acts on it; of several observations (or chunks) that
+        arrived together only the newest is applied (keep-newest)."""
+        if self.obs_sock is None:
+            return
+        lim = self.job.runtime.limits
+        messages = link.drain(
+            self.obs_sock, self.counter, lim.messages_per_tick, max_bytes=lim.bytes_per_tick
+        )
+        newest_obs = newest_chunk = None
+        for msg in messages:
+            try:
+                checked = check_observation(
+                    msg, self.obs_dims, len(self.arm.joint_names), t, self.limits
+                )
+            except Rejected as e:
+                self.reject(e.reason, str(e))
+                continue
+            if checked.chunk is not None and (
+                newest_chunk is None or checked.t_capture >= newest_chunk[0]
             ):
-                self.counter["rejected"] += 1
-                self.counter["last_error"] = f"action chunk of shape {actions.shape} is wrong"
-                return
-            self.policy.on_observation(msg, t)
+                newest_chunk = (checked.t_capture, checked.chunk)
+            if checked.obs is not None and (
+                newest_obs is None or checked.t_capture >= newest_obs[0]
+            ):
+                newest_obs = (checked.t_capture, checked.obs)
+        if newest_chunk is not None:
+            self.policy.on_chunk(newest_chunk[1], t)
             self.watchdog.observed(t)
-        obs = {k: msg.arrays.get(k) for k in self.wm.obs_keys}
-        if all(v is None for v in obs.values()) and "actions" in msg.arrays:
-            return  # a chunk without an observation
-        bad = [
-            k
-            for k, v in obs.items()
-            if v is None or v.shape != (self.wm.spec.vector_dims[k],) or not np.all(np.isfinite(v))
-        ]
-        if bad:
-            self.counter["rejected"] += 1
-            self.counter["last_error"] = f"observation fields {bad} missing or wrong"
+        if newest_obs is not None:
+            self.apply_observation(newest_obs[1], newest_obs[0], t)
+
+    def observe(self, msg: link.Message, t: float) -> None:
+        """One message from the slow process, checked and applied (tests; ``receive`` reads the
+        socket)."""
+        try:
+            checked = check_observation(
+                msg, self.obs_dims, len(self.arm.joint_names), t, self.limits
+            )
+        except Rejected as e:
+            self.reject(e.reason, str(e))
             return
-        result = self.estimator.correct(obs, msg.header.t_capture)
+        if checked.chunk is not None:
+            self.policy.on_chunk(checked.chunk, t)
+            self.watchdog.observed(t)
+        if checked.obs is not None:
+            self.apply_observation(checked.obs, checked.t_capture, t)
+
+    def apply_observation(self, obs: dict, t_capture: float, t: float) -> None:
+        result = self.estimator.correct(obs, t_capture)
         if not result.startswith("dropped"):
             self.watchdog.observed(t)
             if self.attempt is not None and self.attempt.t_first_obs is None:
                 self.attempt.t_first_obs = t
 
-    # --- the outside ------------------------------------------------------------------------
-    def answer_queries(self) -> None:
+    # --- queries ----------------------------------------------------------------------------
+    def answer_queries(self, t: float) -> None:
+        """Answers up to ``queries_per_tick`` queries. A grasp forecast (~15 ms) runs on the
+        gate's worker and is answered at a later tick (a REP socket takes no new request until
+        then); clients asking for more than one per ``grasp_query_interval_s`` get "busy"."""
         import zmq
 
         if self.query_sock is None:
             return
-        for _ in range(4):
+        if self._query is not None:
+            if not self._query.done():
+                return
+            future, self._query = self._query, None
+            try:
+                reply = future.result()
+            except Exception as e:  # a failed forecast is the client's error, not the loop's
+                self.reject("query", f"grasp forecast failed: {e}")
+                reply = link.encode("error", meta={"error": f"grasp forecast failed: {e}"})
+            self.query_sock.send_multipart(reply)
+        for _ in range(self.job.runtime.limits.queries_per_tick):
             try:
                 frames = self.query_sock.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
                 msg = link.decode(frames)
+                if msg.kind == "grasp_query":
+                    self._query = self.start_grasp_query(msg, t)
+                    return  # answered when the forecast is done
                 reply = self.query(msg)
             except link.MessageError as e:
                 self.counter["rejected"] += 1
+                self.counter["last_error"] = str(e)
+                reply = link.encode("error", meta={"error": str(e)})
+            except Rejected as e:
+                self.reject(e.reason, str(e))
                 reply = link.encode("error", meta={"error": str(e)})
             self.query_sock.send_multipart(reply)
 
@@ -239,51 +333,56 @@ class Runtime:
             return link.encode("clock", t_capture=self.clock(), meta={"t": self.clock()})
         if msg.kind == "status":
             return link.encode("status", t_capture=self.clock(), meta=self.status())
-        if msg.kind == "grasp_query":
-            return self.grasp_query(msg)
-        raise link.MessageError(f"unknown query kind {msg.kind!r} (status, clock, grasp_query)")
+        raise Rejected("kind", f"unknown query kind {msg.kind!r} (status, clock, grasp_query)")
 
-    def grasp_query(self, msg: link.Message) -> list[bytes]:
+    def start_grasp_query(self, msg: link.Message, t: float) -> Future:
         """P(success) of a commit plan from the current belief: the message's ``plan`` array
-        ``[H, 6]`` (degrees, gripper 0..100), or the controller's own plan for its current aim."""
+        ``[H, 6]`` (degrees, gripper 0..100), or the controller's own plan for its current aim.
+        Checked here; forecast on the gate's worker from a copy of the belief."""
         gate = getattr(self.policy, "gate", None)
         if gate is None:
-            raise link.MessageError(
+            raise Rejected(
+                "query",
                 "this runtime has no grasp predictor (its model file has no "
-                "success head, or the gate is off)"
+                "success head, or the gate is off)",
             )
-        gate.estimator = self.estimator
         plan = msg.arrays.get("plan")
         if plan is not None:
-            if (
-                plan.ndim != 2
-                or plan.shape[1] != 6
-                or len(plan) < gate.predictor.horizon
-                or not np.all(np.isfinite(plan))
-            ):
-                raise link.MessageError(
-                    f"plan must be [H >= {gate.predictor.horizon}, 6] finite "
-                    f"numbers, got shape {list(plan.shape)}"
-                )
-            forecast = gate.predictor.forecast(self.estimator.state, plan)
+            plan = check_plan(plan, gate.predictor.horizon, len(self.arm.joint_names))
         else:
             aim = getattr(self.policy.controller, "aim", None)
             if aim is None:
-                raise link.MessageError("no plan given and the controller has no aim yet")
-            forecast = gate.forecast(aim, self.policy.controller.roll_hint)
-        return link.encode(
-            "grasp_forecast",
-            t_capture=self.clock(),
-            meta={
-                "p_success": forecast.p_success,
-                "spread": forecast.spread,
-                "samples": forecast.samples,
-                "horizon": forecast.horizon,
-                "ms": forecast.ms,
-                "phase": self.policy.phase,
-                "threshold": gate.threshold,
-            },
-        )
+                raise Rejected("query", "no plan given and the controller has no aim yet")
+            xy, yaw = aim
+            plan = commit_plan(
+                xy,
+                yaw,
+                self.policy.controller.roll_hint,
+                gate.config,
+                gate.rate_hz,
+                gate.predictor.horizon,
+            )
+        interval = self.job.runtime.limits.grasp_query_interval_s
+        if 0 <= t - self._t_grasp_query < interval:
+            raise Rejected("busy", f"busy: one grasp forecast per {interval:g} s")
+        self._t_grasp_query = t
+        belief = type(self.estimator.state)(*(x.clone() for x in self.estimator.state))
+        phase, threshold = self.policy.phase, gate.threshold
+
+        def forecast() -> list[bytes]:
+            f = gate.predictor.forecast(belief, plan)
+            meta = {
+                "p_success": f.p_success,
+                "spread": f.spread,
+                "samples": f.samples,
+                "horizon": f.horizon,
+                "ms": f.ms,
+                "phase": phase,
+                "threshold": threshold,
+            }
+            return link.encode("grasp_forecast", t_capture=self.clock(), meta=meta)
+
+        return gate.submit(forecast)
 
     def status(self) -> dict:
         stats = self.loop.stats.summary() if self.loop else LoopStats().summary()
@@ -291,10 +390,40 @@ class Runtime:
             "loop": stats,
             "estimator": self.estimator.stats.summary(),
             "phase": self.policy.phase,
-            "rejected": self.counter.get("rejected", 0),
+            "rejected": self.rejected_total(),
+            "rejections": self.rejection_counts(),
+            "last_rejection": self.last_rejection or self.counter.get("last_error", ""),
             "watchdog": self.watchdog.mode(self.clock()) if self.watchdog else None,
+            "bus": self.bus_summary(),
+            "stop_reason": self.stop_reason,
         }
 
+    def rejection_counts(self) -> dict[str, int]:
+        return {"malformed": self.counter.get("rejected", 0), **self.rejections}
+
+    def rejected_total(self) -> int:
+        return sum(self.rejection_counts().values())
+
+    def bus_summary(self) -> dict:
+        """The bus's own counters (retries, timeouts, corrupt replies, per servo) and the
+        runtime's (cycles that failed after those retries, held ticks)."""
+        bus = getattr(self.arm, "bus", None)
+        out = {"health": self.bus_health.summary()}
+        if bus is not None:
+            st = bus.stats
+            out.update(
+                {
+                    k: getattr(st, k)
+                    for k in ("cycles", "retries", "timeouts", "corrupt", "failures")
+                    if hasattr(st, k)
+                }
+            )
+            per_servo = getattr(st, "per_servo", None)
+            if per_servo:
+                out["per_servo"] = {str(i): dict(v) for i, v in per_servo.items()}
+        return out
+
+    # --- telemetry --------------------------------------------------------------------------
     def publish(self, kind: str, arrays: dict, meta: dict, t: float | None = None) -> None:
         import zmq
 
@@ -326,17 +455,19 @@ class Runtime:
         decoded = self.estimator.decode()
         loop = self.loop.stats if self.loop else None
         jitter = (
-            float(np.percentile(np.asarray(loop.jitter_s)[-500:], 99) * 1e6)
-            if loop and loop.jitter_s
+            float(np.percentile(loop.jitter_s.last(500), 99) * 1e6)
+            if loop and len(loop.jitter_s)
             else 0.0
         )
+        arrays = {
+            "joints": np.asarray(joints, np.float32),
+            "command": np.asarray(self.command, np.float32),
+        }
+        if "object" in decoded:
+            arrays["object_estimate"] = decoded["object"].astype(np.float32)
         self.publish(
             "telemetry",
-            {
-                "object_estimate": decoded["object"].astype(np.float32),
-                "joints": np.asarray(joints, np.float32),
-                "command": np.asarray(self.command, np.float32),
-            },
+            arrays,
             {
                 "phase": self.policy.phase,
                 "watchdog": mode,
@@ -344,7 +475,8 @@ class Runtime:
                 "overruns": loop.overruns if loop else 0,
                 "jitter_us_p99": jitter,
                 "estimator": self.estimator.stats.summary(),
-                "rejected": self.counter.get("rejected", 0),
+                "rejected": self.rejected_total(),
+                "bus": self.bus_summary(),
             },
             t,
         )
@@ -390,29 +522,50 @@ class Runtime:
         self.ctx.close()
 
 
+def first_joints(arm, attempts: int) -> np.ndarray:
+    """The arm's joints at start, through up to ``attempts`` failed bus cycles."""
+    for i in range(attempts):
+        try:
+            return np.asarray(arm.read_joints(), float)
+        except BusError:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.01)
+    raise AssertionError("unreachable")
+
+
 def serve(job: GraspJob, wm, arm, policy, duration_s: float | None = None, ready=None) -> dict:
-    """Runs the service on ``arm`` until SIGINT/SIGTERM (or ``duration_s``); the arm is made
-    safe on the way out (torque off, or holding, as configured). Returns the loop's stats."""
+    """Runs the service on ``arm`` until SIGINT/SIGTERM (or ``duration_s``, or a fault that
+    safety says must stop the arm); the arm is made safe on the way out (torque off, or
+    holding, as configured). Returns the run's figures, with ``stop_reason``."""
     from .loop import StopOnSignals
 
     runtime = Runtime(job, wm, arm, policy=policy)
     arm.connect()
     try:
-        runtime.start_attempt(0, arm.read_joints())
+        runtime.start_attempt(0, first_joints(arm, job.runtime.faults.max_consecutive_failures))
         runtime.loop = loop = FastLoop(job.runtime.rate_hz, runtime.tick, runtime.clock)
         if ready is not None:
             ready(runtime)
         with StopOnSignals(loop):
             loop.run(duration_s=duration_s)
-        runtime.publish("event", {}, {"event": "done", "reason": loop.stop_reason or "finished"})
+        reason = loop.stop_reason or "finished"
+        runtime.publish("event", {}, {"event": "done", "reason": reason})
         return {
+            "stop_reason": reason,
+            "fault": runtime.stop_reason,
             "loop": loop.stats.summary(),
             "estimator": runtime.estimator.stats.summary(),
-            "rejected": runtime.counter.get("rejected", 0),
+            "phase": runtime.policy.phase,
+            "rejected": runtime.rejected_total(),
+            "rejections": runtime.rejection_counts(),
+            "bus": runtime.bus_summary(),
         }
     finally:
         try:
             arm.disconnect(torque_off=job.runtime.torque_off_on_exit)
+        except BusError as e:  # the bus is gone: nothing more can reach the motors
+            print(f"could not turn torque off: {e}", flush=True)
         finally:
             runtime.close()
 
@@ -440,15 +593,16 @@ def grasp_policy(job: GraspJob, spec: str, log=print):
     controller = GraspController(
         job.controller, max_retries=job.gate.retries, aim=job.controller.aim
     )
+    lost_after_s = job.controller.lost_after_s
     if not job.gate.enabled or "success_head" not in groups:
         if job.gate.enabled:
             log(f"{path.name} has no success head: grasps are not gated (`kiwi train grasp`)")
-        return GraspPolicy(controller), None
+        return GraspPolicy(controller, lost_after_s=lost_after_s), None
     _, predictor, _, _ = load_grasp_predictor(path, job.gate.samples)
     gate = GraspGate(
         predictor, job.controller, job.runtime.rate_hz, job.gate.threshold, background=True
     )
-    return GraspPolicy(controller, gate), predictor
+    return GraspPolicy(controller, gate, lost_after_s=lost_after_s), predictor
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ def cmd_run(args) -> int:
 
     from ..config import GraspJob, load_config
     from ..controllers import ChunkPolicy, GraspController, GraspPolicy
+    from ..link import plain
     from ..service import load_world_model, serve
 
     job, path = load_config(args.config, GraspJob, args.overrides)
@@ -27,7 +28,10 @@ def cmd_run(args) -> int:
     policy = (
         ChunkPolicy(1.0 / job.runtime.rate_hz)
         if args.controller == "chunk"
-        else GraspPolicy(GraspController(job.controller, aim=job.controller.aim))
+        else GraspPolicy(
+            GraspController(job.controller, aim=job.controller.aim),
+            lost_after_s=job.controller.lost_after_s,
+        )
     )
     print(
         f"kiwi run: {args.robot} on {args.port}, {args.controller} controller at "
@@ -37,14 +41,20 @@ def cmd_run(args) -> int:
         flush=True,
     )
     result = serve(job, wm, arm, policy, args.duration, ready=lambda rt: print("ready", flush=True))
-    loop = result["loop"]
+    loop, bus = result["loop"], result["bus"]
     print(
-        f"stopped after {loop['ticks']} ticks: jitter p50/p99 {loop['jitter_us_p50']:.0f}/"
-        f"{loop['jitter_us_p99']:.0f} µs, {loop['overruns']} overruns; observations applied "
-        f"{result['estimator']['applied']}, malformed {result['rejected']}"
+        f"stopped ({result['stop_reason']}) after {loop['ticks']} ticks: jitter p50/p99 "
+        f"{loop['jitter_us_p50']:.0f}/{loop['jitter_us_p99']:.0f} µs, {loop['overruns']} "
+        f"overruns; observations applied {result['estimator']['applied']}, rejected "
+        f"{result['rejected']}; bus: {bus.get('retries', 0)} retries, "
+        f"{bus.get('timeouts', 0)} timeouts, {bus.get('corrupt', 0)} corrupt replies, "
+        f"{bus['health']['failed']} cycles held"
     )
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(plain(result), allow_nan=False))
+    if result["fault"]:
+        print(f"the arm was stopped: {result['fault']}")
+        return 1
     return 0
 
 

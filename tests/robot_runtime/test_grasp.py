@@ -277,7 +277,7 @@ def test_grasp_queries_answer_a_plan_and_explain_bad_ones(gated_runtime):
     m = reply.header.meta
     assert 0 <= m["p_success"] <= 1 and m["samples"] == 8 and m["horizon"] == 5
     short = ask(rt, req, link.encode("grasp_query", {"plan": plan[:2]}))
-    assert short.kind == "error" and "plan must be [H >= 5, 6]" in short.header.meta["error"]
+    assert short.kind == "error" and "plan has 2 rows (5..1000)" in short.header.meta["error"]
     no_aim = ask(rt, req, link.encode("grasp_query"))
     assert no_aim.kind == "error" and "no aim yet" in no_aim.header.meta["error"]
     nan_plan = plan.copy()

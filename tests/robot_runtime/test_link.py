@@ -134,9 +134,21 @@ def test_oversized_message_is_rejected_before_parsing():
     )
 
 
-def test_non_finite_capture_time_from_encode_is_rejected():
-    with pytest.raises(MessageError, match="t_capture is not a finite number"):
-        decode(encode("obs", t_capture=float("nan")))
+def test_non_finite_capture_time_is_refused_by_encode_and_by_decode():
+    with pytest.raises(MessageError, match="t_capture must be a finite number"):
+        encode("obs", t_capture=float("nan"))
+    for raw in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
+        frames = [b'{"v":1,"kind":"obs","seq":0,"t_capture":' + raw + b',"fields":[]}']
+        with pytest.raises(MessageError, match="t_capture"):
+            decode(frames)
+
+
+def test_encode_sends_plain_json_meta():
+    """NaN and infinities become null (strict JSON parsers refuse them); numpy values become
+    numbers and lists."""
+    meta = {"a": float("nan"), "b": np.float32(1.5), "c": np.arange(3), "d": (float("inf"), 2)}
+    header = json.loads(encode("status", meta=meta)[0])
+    assert header["meta"] == {"a": None, "b": 1.5, "c": [0, 1, 2], "d": [None, 2]}
 
 
 def test_hostile_headers_raise_message_error_not_other_exceptions():

@@ -77,8 +77,8 @@ def test_malformed_messages_are_counted_and_the_loop_keeps_ticking(runtime):
     ]
     for frames in bad:
         push.send_multipart(frames)
-    k = tick_until(rt, k, 200, lambda: rt.counter["rejected"] >= len(bad))
-    assert rt.counter["rejected"] == len(bad)
+    k = tick_until(rt, k, 200, lambda: rt.rejected_total() >= len(bad))
+    assert rt.rejected_total() == len(bad)
     assert rt.estimator.stats.applied == 0
     push.send_multipart(good_obs(t_capture=rt.attempt.t_start + (k - 2) * rt.period))
     k = tick_until(rt, k, 100, lambda: rt.estimator.stats.applied == 1)
