@@ -1,9 +1,13 @@
 """Arms behind one interface (DESIGN.md): the SO-100/SO-101 and Koch followers on servo buses.
 
 Joint positions are degrees (gripper 0..100), LeRobot's units, ordered as ``joint_names``.
-``connect`` checks every servo answers with the right model, writes the calibration's homing
-offsets and limits where the servos differ from the file (torque off, as EEPROM needs), applies
-the arm's servo settings and enables torque. ``disconnect`` turns torque off unless told to hold.
+``connect`` checks every servo answers with the right model, checks the calibration's values fit
+the servos' registers, writes its homing offsets and limits where the servos differ from it
+(torque off, as EEPROM needs), applies the arm's servo settings and enables torque.
+``disconnect`` turns torque off unless told to hold.
+
+Every failure of ``read_joints`` and ``write_targets`` on the bus (after the bus's retries) is a
+``drivers.errors.BusError``; ``write_targets`` raises ValueError for targets that are not finite.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ KOCH = ArmConfig(
     ),
 )
 ARMS = {"so100": SO100, "so101": SO100, "koch": KOCH}
+MULTI_TURN_BIT = 0x10  # STS3215 Phase register (LeRobot PR #3373)
 
 
 class ServoArm:
@@ -112,14 +117,17 @@ class ServoArm:
     ):
         self.config = config
         self.joint_names = tuple(m.name for m in config.motors)
-        expected = {m.name: m.id for m in config.motors}
-        self.calibration = (
-            calibration if isinstance(calibration, dict) else cal.load(Path(calibration), expected)
-        )
-        self.bus = MotorBus(port, config.protocol, settings)
+        self._expected = {m.name: m.id for m in config.motors}
         self._model = {m.name: MODELS[m.model] for m in config.motors}
+        if isinstance(calibration, dict):
+            self.calibration, self._cal_source = calibration, f"{config.name} calibration"
+        else:
+            self._cal_source = str(calibration)
+            self.calibration = cal.load(Path(calibration), self._expected, self._model)
+        self.bus = MotorBus(port, config.protocol, settings)
         self._ids = [m.id for m in config.motors]
         self._reg = lambda name: self._model[config.motors[0].name].register(name)
+        cal.validate(self.calibration, self._cal_source, self._expected, self._model)
         self._cal = [self.calibration[m.name] for m in config.motors]
         self.connected = False
 
@@ -133,10 +141,14 @@ class ServoArm:
         )
 
     def connect(self) -> None:
+        # again here, as the values in self.calibration may have been changed since
+        cal.validate(self.calibration, self._cal_source, self._expected, self._model)
+        self._cal = [self.calibration[m.name] for m in self.config.motors]
         self.bus.open()
         try:
             self._check_servos()
             self._torque(False)  # EEPROM (offsets, limits, modes) is writable only with torque off
+            self._single_turn()
             self._write_calibration()
             self._apply_settings()
             self._torque(True)
@@ -164,6 +176,17 @@ class ServoArm:
                 + "; ".join(problems)
                 + " (check power, ids and baud rate with `kiwi scan`)"
             )
+
+    def _single_turn(self) -> None:
+        """Feetech: clears Phase bit 4 (multi-turn feedback), as LeRobot does, so positions stay
+        within 0..4095: the calibration's ranges, and the bus's check of replies, expect it."""
+        if self.config.protocol != "feetech":
+            return
+        for m in self.config.motors:
+            reg = self._model[m.name].register("Phase")
+            phase = self.bus.read(m.id, reg)
+            if phase & MULTI_TURN_BIT:
+                self.bus.write(m.id, reg, phase & ~MULTI_TURN_BIT)
 
     def _write_calibration(self) -> None:
         for m, c in zip(self.config.motors, self._cal):

@@ -38,17 +38,48 @@ class BusSettings:
     fast_sync_read: bool = True  # Dynamixel: one reply packet for all servos
 
 
+SERVO_COUNTERS = ("timeouts", "corrupt", "failures")
+
+
 @dataclass
 class BusStats:
+    """Counters since the bus was made. ``per_servo`` holds, for each id the bus has addressed,
+    the timeouts, corrupt replies and failed transactions that could be pinned on that servo
+    (a whole-bus failure, or a damaged FAST_SYNC_READ packet, counts only in the totals)."""
+
     cycles: int = 0  # transactions attempted
     retries: int = 0
     timeouts: int = 0
-    corrupt: int = 0  # checksum or framing errors
+    corrupt: int = 0  # checksum, framing, id, length or value-range errors
     servo_errors: int = 0
     failures: int = 0  # transactions that failed after all retries
+    consecutive_failures: int = 0  # failed transactions in a row; a success resets it
+    last_error: str = ""
+    per_servo: dict[int, dict[str, int]] = field(default_factory=dict)
     latency_s: deque = field(default_factory=lambda: deque(maxlen=20000))
 
+    def track(self, ids) -> None:
+        """Makes room for ``ids`` (the servos addressed): the dict stays bounded by the bus."""
+        for servo_id in ids:
+            if servo_id not in self.per_servo:
+                self.per_servo[servo_id] = dict.fromkeys(SERVO_COUNTERS, 0)
+
+    def count(self, counter: str, servo_id: int | None) -> None:
+        setattr(self, counter, getattr(self, counter) + 1)
+        if servo_id in self.per_servo:
+            self.per_servo[servo_id][counter] += 1
+
+    def failed(self, error: BusError) -> None:
+        self.count("failures", error.servo_id)
+        self.consecutive_failures += 1
+        self.last_error = str(error)[:300]
+
+    def succeeded(self, latency_s: float) -> None:
+        self.latency_s.append(latency_s)
+        self.consecutive_failures = 0
+
     def summary(self) -> dict:
+        """Plain JSON types only (str keys, ints, finite floats)."""
         lat = np.asarray(self.latency_s) * 1e6 if self.latency_s else np.zeros(1)
         return {
             "cycles": self.cycles,
@@ -57,8 +88,11 @@ class BusStats:
             "corrupt": self.corrupt,
             "servo_errors": self.servo_errors,
             "failures": self.failures,
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error,
             "latency_us_p50": float(np.percentile(lat, 50)),
             "latency_us_p99": float(np.percentile(lat, 99)),
+            "per_servo": {str(i): dict(c) for i, c in sorted(self.per_servo.items())},
         }
 
 
@@ -133,7 +167,10 @@ class MotorBus:
 
     # --- transactions with retries ----------------------------------------------------------
     def _transact(self, request: bytes, receive, context: str):
-        """Sends ``request`` and runs ``receive()`` until it succeeds or retries run out."""
+        """Sends ``request`` and runs ``receive()`` until it succeeds or retries run out.
+
+        Timeouts and damaged replies are retried; a servo's own error report (ServoError) and a
+        vanished port (PortGone) are not. Whatever ends it is a BusError naming ``context``."""
         if self.serial is None:
             raise PortGone(f"bus on {self.port_name} is not open")
         s, stats = self.settings, self.stats
@@ -143,48 +180,86 @@ class MotorBus:
             if attempt:
                 stats.retries += 1
             t0 = time.perf_counter()
-            self._io(request)
-            if receive is None:
-                stats.latency_s.append(time.perf_counter() - t0)
-                return None
             try:
+                self._io(request)
+                if receive is None:
+                    stats.succeeded(time.perf_counter() - t0)
+                    return None
                 result = receive()
             except BusTimeout as e:
-                stats.timeouts += 1
+                stats.count("timeouts", e.servo_id)
                 last = e
                 continue
             except PacketError as e:
-                stats.corrupt += 1
+                stats.count("corrupt", e.servo_id)
                 last = e
                 continue
-            stats.latency_s.append(time.perf_counter() - t0)
+            except (ServoError, PortGone) as e:
+                stats.failed(e)
+                raise
+            stats.succeeded(time.perf_counter() - t0)
             return result
-        stats.failures += 1
-        raise type(last)(f"{context}: {last} (after {s.retries + 1} attempts)") from last
+        error = type(last)(f"{context}: {last} (after {s.retries + 1} attempts)", last.servo_id)
+        stats.failed(error)
+        raise error from last
 
-    def _receive_replies(self, ids: list[int], n_params: int) -> list:
+    def _receive_replies(
+        self, ids: list[int], n_params: int, context: str = "", errors: bool = True
+    ) -> list:
         """One status packet from each of ``ids``, in order, each with ``n_params`` bytes.
 
         A reply that does not fit its request (a late answer to an earlier one) is a PacketError,
-        so it is retried rather than taken for this request's answer."""
+        so it is retried rather than taken for this request's answer. With ``errors``, a status
+        whose error says the instruction was not carried out raises ServoError (not retried)."""
         codec, count = self.codec, len(ids)
         size = codec.MIN_STATUS + n_params
+        attributable = ids[0] != codec.BROADCAST
         buf = self._read(size * count)
         if len(buf) < size * count:
-            raise BusTimeout(f"got {len(buf)} of {size * count} reply bytes")
+            # replies come in the order asked: the first incomplete one is the silent servo's
+            silent = ids[min(len(buf) // size, count - 1)] if attributable else None
+            raise BusTimeout(f"got {len(buf)} of {size * count} reply bytes", silent)
+        statuses = []
         try:
-            statuses = [codec.parse_status(buf[i * size : (i + 1) * size]) for i in range(count)]
+            for i in range(count):
+                try:
+                    statuses.append(codec.parse_status(buf[i * size : (i + 1) * size]))
+                except PacketError as e:
+                    e.servo_id = ids[i] if attributable else None
+                    raise
         except PacketError:
             if not self._stuffed(buf, size):
                 raise  # damaged: retry now rather than wait for bytes that will not come
-            statuses = self._frame(bytearray(buf), count)  # byte stuffing made a reply longer
+            statuses = self._frame(bytearray(buf), ids)  # byte stuffing made a reply longer
+        flagged = 0
         for servo_id, status in zip(ids, statuses):
-            if status.servo_id != servo_id or len(status.params) != n_params:
+            if status.servo_id != servo_id:
                 raise PacketError(
-                    f"reply from servo {status.servo_id} with {len(status.params)} data bytes, "
-                    f"expected servo {servo_id} with {n_params} (a late reply?)"
+                    f"reply from servo {status.servo_id}, expected {servo_id} (a late reply?)",
+                    servo_id if attributable else None,
                 )
+            if errors and status.error:
+                self._servo_error(status, context)
+                flagged += 1
+            if len(status.params) != n_params:
+                raise PacketError(
+                    f"reply from servo {servo_id} with {len(status.params)} data bytes, "
+                    f"expected {n_params} (a late reply?)",
+                    servo_id if attributable else None,
+                )
+        self.stats.servo_errors += flagged
         return statuses
+
+    def _servo_error(self, status, context: str) -> None:
+        """Raises ServoError where the error byte says the instruction was not carried out.
+
+        Dynamixel's hardware-alert bit accompanies otherwise good replies, and Feetech's flags
+        (overload, overheat, voltage) report conditions while data still arrives: those pass."""
+        code = status.error
+        fatal = code & 0x7F if self.protocol == "dynamixel" else code & feetech.INSTRUCTION_ERROR
+        if fatal:
+            self.stats.servo_errors += 1
+            raise ServoError(status.servo_id, code, self.codec.error_names(code), context)
 
     def _stuffed(self, buf: bytes, expected_len: int) -> bool:
         """Whether a Dynamixel reply in ``buf`` says it is longer than expected (stuffing)."""
@@ -198,50 +273,68 @@ class MotorBus:
             start += total
         return False
 
-    def _frame(self, buf: bytearray, count: int) -> list:
+    def _frame(self, buf: bytearray, ids: list[int]) -> list:
         out = []
         deadline = time.perf_counter() + self.settings.timeout_s
-        while len(out) < count:
+        while len(out) < len(ids):
             pkt, drop = self.codec.find_packet(buf)
             del buf[:drop]
             if pkt is not None:
                 out.append(self.codec.parse_status(pkt))
                 continue
             if time.perf_counter() > deadline:
-                raise BusTimeout(f"got {len(out)} of {count} replies")
+                missing = ids[len(out)]
+                raise BusTimeout(
+                    f"got {len(out)} of {len(ids)} replies",
+                    None if missing == self.codec.BROADCAST else missing,
+                )
             buf += self._read_available()
         return out
 
-    def _check(self, status, servo_id: int, context: str) -> None:
-        if status.servo_id != servo_id:
-            raise PacketError(f"reply from servo {status.servo_id}, expected {servo_id}")
-        if status.error:
-            names = self.codec.error_names(status.error)
-            # Dynamixel's hardware-alert bit accompanies otherwise good replies; Feetech's flags
-            # likewise report conditions (overload, overheat) while data still arrives.
-            self.stats.servo_errors += 1
-            if self.protocol == "dynamixel" and status.error & 0x7F:
-                raise ServoError(servo_id, status.error, names, context)
+    def _value(self, reg: Register, data: bytes, servo_id: int) -> int:
+        """Decoded, and within the register's range: a value outside it came from damage."""
+        value = self.codec.decode(data, reg)
+        if not reg.allows(value):
+            hint = (
+                " or a servo in multi-turn mode (Phase bit 4 set)"
+                if self.protocol == "feetech" and reg.name == "Present_Position"
+                else ""
+            )
+            raise PacketError(
+                f"servo {servo_id} sent {reg.name} = {value}, outside {reg.range_text} "
+                f"(a damaged reply{hint})",
+                servo_id,
+            )
+        return value
+
+    def _encode(self, reg: Register, value: int, servo_id: int) -> bytes:
+        if not reg.allows(value):
+            raise ValueError(
+                f"{reg.name} = {value} for servo {servo_id} is outside {reg.range_text}"
+            )
+        return self.codec.encode(value, reg)
 
     # --- the operations ---------------------------------------------------------------------
     def ping(self, servo_id: int) -> int:
         """The servo's model number (Feetech: PING, then a READ of address 3)."""
         codec = self.codec
         context = f"ping servo {servo_id}"
+        self.stats.track((servo_id,))
         if self.protocol == "dynamixel":
             status = self._transact(
-                codec.ping(servo_id), lambda: self._receive_replies([servo_id], 3)[0], context
+                codec.ping(servo_id),
+                lambda: self._receive_replies([servo_id], 3, context)[0],
+                context,
             )
-            self._check(status, servo_id, context)
             return int.from_bytes(status.params[:2], "little")
-        status = self._transact(
-            codec.ping(servo_id), lambda: self._receive_replies([servo_id], 0)[0], context
+        self._transact(
+            codec.ping(servo_id), lambda: self._receive_replies([servo_id], 0, context), context
         )
-        self._check(status, servo_id, context)
         status = self._transact(
-            codec.read(servo_id, 3, 2), lambda: self._receive_replies([servo_id], 2)[0], context
+            codec.read(servo_id, 3, 2),
+            lambda: self._receive_replies([servo_id], 2, context)[0],
+            context,
         )
-        self._check(status, servo_id, context)
         return int.from_bytes(status.params, "little")
 
     def identify(self, servo_id: int) -> ServoModel | None:
@@ -249,19 +342,19 @@ class MotorBus:
 
     def read(self, servo_id: int, reg: Register) -> int:
         context = f"read {reg.name} from servo {servo_id}"
-        status = self._transact(
-            self.codec.read(servo_id, reg.address, reg.size),
-            lambda: self._receive_replies([servo_id], reg.size)[0],
-            context,
-        )
-        self._check(status, servo_id, context)
-        return self.codec.decode(status.params, reg)
+        self.stats.track((servo_id,))
+
+        def receive() -> int:
+            status = self._receive_replies([servo_id], reg.size, context)[0]
+            return self._value(reg, status.params, servo_id)
+
+        return self._transact(self.codec.read(servo_id, reg.address, reg.size), receive, context)
 
     def write(self, servo_id: int, reg: Register, value: int) -> None:
         context = f"write {reg.name}={value} to servo {servo_id}"
-        request = self.codec.write(servo_id, reg.address, self.codec.encode(value, reg))
-        status = self._transact(request, lambda: self._receive_replies([servo_id], 0)[0], context)
-        self._check(status, servo_id, context)
+        request = self.codec.write(servo_id, reg.address, self._encode(reg, value, servo_id))
+        self.stats.track((servo_id,))
+        self._transact(request, lambda: self._receive_replies([servo_id], 0, context), context)
 
     def sync_read(self, reg: Register, ids: list[int]) -> dict[int, int]:
         """``{id: value}``; a timeout names the servos that do not answer a ping."""
@@ -273,8 +366,12 @@ class MotorBus:
             silent = self._silent(ids)
             if not silent:
                 raise
+            for servo_id in silent:  # the failure is theirs (already counted in the totals)
+                if servo_id != e.servo_id:
+                    self.stats.per_servo[servo_id]["failures"] += 1
             raise BusTimeout(
-                f"{e}; no answer from servo(s) {silent} (absent, unpowered, wrong id or baud rate)"
+                f"{e}; no answer from servo(s) {silent} (absent, unpowered, wrong id or baud rate)",
+                silent[0],
             ) from e
 
     def _silent(self, ids: list[int]) -> list[int]:
@@ -285,7 +382,7 @@ class MotorBus:
             for _ in range(self.settings.retries + 1):  # a lost reply is not a lost servo
                 self._io(self.codec.ping(servo_id))
                 try:
-                    self._receive_replies([servo_id], n_params)
+                    self._receive_replies([servo_id], n_params, errors=False)
                 except BusTimeout:
                     continue
                 except PacketError:
@@ -301,45 +398,44 @@ class MotorBus:
         key = ("sync_read", reg.address, reg.size, tuple(ids), fast)
         request = self._requests.get(key)
         if request is None:
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"{context}: an id appears twice")
             request = (
                 self.codec.sync_read(reg.address, reg.size, list(ids), fast=True)
                 if fast
                 else self.codec.sync_read(reg.address, reg.size, list(ids))
             )
             self._requests[key] = request
+            self.stats.track(ids)
         if fast:
-            # ERR1 follows INST, then ID DATA CRC ERR ... ID DATA (the last CRC is the packet's)
-            n_params = len(ids) * (reg.size + 4) - 3
-            status = self._transact(
-                request,
-                lambda: self._receive_replies([dynamixel.BROADCAST], n_params)[0],
-                context,
-            )
-            blocks = dynamixel.fast_sync_blocks(status, reg.size)
-            missing = [i for i in ids if i not in blocks]
-            if missing:
-                raise PacketError(f"{context}: no data from servos {missing}")
-            out = {}
-            for servo_id in ids:
-                error, data = blocks[servo_id]
-                if error & 0x7F:
-                    raise ServoError(servo_id, error, dynamixel.error_names(error), context)
-                out[servo_id] = dynamixel.decode(data, reg)
-            return out
-        statuses = self._transact(
-            request,
-            lambda: self._receive_replies(list(ids), reg.size),
-            context,
-        )
+            return self._transact(request, lambda: self._fast_values(reg, ids, context), context)
+
+        def receive() -> dict[int, int]:
+            statuses = self._receive_replies(list(ids), reg.size, context)
+            return {i: self._value(reg, st.params, i) for i, st in zip(ids, statuses)}
+
+        return self._transact(request, receive, context)
+
+    def _fast_values(self, reg: Register, ids: list[int], context: str) -> dict[int, int]:
+        """A FAST_SYNC_READ reply: one packet, ``[ERR ID DATA CRC]`` per servo."""
+        # ERR1 follows INST, then ID DATA CRC ERR ... ID DATA (the last CRC is the packet's)
+        n_params = len(ids) * (reg.size + 4) - 3
+        status = self._receive_replies([dynamixel.BROADCAST], n_params, errors=False)[0]
+        blocks = dynamixel.fast_sync_blocks(status, reg.size)
+        if set(blocks) != set(ids):
+            raise PacketError(f"reply holds servos {sorted(blocks)}, expected {sorted(ids)}")
         out = {}
-        for servo_id, status in zip(ids, statuses):
-            self._check(status, servo_id, context)
-            out[servo_id] = self.codec.decode(status.params, reg)
+        for servo_id in ids:
+            error, data = blocks[servo_id]
+            if error & 0x7F:
+                self.stats.servo_errors += 1
+                raise ServoError(servo_id, error, dynamixel.error_names(error), context)
+            out[servo_id] = self._value(reg, data, servo_id)
         return out
 
     def sync_write(self, reg: Register, values: dict[int, int]) -> None:
         """No reply exists to confirm a sync write; a failure shows in the next read."""
-        data = {i: self.codec.encode(int(v), reg) for i, v in values.items()}
+        data = {i: self._encode(reg, int(v), i) for i, v in values.items()}
         self._transact(
             self.codec.sync_write(reg.address, reg.size, data), None, f"sync write {reg.name}"
         )
@@ -359,12 +455,15 @@ class MotorBus:
                 del buf[:drop]
                 if pkt is None:
                     break
-                status = self.codec.parse_status(pkt)
-                found[status.servo_id] = (
-                    int.from_bytes(status.params[:2], "little")
-                    if self.protocol == "dynamixel"
-                    else -1
-                )
+                try:
+                    status = self.codec.parse_status(pkt)
+                except PacketError:
+                    continue  # not a status packet (an echo, noise that framed): not a servo
+                if self.protocol == "dynamixel":
+                    if len(status.params) >= 2:
+                        found[status.servo_id] = int.from_bytes(status.params[:2], "little")
+                else:
+                    found[status.servo_id] = -1
         if self.protocol == "feetech":
             for servo_id in found:
                 found[servo_id] = self.ping(servo_id)

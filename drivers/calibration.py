@@ -11,15 +11,23 @@ unchanged. Conversions follow LeRobot's conventions:
 The ticks are the servo's *present* values, i.e. after its homing offset (Feetech: present =
 actual - offset; Dynamixel: present = actual + offset), which ``ServoArm.connect`` writes to the
 servos from the file. All of this is pure code.
+
+``validate`` checks each motor's values against its servo model's registers (what the servo can
+hold: Feetech offsets +-2047, positions 0..4095; Dynamixel X offsets +-1044479), so a bad file
+fails when it is read, with one line naming the file, the motor and the field, never half-way
+through writing EEPROM.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .tables import ServoModel
 
 DEGREES, RANGE_0_100 = "degrees", "range_0_100"
 
@@ -37,8 +45,23 @@ class MotorCalibration:
     range_max: int
 
 
-def load(path: Path, expected: dict[str, int] | None = None) -> dict[str, MotorCalibration]:
-    """Reads a LeRobot calibration file; ``expected`` maps motor names to ids to check against."""
+FIELDS = ("id", "drive_mode", "homing_offset", "range_min", "range_max")
+MAX_ID = 252
+# The calibration field -> the register it is written to.
+REGISTERS = {
+    "homing_offset": "Homing_Offset",
+    "range_min": "Min_Position_Limit",
+    "range_max": "Max_Position_Limit",
+}
+
+
+def load(
+    path: Path,
+    expected: dict[str, int] | None = None,
+    models: dict[str, ServoModel] | None = None,
+) -> dict[str, MotorCalibration]:
+    """Reads a LeRobot calibration file and ``validate``s it: ``expected`` maps the arm's motor
+    names to ids, ``models`` its motor names to servo models (for the register ranges)."""
     path = Path(path)
     if not path.is_file():
         raise CalibrationError(
@@ -48,36 +71,73 @@ def load(path: Path, expected: dict[str, int] | None = None) -> dict[str, MotorC
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CalibrationError(f"{path}: not valid JSON: {e}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise CalibrationError(f"{path}: cannot be read: {e}") from e
     if not isinstance(raw, dict):
         raise CalibrationError(f"{path}: expected an object of motors")
     out = {}
     for name, entry in raw.items():
-        fields = ("id", "drive_mode", "homing_offset", "range_min", "range_max")
-        missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+        missing = [f for f in FIELDS if not isinstance(entry, dict) or f not in entry]
         if missing:
-            raise CalibrationError(f"{path}: motor {name!r} lacks {missing}")
-        values = [entry[f] for f in fields]
-        bad = [f for f, v in zip(fields, values) if not _is_int(v)]
+            raise CalibrationError(f"{path}: motor {name}: lacks {missing}")
+        bad = [f for f in FIELDS if not _is_int(entry[f])]
         if bad:
             shown = ", ".join(f"{f}={entry[f]!r}" for f in bad)
-            raise CalibrationError(f"{path}: motor {name!r} has non-integer {shown}")
-        cal = MotorCalibration(*(int(v) for v in values))
-        if cal.range_min >= cal.range_max:
-            raise CalibrationError(
-                f"{path}: motor {name!r} has range_min >= range_max "
-                f"({cal.range_min} >= {cal.range_max}); recalibrate it"
-            )
-        out[name] = cal
-    if expected is not None:
-        missing = sorted(set(expected) - set(out))
-        if missing:
-            unknown = sorted(set(out) - set(expected))
-            also = f" (it has unknown motors {unknown}: a typo?)" if unknown else ""
-            raise CalibrationError(f"{path}: no calibration for {missing}{also}")
-        wrong = {n: (out[n].id, i) for n, i in expected.items() if out[n].id != i}
-        if wrong:
-            raise CalibrationError(f"{path}: ids differ from the arm's (file, arm): {wrong}")
+            raise CalibrationError(f"{path}: motor {name}: non-integer {shown}")
+        out[name] = MotorCalibration(*(int(entry[f]) for f in FIELDS))
+    validate(out, str(path), expected, models)
     return out
+
+
+def validate(
+    calibration: dict[str, MotorCalibration],
+    source: str,
+    expected: dict[str, int] | None = None,
+    models: dict[str, ServoModel] | None = None,
+) -> None:
+    """Raises CalibrationError (one line: source, motor, field) unless every motor is one the arm
+    has (``expected``: name -> id), all of them are there, and each value fits: id 0..252,
+    drive_mode 0 or 1, range_min < range_max, and with ``models`` (name -> servo model) the
+    offset and range within what the servo's registers hold."""
+    if expected is not None:
+        for name in calibration:
+            if name not in expected:
+                close = difflib.get_close_matches(name, list(expected), n=1)
+                hint = f"a typo of {close[0]}?" if close else f"the arm has {', '.join(expected)}"
+                raise CalibrationError(f"{source}: motor {name}: unknown motor ({hint})")
+        missing = [n for n in expected if n not in calibration]
+        if missing:
+            raise CalibrationError(f"{source}: no calibration for {missing}")
+    for name, c in calibration.items():
+        problem = motor_problem(c, models.get(name) if models else None)
+        if problem is None and expected is not None and c.id != expected[name]:
+            problem = f"id {c.id} differs from the arm's {expected[name]}"
+        if problem is not None:
+            raise CalibrationError(f"{source}: motor {name}: {problem}")
+
+
+def motor_problem(c: MotorCalibration, model: ServoModel | None = None) -> str | None:
+    """What is wrong with one motor's values (naming the field), or None."""
+    if not 0 <= c.id <= MAX_ID:
+        return f"id {c.id} is outside 0..{MAX_ID}"
+    if c.drive_mode not in (0, 1):
+        return f"drive_mode {c.drive_mode} is not 0 or 1"
+    if model is not None:
+        for field, reg_name in REGISTERS.items():
+            problem = value_problem(field, getattr(c, field), model, reg_name)
+            if problem is not None:
+                return problem
+    if c.range_min >= c.range_max:
+        return f"range_min {c.range_min} is not below range_max {c.range_max} (recalibrate it)"
+    return None
+
+
+def value_problem(field: str, value: int, model: ServoModel, reg_name: str) -> str | None:
+    """``"range_max 60000 is outside 0..4095"`` where ``value`` does not fit the register."""
+    reg = model.register(reg_name)
+    if reg.allows(value):
+        return None
+    return f"{field} {value} is outside {reg.range_text} ({model.name} {reg_name})"
 
 
 def _is_int(value) -> bool:

@@ -27,7 +27,9 @@ PING, READ, WRITE, REG_WRITE, ACTION, FACTORY_RESET, REBOOT = (
     0x08,
 )
 STATUS = 0x55
-SYNC_READ, SYNC_WRITE, FAST_SYNC_READ, BULK_READ = 0x82, 0x83, 0x8A, 0x92
+SYNC_READ, SYNC_WRITE, FAST_SYNC_READ = 0x82, 0x83, 0x8A
+BULK_READ, BULK_WRITE, FAST_BULK_READ = 0x92, 0x93, 0x9A
+INSTRUCTION_ERROR = 2  # the error number a servo answers an instruction it does not know with
 ERROR_NUMBERS = {
     1: "result fail",
     2: "instruction error",
@@ -135,6 +137,59 @@ def sync_write(address: int, size: int, data: dict[int, bytes]) -> bytes:
     return packet(BROADCAST, SYNC_WRITE, bytes(params))
 
 
+def bulk_read(entries: list[tuple[int, int, int]], fast: bool = False) -> bytes:
+    """BULK_READ of ``(id, address, size)`` per servo: each answers with its own status packet,
+    in the order asked (FAST_BULK_READ: one packet of blocks, as FAST_SYNC_READ)."""
+    params = bytearray()
+    for servo_id, address, size in entries:
+        params.append(servo_id)
+        params += address.to_bytes(2, "little") + size.to_bytes(2, "little")
+    return packet(BROADCAST, FAST_BULK_READ if fast else BULK_READ, bytes(params))
+
+
+def bulk_write(entries: list[tuple[int, int, bytes]]) -> bytes:
+    """BULK_WRITE of ``(id, address, data)`` per servo (registers may differ); no reply."""
+    params = bytearray()
+    for servo_id, address, data in entries:
+        params.append(servo_id)
+        params += address.to_bytes(2, "little") + len(data).to_bytes(2, "little") + data
+    return packet(BROADCAST, BULK_WRITE, bytes(params))
+
+
+def bulk_read_entries(params: bytes) -> list[tuple[int, int, int]]:
+    """A BULK_READ's parameters -> ``[(id, address, size)]``."""
+    if not params or len(params) % 5:
+        raise PacketError(f"bulk read parameters of {len(params)} bytes are not 5-byte entries")
+    return [
+        (
+            params[k],
+            int.from_bytes(params[k + 1 : k + 3], "little"),
+            int.from_bytes(params[k + 3 : k + 5], "little"),
+        )
+        for k in range(0, len(params), 5)
+    ]
+
+
+def bulk_write_entries(params: bytes) -> list[tuple[int, int, bytes]]:
+    """A BULK_WRITE's parameters -> ``[(id, address, data)]``."""
+    out, k = [], 0
+    while k < len(params):
+        if k + 5 > len(params):
+            raise PacketError(f"bulk write entry cut short at byte {k} of {len(params)}")
+        size = int.from_bytes(params[k + 3 : k + 5], "little")
+        if k + 5 + size > len(params):
+            raise PacketError(f"bulk write entry for servo {params[k]} wants {size} data bytes")
+        out.append(
+            (
+                params[k],
+                int.from_bytes(params[k + 1 : k + 3], "little"),
+                bytes(params[k + 5 : k + 5 + size]),
+            )
+        )
+        k += 5 + size
+    return out
+
+
 def packet_length(header: bytes) -> int:
     """Total length of a packet from its first 7 bytes (header, id, length)."""
     if len(header) < 7 or header[:4] != HEADER:
@@ -179,8 +234,9 @@ def fast_sync_blocks(status: Status, size: int) -> dict[int, tuple[int, bytes]]:
 
 
 def fast_sync_reply(blocks: list[tuple[int, int, bytes]]) -> bytes:
-    """The packet a FAST_SYNC_READ is answered with (for the emulator): blocks of
-    (error, id, data); each inner CRC covers the packet up to the end of its block."""
+    """The packet a FAST_SYNC_READ (or FAST_BULK_READ: data sizes may differ) is answered with,
+    for the emulator: blocks of (error, id, data); each inner CRC covers the packet up to the end
+    of its block."""
     body = bytearray()
     for k, (error, servo_id, data) in enumerate(blocks):
         body += bytes((error, servo_id)) + data

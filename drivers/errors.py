@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 class BusError(RuntimeError):
-    """Base of everything a servo bus can report."""
+    """Base of everything a servo bus can report. ``servo_id`` names the servo the failure is
+    attributable to, where one is (None for a whole-bus failure or an unattributable reply)."""
+
+    def __init__(self, message: str = "", servo_id: int | None = None):
+        super().__init__(message)
+        self.servo_id = servo_id
 
 
 class PacketError(BusError):
@@ -27,11 +32,12 @@ class ServoError(BusError):
     """A servo answered with its error flags set (overload, overheat, voltage, ...)."""
 
     def __init__(self, servo_id: int, code: int, names: tuple[str, ...], context: str = ""):
-        self.servo_id, self.code, self.names = servo_id, code, names
         where = f" ({context})" if context else ""
         super().__init__(
-            f"servo {servo_id} reports {', '.join(names) or f'error 0x{code:02x}'}{where}"
+            f"servo {servo_id} reports {', '.join(names) or f'error 0x{code:02x}'}{where}",
+            servo_id,
         )
+        self.code, self.names, self.context = code, names, context
 
 
 class UnknownRegister(KeyError):

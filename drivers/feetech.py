@@ -23,7 +23,9 @@ ERROR_BITS = {
     0x04: "overheat",
     0x08: "overcurrent",
     0x20: "overload",
+    0x40: "instruction error",  # the SCS protocol's (Dynamixel 1.0's) bit; scservo_sdk has no name
 }
+INSTRUCTION_ERROR = 0x40
 MIN_STATUS = 6  # FF FF ID LEN ERR CHK
 
 

@@ -7,7 +7,7 @@ sign); Dynamixel's signed fields are two's complement.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import UnknownRegister
 
@@ -20,6 +20,17 @@ class Register:
     sign_bit: int | None = None  # Feetech sign-magnitude: the bit holding the sign
     signed: bool = False  # Dynamixel two's complement
     eeprom: bool = False  # written only with torque off
+    # Valid values per the manual, where narrower than what the field can hold. Writes outside
+    # are refused; reads outside are damaged replies (a checksum does not catch everything).
+    low: int | None = None
+    high: int | None = None
+
+    def allows(self, value: int) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+    @property
+    def range_text(self) -> str:
+        return f"{self.low}..{self.high}"
 
 
 @dataclass(frozen=True)
@@ -39,8 +50,11 @@ class ServoModel:
             ) from None
 
 
-def _table(*rows: tuple) -> dict[str, Register]:
-    return {r[0]: Register(*r) for r in rows}
+def _table(*rows: tuple, ranges: dict[str, tuple[int, int]]) -> dict[str, Register]:
+    table = {r[0]: Register(*r) for r in rows}
+    for name, (low, high) in ranges.items():
+        table[name] = replace(table[name], low=low, high=high)
+    return table
 
 
 _STS = _table(
@@ -89,6 +103,14 @@ _STS = _table(
     ("Moving", 66, 1),
     ("Present_Current", 69, 2),
     ("Maximum_Acceleration", 85, 1),
+    ranges={
+        "Homing_Offset": (-2047, 2047),  # sign-magnitude, sign at bit 11
+        "Min_Position_Limit": (0, 4095),
+        "Max_Position_Limit": (0, 4095),
+        # single-turn feedback (Phase bit 4 clear, as ServoArm.connect makes sure)
+        "Present_Position": (0, 4095),
+        "Moving": (0, 1),
+    },
 )
 
 _X_SERIES = _table(
@@ -143,6 +165,13 @@ _X_SERIES = _table(
     ("Position_Trajectory", 140, 4, None, True),
     ("Present_Input_Voltage", 144, 2),
     ("Present_Temperature", 146, 1),
+    ranges={
+        "Homing_Offset": (-1_044_479, 1_044_479),
+        "Min_Position_Limit": (0, 4095),
+        "Max_Position_Limit": (0, 4095),
+        "Moving": (0, 1),
+        # Present_Position spans the whole int32 in extended-position mode: no narrower range
+    },
 )
 
 MODELS: dict[str, ServoModel] = {

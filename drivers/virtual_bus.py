@@ -6,7 +6,10 @@ moves towards its goal at a realistic speed while torque is on, applies its homi
 the real servo does (Feetech: present = actual - offset; Dynamixel: present = actual + offset) and
 refuses EEPROM writes with torque on (Dynamixel access error). Options: wire time at the
 configured baud (a pty has none of its own), and injected faults: dropped, corrupted and late
-replies. ``unplug()`` closes the port under the client's feet.
+replies, and stalled requests. ``unplug()`` closes the port under the client's feet.
+
+Servos of different models may share a bus (the Koch follower: XL430s and XL330s); an instruction
+the emulator does not know is answered with the protocol's instruction error, as a servo would.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ class Faults:
 
     drop: float = 0.0  # no reply at all
     corrupt: float = 0.0  # one byte of the reply flipped
-    late: float = 0.0  # reply after late_s (past a typical timeout)
+    late: float = 0.0  # this reply after late_s more (past a typical timeout)
     late_s: float = 0.05
+    stall: float = 0.0  # per request: its replies only after stall_s (the servos are busy)
+    stall_s: float = 0.05
     seed: int = 0
 
 
@@ -175,6 +180,11 @@ class VirtualBus:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
+    @classmethod
+    def for_arm(cls, config, **kwargs) -> VirtualBus:
+        """The servos of an arm config (drivers.arm: SO100, KOCH): its protocol, ids and models."""
+        return cls(config.protocol, {m.id: m.model for m in config.motors}, **kwargs)
+
     # --- serving ----------------------------------------------------------------------------
     def start(self) -> VirtualBus:
         self._thread = threading.Thread(target=self.serve_forever, name="virtual-bus", daemon=True)
@@ -202,6 +212,15 @@ class VirtualBus:
                     self._serve(pkt)
                 except (PacketError, IndexError, ValueError):
                     pass  # a malformed instruction: a real servo ignores it, and so do we
+
+    def request_stop(self) -> None:
+        """Asks ``serve_forever`` to return soon; safe from a signal handler (no locks, no join)."""
+        self._stop.set()
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
 
     def stop(self) -> None:
         self._halt()
@@ -266,6 +285,8 @@ class VirtualBus:
         f, out = self.faults, []
         byte_s = 10.0 / self.baudrate
         t = max(now, self._wire_free) + (request_len * byte_s if self.wire_time else 0.0)
+        if replies and f.stall and self.rng.random() < f.stall:
+            t += f.stall_s
         for reply in replies:
             if f.drop and self.rng.random() < f.drop:
                 continue
@@ -280,7 +301,7 @@ class VirtualBus:
             out.append(reply)
         self._wire_free = t
         delay = t - self.clock()
-        if delay > 0 and (self.wire_time or self.return_delay_s or f.late):
+        if delay > 0 and (self.wire_time or self.return_delay_s or f.late or f.stall):
             time.sleep(delay)
         if out:
             try:
@@ -339,9 +360,29 @@ class VirtualBus:
                     self.servos[body[k]].write(address, bytes(body[k + 1 : k + 1 + size]))
             self._rekey()
             return []
-        if self.protocol == "dynamixel" and targets and servo_id != 0xFE:
-            return [self._status(targets[0], b"", 2)]  # instruction error
+        if inst == codec.ACTION:  # REG_WRITEs are applied at once, so there is nothing to do
+            return [self._status(i, b"") for i in targets if servo_id != 0xFE]
+        if self.protocol == "dynamixel" and servo_id == 0xFE:
+            if inst in (dynamixel.BULK_READ, dynamixel.FAST_BULK_READ):
+                return self._bulk_read(inst, dynamixel.bulk_read_entries(params))
+            if inst == dynamixel.BULK_WRITE:
+                for i, address, data in dynamixel.bulk_write_entries(params):
+                    if i in self.servos:
+                        self.servos[i].write(address, data)
+                self._rekey()
+                return []
+        if targets and servo_id != 0xFE:  # unknown here: the protocol's instruction error
+            error = feetech.INSTRUCTION_ERROR if self.protocol == "feetech" else 2
+            return [self._status(targets[0], b"", error)]
         return []
+
+    def _bulk_read(self, inst: int, entries: list[tuple[int, int, int]]) -> list[bytes]:
+        """One status per servo present, in the order asked (FAST_BULK_READ: one packet)."""
+        present = [(i, a, n) for i, a, n in entries if i in self.servos]
+        data = [(i, bytes(self.servos[i].regs[a : a + n])) for i, a, n in present]
+        if inst == dynamixel.BULK_READ:
+            return [self._status(i, d) for i, d in data]
+        return [dynamixel.fast_sync_reply([(0, i, d) for i, d in data])] if data else []
 
     def _rekey(self) -> None:
         """A servo whose ID register was written answers to its new id from now on."""

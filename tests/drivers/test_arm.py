@@ -3,7 +3,9 @@ writes the calibration, targets in degrees move the joints, limits clamp, discon
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from drivers.arm import KOCH, SO100, ArmConfig, ServoArm
 from drivers.bus import BusSettings
 from drivers.calibration import CalibrationError
 from drivers.errors import BusError
+from drivers.virtual_bus import VirtualBus
 
 from .support import wait_until
 
@@ -220,22 +223,110 @@ def test_a_wrong_servo_model_is_named_at_connect(make_virtual_bus, tmp_path):
     [
         (
             lambda c: c["elbow_flex"].pop("homing_offset"),
-            "'elbow_flex' lacks \\['homing_offset'\\]",
+            "motor elbow_flex: lacks \\['homing_offset'\\]",
         ),
         (
             lambda c: c["wrist_flex"].update(rang_max=c["wrist_flex"].pop("range_max")),
-            "'wrist_flex' lacks \\['range_max'\\]",
+            "motor wrist_flex: lacks \\['range_max'\\]",
         ),
-        (lambda c: c["gripper"].update(range_min="2000a"), "'gripper' has non-integer range_min"),
-        (lambda c: c.update(shoulder_pann=c.pop("shoulder_pan")), "unknown motors.*shoulder_pann"),
-        (lambda c: c["wrist_roll"].update(id=7), "wrist_roll.*\\(7, 5\\)"),
+        (lambda c: c["gripper"].update(range_min="2000a"), "motor gripper: non-integer range_min"),
+        (
+            lambda c: c.update(shoulder_pann=c.pop("shoulder_pan")),
+            "motor shoulder_pann: unknown motor \\(a typo of shoulder_pan\\?\\)",
+        ),
+        (lambda c: c["wrist_roll"].update(id=7), "motor wrist_roll: id 7 differs from the arm's 5"),
+        # found by an attacker: each was accepted, or failed only inside the bus at connect
+        (
+            lambda c: c["gripper"].update(range_max=60000),
+            "motor gripper: range_max 60000 is outside 0..4095",
+        ),
+        (
+            lambda c: c["gripper"].update(range_max=99999),
+            "motor gripper: range_max 99999 is outside 0..4095",
+        ),
+        (
+            lambda c: c["wrist_flex"].update(range_min=-500),
+            "motor wrist_flex: range_min -500 is outside 0..4095",
+        ),
+        (
+            lambda c: c["elbow_flex"].update(homing_offset=100000),
+            "motor elbow_flex: homing_offset 100000 is outside -2047..2047",
+        ),
+        (
+            lambda c: c["elbow_flex"].update(drive_mode=7),
+            "motor elbow_flex: drive_mode 7 is not 0 or 1",
+        ),
+        (
+            lambda c: c.update(camera_pan={**c["gripper"], "id": 7}),
+            "motor camera_pan: unknown motor",
+        ),
     ],
-    ids=["missing-key", "typo-key", "bad-value", "typo-motor", "wrong-id"],
+    ids=[
+        "missing-key",
+        "typo-key",
+        "bad-value",
+        "typo-motor",
+        "wrong-id",
+        "range-60000",
+        "range-99999",
+        "range-negative",
+        "offset-100000",
+        "drive-mode-7",
+        "extra-motor",
+    ],
 )
-def test_a_damaged_calibration_file_names_the_motor(damage, message, tmp_path):
+def test_a_damaged_calibration_file_names_file_motor_and_field(damage, message, tmp_path):
     calibration = lerobot_calibration(SO100)
     damage(calibration)
     path = tmp_path / "so100.json"
     path.write_text(json.dumps(calibration))
-    with pytest.raises(CalibrationError, match=message):
+    with pytest.raises(CalibrationError, match=f"^{re.escape(str(path))}: {message}"):
         ServoArm(SO100, "/dev/unused", path, SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "value", "message"),
+    [
+        (SO100, "range_max", 60000, "range_max 60000 is outside 0..4095"),
+        (SO100, "homing_offset", -2048, "homing_offset -2048 is outside -2047..2047"),
+        (KOCH, "homing_offset", 1044480, "homing_offset 1044480 is outside -1044479..1044479"),
+        (KOCH, "range_min", -1, "range_min -1 is outside 0..4095"),
+    ],
+    ids=["so100-range", "so100-offset", "koch-offset", "koch-range"],
+)
+def test_connect_checks_the_calibration_before_writing_eeprom(
+    config, field, value, message, arm_on_emulator
+):
+    arm, virtual, _ = arm_on_emulator(config)
+    gripper = arm.calibration["gripper"]
+    arm.calibration["gripper"] = dataclasses.replace(gripper, **{field: value})
+    with pytest.raises(CalibrationError, match=f"motor gripper: {message}"):
+        arm.connect()
+    assert virtual.requests == 0, "nothing reached the servos"
+    assert virtual.servo(6).get("Max_Position_Limit") == 4095
+    assert not arm.connected and arm.bus.serial is None
+
+
+def test_koch_connects_to_the_emulator_built_for_it(tmp_path):
+    virtual = VirtualBus.for_arm(KOCH).start()
+    try:
+        assert [virtual.servo(i).model.name for i in (1, 2, 3, 6)] == [
+            "xl430-w250",
+            "xl430-w250",
+            "xl330-m288",
+            "xl330-m288",
+        ]
+        path = tmp_path / "koch.json"
+        path.write_text(json.dumps(lerobot_calibration(KOCH)))
+        with ServoArm(KOCH, virtual.port, path, SETTINGS) as arm:
+            assert arm.read_joints().shape == (6,)
+    finally:
+        virtual.stop()
+
+
+def test_connect_turns_feetech_multi_turn_feedback_off(arm_on_emulator):
+    arm, virtual, _ = arm_on_emulator(SO100)
+    virtual.servo(2).set("Phase", 0x1C)  # bit 4 on, with other bits that must stay
+    arm.connect()
+    assert virtual.servo(2).get("Phase") == 0x0C
+    assert virtual.servo(1).get("Phase") == 0

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from drivers import calibration as cal
 from drivers.calibration import DEGREES, RANGE_0_100, CalibrationError, MotorCalibration
+from drivers.tables import MODELS
 
 JOINT = MotorCalibration(id=1, drive_mode=0, homing_offset=0, range_min=1000, range_max=3000)
 REVERSED = MotorCalibration(id=1, drive_mode=1, homing_offset=0, range_min=1000, range_max=3000)
@@ -131,17 +132,69 @@ def entry(**changes) -> dict:
     [
         ("{not json", "not valid JSON"),
         ([1, 2], "expected an object of motors"),
-        ({"elbow_flex": entry(range_min=300)}, "'elbow_flex' has range_min >= range_max"),
-        ({"elbow_flex": {"id": 1}}, "'elbow_flex' lacks \\['drive_mode', 'homing_offset'"),
-        ({"elbow_flex": 5}, "'elbow_flex' lacks"),
-        ({"elbow_flex": entry(homing_offset=None)}, "'elbow_flex' has non-integer homing_offset"),
-        ({"elbow_flex": entry(range_max=2.5)}, "'elbow_flex' has non-integer range_max=2.5"),
-        ({"elbow_flex": entry(drive_mode=True)}, "'elbow_flex' has non-integer drive_mode"),
+        (
+            {"elbow_flex": entry(range_min=300)},
+            "cal.json: motor elbow_flex: range_min 300 is not below range_max 200",
+        ),
+        ({"elbow_flex": {"id": 1}}, "motor elbow_flex: lacks \\['drive_mode', 'homing_offset'"),
+        ({"elbow_flex": 5}, "motor elbow_flex: lacks"),
+        ({"elbow_flex": entry(homing_offset=None)}, "motor elbow_flex: non-integer homing_offset"),
+        ({"elbow_flex": entry(range_max=2.5)}, "motor elbow_flex: non-integer range_max=2.5"),
+        ({"elbow_flex": entry(drive_mode=True)}, "motor elbow_flex: non-integer drive_mode"),
+        ({"elbow_flex": entry(drive_mode=7)}, "motor elbow_flex: drive_mode 7 is not 0 or 1"),
+        ({"elbow_flex": entry(drive_mode=-1)}, "motor elbow_flex: drive_mode -1 is not 0 or 1"),
+        ({"elbow_flex": entry(id=300)}, "motor elbow_flex: id 300 is outside 0..252"),
     ],
 )
 def test_a_bad_file_is_a_calibration_error_naming_the_motor(tmp_path, content, message):
     with pytest.raises(CalibrationError, match=message):
         cal.load(write(tmp_path, content))
+
+
+STS = {"gripper": MODELS["sts3215"]}
+XL = {"gripper": MODELS["xl330-m288"]}
+
+
+@pytest.mark.parametrize(
+    ("models", "changes", "message"),
+    [
+        (STS, {"range_max": 60000}, "range_max 60000 is outside 0..4095"),
+        (STS, {"range_max": 99999}, "range_max 99999 is outside 0..4095"),
+        (STS, {"range_min": -500}, "range_min -500 is outside 0..4095"),
+        (STS, {"homing_offset": 100000}, "homing_offset 100000 is outside -2047..2047"),
+        (STS, {"homing_offset": 2048}, "homing_offset 2048 is outside -2047..2047"),
+        (STS, {"homing_offset": -2048}, "homing_offset -2048 is outside -2047..2047"),
+        (XL, {"range_max": 4096}, "range_max 4096 is outside 0..4095"),
+        (XL, {"homing_offset": 1044480}, "homing_offset 1044480 is outside -1044479..1044479"),
+        (XL, {"homing_offset": -1044480}, "homing_offset -1044480 is outside -1044479..1044479"),
+    ],
+)
+def test_values_outside_the_servos_registers_name_file_motor_and_field(
+    tmp_path, models, changes, message
+):
+    path = write(tmp_path, {"gripper": entry(id=6, **changes)})
+    with pytest.raises(CalibrationError) as caught:
+        cal.load(path, {"gripper": 6}, models)
+    text = str(caught.value)
+    assert text.startswith(f"{path}: motor gripper: {message}"), text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize("models", [STS, XL])
+def test_values_at_the_edges_of_the_registers_are_accepted(tmp_path, models):
+    limit = -models["gripper"].register("Homing_Offset").low
+    for offset in (limit, -limit):
+        path = write(tmp_path, {"gripper": entry(id=6, homing_offset=offset, range_max=4095)})
+        assert cal.load(path, {"gripper": 6}, models)["gripper"].homing_offset == offset
+    path = write(tmp_path, {"gripper": entry(id=6, range_min=0, range_max=4095)})
+    assert cal.load(path, {"gripper": 6}, models)["gripper"].range_min == 0
+
+
+def test_validate_checks_calibrations_not_read_from_a_file():
+    good = {"gripper": MotorCalibration(6, 0, 0, 100, 200)}
+    cal.validate(good, "mine", {"gripper": 6}, STS)
+    with pytest.raises(CalibrationError, match="^mine: motor gripper: range_max 5000 is outside"):
+        cal.validate({"gripper": MotorCalibration(6, 0, 0, 100, 5000)}, "mine", None, STS)
 
 
 def test_whole_number_floats_are_accepted(tmp_path):
@@ -154,8 +207,17 @@ def test_expected_motors_and_ids_are_checked(tmp_path):
     assert set(cal.load(path, {"elbow_flex": 3, "gripper": 6})) == {"elbow_flex", "gripper"}
     with pytest.raises(CalibrationError, match="no calibration for \\['wrist_roll'\\]"):
         cal.load(path, {"elbow_flex": 3, "gripper": 6, "wrist_roll": 5})
-    with pytest.raises(CalibrationError, match="'elbow_flex': \\(3, 4\\)"):
+    with pytest.raises(CalibrationError, match="motor elbow_flex: id 3 differs from the arm's 4"):
         cal.load(path, {"elbow_flex": 4, "gripper": 6})
+
+
+def test_an_extra_motor_is_an_error_even_when_every_expected_one_is_there(tmp_path):
+    path = write(tmp_path, {"gripper": entry(id=6), "gripper2": entry(id=7)})
+    with pytest.raises(CalibrationError, match="motor gripper2: unknown motor \\(a typo of gripper"):
+        cal.load(path, {"gripper": 6})
+    path = write(tmp_path, {"gripper": entry(id=6), "camera": entry(id=7)})
+    with pytest.raises(CalibrationError, match="motor camera: unknown motor \\(the arm has gripper"):
+        cal.load(path, {"gripper": 6})
 
 
 def test_a_missing_file_says_how_to_make_one(tmp_path):
