@@ -6,6 +6,12 @@ displays and evaluations, never for the estimator), and every ``1/camera_hz`` pu
 frame with the joints at capture (``camera``) for the slow process. A ``reset`` message on the
 command socket starts a new episode with the seed it carries.
 
+Every command is validated before it touches the simulator (``parse_command``): a reset's seed
+is an int in 0..2**31-1 (not a bool), targets are a finite float array of one value per joint.
+Anything else, like a message that does not decode, is a counted rejection with its reason,
+logged and published in the ``truth`` message's meta (``rejected``, ``last_rejection``); the
+world goes on.
+
 Run: ``python -m robot_runtime.sim_world --config configs/sim_grasp.yaml``.
 """
 
@@ -22,6 +28,44 @@ from .config import GraspJob, load_config
 from .loop import FastLoop, StopOnSignals
 
 CONTROL_HZ = 50.0
+N_JOINTS = 6  # the five arm joints (degrees) and the gripper (0..100)
+MAX_SEED = 2**31 - 1
+LOG_FIRST_REJECTIONS = 10  # then every 100th: a flood of bad commands must not flood the log
+
+
+class CommandError(ValueError):
+    """A command the world refuses; counted and logged, never raised out of a tick."""
+
+
+def parse_seed(meta: dict) -> int:
+    seed = meta.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise CommandError(f"reset: seed {seed!r} is not an integer")
+    if not 0 <= seed <= MAX_SEED:
+        raise CommandError(f"reset: seed {seed} is outside 0..{MAX_SEED}")
+    return seed
+
+
+def parse_targets(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    if "targets" not in arrays:
+        raise CommandError("targets: no 'targets' array")
+    targets = arrays["targets"]
+    if targets.dtype.kind != "f":
+        raise CommandError(f"targets: dtype {targets.dtype} is not a float type")
+    if targets.shape != (N_JOINTS,):
+        raise CommandError(f"targets: shape {targets.shape} is not ({N_JOINTS},)")
+    if not np.all(np.isfinite(targets)):
+        raise CommandError("targets: not all finite")
+    return targets.astype(np.float64)
+
+
+def parse_command(msg: link.Message) -> tuple[str, int | np.ndarray]:
+    """``("reset", seed)`` or ``("targets", joint targets [6])``; CommandError otherwise."""
+    if msg.kind == "reset":
+        return "reset", parse_seed(msg.header.meta)
+    if msg.kind == "targets":
+        return "targets", parse_targets(msg.arrays)
+    raise CommandError(f"unknown command kind {msg.kind!r}")
 
 
 class SimWorld:
@@ -36,7 +80,7 @@ class SimWorld:
         self.camera = self.ctx.bind(zmq.PUB, job.link.camera, hwm=2)
         self.state_pub = self.ctx.bind(zmq.PUB, job.link.sim_state, hwm=8)
         self.commands = self.ctx.bind(zmq.PULL, job.link.command, hwm=16)
-        self.rejected: dict = {}
+        self.counter: dict = {}  # rejected commands ("rejected") and the last reason
         self.seq = 0
         self.episode = -1
         self.targets: np.ndarray | None = None
@@ -49,14 +93,36 @@ class SimWorld:
         self.targets = self.env.joint_state().astype(np.float64)
         self.episode += 1
 
+    @property
+    def rejected(self) -> int:
+        return self.counter.get("rejected", 0)
+
+    def handle_commands(self) -> None:
+        """Applies every waiting command that validates; counts and logs the others."""
+        before = self.rejected
+        messages = link.drain(self.commands, self.counter)
+        if self.rejected > before:  # undecodable: drain counted them
+            self._log_rejection(self.counter.get("last_error", "?"))
+        for msg in messages:
+            try:
+                kind, value = parse_command(msg)
+            except CommandError as e:
+                self.counter["rejected"] = self.rejected + 1
+                self.counter["last_error"] = str(e)
+                self._log_rejection(str(e))
+                continue
+            if kind == "reset":
+                self.reset(value)
+            else:
+                self.targets = value
+
+    def _log_rejection(self, reason: str) -> None:
+        n = self.rejected
+        if n <= LOG_FIRST_REJECTIONS or n % 100 == 0:
+            print(f"rejected command ({n} so far): {reason}", flush=True)
+
     def tick(self, k: int, t: float) -> None:
-        for msg in link.drain(self.commands, self.rejected):
-            if msg.kind == "reset":
-                self.reset(int(msg.header.meta.get("seed", 0)))
-            elif msg.kind == "targets" and "targets" in msg.arrays:
-                targets = np.asarray(msg.arrays["targets"], float)
-                if targets.shape == (6,) and np.all(np.isfinite(targets)):
-                    self.targets = targets
+        self.handle_commands()
         if self.targets is None:
             return  # no episode yet
         _, _, _, _, self.info = self.env.step(self.targets.astype(np.float32))
@@ -78,6 +144,8 @@ class SimWorld:
                 "is_success": bool(self.info["is_success"]),
                 "episode": self.episode,
                 "lifted_m": float(self.info["lifted_m"]),
+                "rejected": self.rejected,
+                "last_rejection": self.counter.get("last_error"),
             },
         )
         if k % self.camera_every == 0:
