@@ -6,6 +6,11 @@ out the configured processing latency, and posts an observation stamped with its
 to the runtime's observation socket. In VLA mode it also attaches an action chunk; in sim the
 "VLA" is the scripted grasp replanned from each observation (a stand-in, named so).
 
+Every camera message is validated before perception sees it (``parse_frame``): kind ``camera``,
+a ``wrist`` frame of uint8 HxWx3 no larger than ``slow.image_size`` on a side, a finite float
+joint state of one value per joint, and a capture time not in the future. Anything else is a
+counted rejection with its reason (``SlowStats``, logged); the newest *valid* frame is used.
+
 Run: ``kiwi slow --config configs/sim_grasp.yaml [--vla]``.
 """
 
@@ -24,6 +29,38 @@ from .perception import CubePerception
 
 CHUNK_STEPS = 25  # 0.5 s of actions at 50 Hz
 CONTROL_DT = 0.02
+N_JOINTS = 6  # the five arm joints (degrees) and the gripper (0..100)
+MAX_FUTURE_S = 1.0  # a frame stamped later than this ahead of our clock would stall the wait
+LOG_FIRST_REJECTIONS = 10  # then every 100th
+
+
+class FrameError(ValueError):
+    """A camera message the slow process refuses; counted and logged, never raised."""
+
+
+def parse_frame(msg: link.Message, max_side: int, now: float) -> tuple[np.ndarray, np.ndarray]:
+    """The wrist image [H, W, 3] uint8 and the joint state [6] float32 of a camera message;
+    FrameError saying what is wrong otherwise. ``now`` is the capture clock's current time."""
+    if msg.kind != "camera":
+        raise FrameError(f"unexpected message kind {msg.kind!r}")
+    image, state = msg.arrays.get("wrist"), msg.arrays.get("state")
+    if image is None or state is None:
+        raise FrameError("camera message without 'wrist' and 'state' arrays")
+    if image.dtype != np.uint8:
+        raise FrameError(f"wrist: dtype {image.dtype} is not uint8")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise FrameError(f"wrist: shape {image.shape} is not (H, W, 3)")
+    if not (1 <= image.shape[0] <= max_side and 1 <= image.shape[1] <= max_side):
+        raise FrameError(f"wrist: {image.shape[0]}x{image.shape[1]} is outside 1..{max_side}")
+    if state.dtype.kind != "f" or state.shape != (N_JOINTS,):
+        raise FrameError(f"state: {state.dtype} {state.shape} is not a float ({N_JOINTS},)")
+    if not np.all(np.isfinite(state)):
+        raise FrameError("state: not all finite")
+    if msg.header.t_capture > now + MAX_FUTURE_S:
+        raise FrameError(
+            f"captured {msg.header.t_capture - now:.3g} s in the future (clock not shared?)"
+        )
+    return image, state.astype(np.float32)
 
 
 @dataclass
@@ -31,7 +68,9 @@ class SlowStats:
     frames: int = 0
     posted: int = 0
     misses: int = 0  # frames where the cube was not found
-    rejected: int = 0
+    rejected: int = 0  # undecodable or invalid camera messages
+    last_rejection: str | None = None
+    unsent: int = 0  # observations dropped because the runtime's queue was full (or gone)
 
 
 class ScriptedVLA:
@@ -77,15 +116,40 @@ class SlowProcess:
         self.seq = 0
         self.episode = None
 
+    def newest_frame(self) -> tuple[link.Message, np.ndarray, np.ndarray] | None:
+        """The newest valid camera message waiting, with its image and joint state; the
+        others are counted and logged."""
+        undecodable = self.counter.get("rejected", 0)
+        messages = link.drain(self.camera, self.counter)
+        undecodable = self.counter.get("rejected", 0) - undecodable
+        if undecodable:
+            self._reject(self.counter.get("last_error", "?"), undecodable)
+        now = self.clock()
+        valid = []
+        for msg in messages:
+            try:
+                valid.append((msg, *parse_frame(msg, self.job.slow.image_size, now)))
+            except FrameError as e:
+                self._reject(str(e))
+        newest = link.newest([m for m, _, _ in valid])
+        return next((v for v in valid if v[0] is newest), None)
+
+    def _reject(self, reason: str, n: int = 1) -> None:
+        self.stats.rejected += n
+        self.stats.last_rejection = reason
+        if self.stats.rejected <= LOG_FIRST_REJECTIONS or self.stats.rejected % 100 < n:
+            print(f"rejected camera message ({self.stats.rejected} so far): {reason}", flush=True)
+
     def step(self) -> bool:
         """One perception cycle on the newest frame; returns True if an observation went out."""
-        frame = link.newest(link.drain(self.camera, self.counter))
-        self.stats.rejected = self.counter.get("rejected", 0)
-        if frame is None or "wrist" not in frame.arrays:
+        import zmq
+
+        newest = self.newest_frame()
+        if newest is None:
             return False
+        frame, image, state = newest
         self.stats.frames += 1
-        state = np.array(frame.arrays["state"], np.float32)
-        obj = self.perception(frame.arrays["wrist"], state)
+        obj = self.perception(image, state)
         if obj is None:
             self.stats.misses += 1
             return False
@@ -99,9 +163,15 @@ class SlowProcess:
         if wait > 0:
             self.sleep(wait)  # the processing time a real perception/VLA model takes
         self.seq += 1
-        self.obs.send_multipart(
-            link.encode("obs", arrays, seq=self.seq, t_capture=t_capture, meta=meta), copy=False
-        )
+        try:  # never block on a runtime that is gone: a late observation is worth nothing
+            self.obs.send_multipart(
+                link.encode("obs", arrays, seq=self.seq, t_capture=t_capture, meta=meta),
+                flags=zmq.NOBLOCK,
+                copy=False,
+            )
+        except zmq.Again:
+            self.stats.unsent += 1
+            return False
         self.stats.posted += 1
         return True
 
