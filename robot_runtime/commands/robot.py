@@ -43,7 +43,7 @@ def cmd_run(args) -> int:
     result = serve(job, wm, arm, policy, args.duration, ready=lambda rt: print("ready", flush=True))
     loop, bus = result["loop"], result["bus"]
     print(
-        f"stopped ({result['stop_reason']}) after {loop['ticks']} ticks: jitter p50/p99 "
+        f"stopped after {loop['ticks']} ticks ({result['stop_reason']}): jitter p50/p99 "
         f"{loop['jitter_us_p50']:.0f}/{loop['jitter_us_p99']:.0f} µs, {loop['overruns']} "
         f"overruns; observations applied {result['estimator']['applied']}, rejected "
         f"{result['rejected']}; bus: {bus.get('retries', 0)} retries, "
