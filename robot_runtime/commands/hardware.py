@@ -4,6 +4,8 @@ the driver classes; none of these import torch."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -35,38 +37,130 @@ def _warn_latency(port: str) -> None:
         print(warning, file=sys.stderr)
 
 
+def _probability(name: str, value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"--{name} is a probability (0..1), got {value}")
+    return value
+
+
+def _emulated_servos(args) -> tuple[str, dict[int, str]]:
+    """(protocol, {id: model}) from --robot, --models or --ids/--model."""
+    from drivers.arm import ARMS
+    from drivers.tables import MODELS
+
+    if sum(bool(x) for x in (args.robot, args.models, args.model)) > 1:
+        raise ValueError("give one of --robot, --models and --model")
+    if args.robot:
+        config = ARMS[args.robot]
+        servos = {m.id: m.model for m in config.motors}
+    elif args.models:
+        servos = {}
+        for item in args.models.split(","):
+            servo_id, _, name = item.strip().partition(":")
+            if not servo_id.strip().isdigit() or not 0 <= int(servo_id) <= 252 or not name:
+                raise ValueError(f"--models expects ID:MODEL items (1:xl430-w250), got {item!r}")
+            if name not in MODELS:
+                raise ValueError(
+                    f"--models: unknown servo model {name!r}; known: {', '.join(MODELS)}"
+                )
+            servos[int(servo_id)] = name
+    else:
+        if not args.protocol:
+            raise ValueError("emulate-bus needs --protocol (or --robot, or --models)")
+        model = args.model or DEFAULT_MODEL[args.protocol]
+        if model not in MODELS:
+            raise ValueError(f"--model: unknown servo model {model!r}; known: {', '.join(MODELS)}")
+        return args.protocol, dict.fromkeys(_ids(args.ids), model)
+    protocols = {MODELS[name].protocol for name in servos.values()}
+    if len(protocols) > 1:
+        raise ValueError(f"one bus speaks one protocol; these models speak {sorted(protocols)}")
+    (protocol,) = protocols
+    if args.protocol and args.protocol != protocol:
+        raise ValueError(f"--protocol {args.protocol}, but those servos speak {protocol}")
+    return protocol, servos
+
+
+def _make_link(link: Path, target: str) -> None:
+    """A symlink at ``link`` to ``target``. A link already there is replaced (a stale one, left by
+    an emulator that was killed, may point at a pty now someone else's); anything else is not."""
+    _refuse_non_link(link)
+    if link.is_symlink():
+        old = os.readlink(link)
+        state = "live" if os.path.exists(link) else "dangling"
+        print(f"replacing the {state} link {link} -> {old}", file=sys.stderr)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)  # atomic: no moment without a link, nothing clobbered half-way
+
+
+def _refuse_non_link(link: Path) -> None:
+    if link.exists() and not link.is_symlink():
+        raise ValueError(
+            f"--link {link}: exists and is not a symlink; not replacing it "
+            "(remove it or choose another path)"
+        )
+
+
+def _remove_link(link: Path, target: str) -> None:
+    """Only our own link: another emulator may have taken the path over since."""
+    try:
+        if link.is_symlink() and os.readlink(link) == target:
+            link.unlink()
+    except OSError:
+        pass
+
+
+def _stop_on_signals(bus) -> dict:
+    """SIGTERM, SIGINT and SIGHUP stop the server cleanly (so the link is removed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            previous[sig] = signal.signal(sig, lambda *_: bus.request_stop())
+    return previous
+
+
 def cmd_emulate_bus(args) -> int:
     from drivers.virtual_bus import Faults, VirtualBus
 
-    ids = _ids(args.ids)
-    model = args.model or DEFAULT_MODEL[args.protocol]
-    bus = VirtualBus(
-        args.protocol,
-        dict.fromkeys(ids, model),
-        baudrate=args.baud,
-        wire_time=args.wire_time,
-        faults=Faults(drop=args.drop, corrupt=args.corrupt, late=args.late),
+    protocol, servos = _emulated_servos(args)
+    faults = Faults(
+        drop=_probability("drop", args.drop),
+        corrupt=_probability("corrupt", args.corrupt),
+        late=_probability("late", args.late),
+        late_s=args.late_ms / 1000,
+        stall=_probability("stall", args.stall),
+        stall_s=args.stall_ms / 1000,
+        seed=args.seed,
     )
     link = Path(args.link) if args.link else None
     if link is not None:
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(bus.port)
-    print(link or bus.port, flush=True)
-    print(
-        f"emulating {len(ids)} x {model} ({args.protocol}) ids {ids} on {bus.port}"
-        f"{f' (linked from {link})' if link else ''}; Ctrl-C stops",
-        file=sys.stderr,
-        flush=True,
-    )
+        _refuse_non_link(link)  # before a port is opened
+    bus = VirtualBus(protocol, servos, baudrate=args.baud, wire_time=args.wire_time, faults=faults)
+    previous = _stop_on_signals(bus)
     try:
+        if link is not None:
+            _make_link(link, bus.port)
+        print(link or bus.port, flush=True)
+        models = ", ".join(f"{i}:{name}" for i, name in sorted(servos.items()))
+        print(
+            f"emulating {len(servos)} {protocol} servos ({models}) on {bus.port}"
+            f"{f' (linked from {link})' if link else ''}; Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
         bus.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         bus.stop()
-        if link is not None and link.is_symlink():
-            link.unlink()
+        if link is not None:
+            _remove_link(link, bus.port)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
@@ -75,9 +169,11 @@ def cmd_scan(args) -> int:
     from drivers.errors import BusError
     from drivers.tables import model_by_number
 
+    expected = _ids(args.ids) if args.ids else None
     _warn_latency(args.port)
     protocols = ["feetech", "dynamixel"] if args.protocol == "both" else [args.protocol]
     rows = [("protocol", "baud", "id", "model")]
+    seen: set[int] = set()
     for protocol in protocols:
         bauds = (
             [args.baud]
@@ -85,28 +181,53 @@ def cmd_scan(args) -> int:
             else (FEETECH_BAUDS if protocol == "feetech" else DYNAMIXEL_BAUDS)
         )
         for baud in bauds:
+            settings = BusSettings(baudrate=baud, timeout_s=0.02, retries=2)
             try:
-                with MotorBus(
-                    args.port, protocol, BusSettings(baudrate=baud, timeout_s=0.02, retries=0)
-                ) as bus:
+                with MotorBus(args.port, protocol, settings) as bus:
                     found = bus.broadcast_ping()
+                    if found and expected:  # the bus is alive here: a lost reply is not a servo
+                        found.update(_ping_each(bus, [i for i in expected if i not in found]))
             except BusError as e:
                 if "cannot open" in str(e):
                     raise
                 found = {}
-            for servo_id, number in found.items():
+            for servo_id, number in sorted(found.items()):
                 model = model_by_number(protocol, number)
                 rows.append((protocol, baud, servo_id, model.name if model else f"model {number}"))
-            if found and not args.all_bauds:
+            seen.update(found)
+            done = not expected or all(i in seen for i in expected)
+            if found and done and not args.all_bauds:
                 break
+        if expected and all(i in seen for i in expected) and not args.all_bauds:
+            break
+    missing = [i for i in expected if i not in seen] if expected else []
     if len(rows) == 1:
         print(
             f"no servos answered on {args.port} (protocols: {', '.join(protocols)}); check "
             "power (servos need their own supply), the cable, and that the port is the bus"
+            + (f"; expected ids {expected}" if expected else "")
         )
         return 1
     print(format_table(rows))
+    if missing:
+        print(
+            f"missing: servo(s) {missing} did not answer (expected {expected}); check their "
+            "power and cables, and their ids and baud rate (each servo alone on the bus)"
+        )
+        return 1
     return 0
+
+
+def _ping_each(bus, ids: list[int]) -> dict[int, int]:
+    from drivers.errors import BusError
+
+    out = {}
+    for servo_id in ids:
+        try:
+            out[servo_id] = bus.ping(servo_id)
+        except BusError:
+            pass
+    return out
 
 
 def cmd_read(args) -> int:
@@ -159,6 +280,16 @@ def cmd_calibrate(args) -> int:
         offsets = {
             m.name: cal.half_turn_homing(config.protocol, present[m.id]) for m in config.motors
         }
+        for m in config.motors:  # checked before any reaches EEPROM
+            problem = cal.value_problem(
+                "homing_offset", offsets[m.name], models[m.name], "Homing_Offset"
+            )
+            if problem is not None:
+                raise ValueError(
+                    f"calibrate {config.name}: motor {m.name}: {problem}; it reads "
+                    f"{present[m.id]}: move it nearer the middle of its range and run calibrate "
+                    "again"
+                )
         for m in config.motors:
             bus.write(m.id, models[m.name].register("Homing_Offset"), offsets[m.name])
         print(
@@ -183,6 +314,7 @@ def cmd_calibrate(args) -> int:
         if low >= high:
             raise ValueError(f"{m.name} did not move (range {low}..{high}); run calibrate again")
         result[m.name] = cal.MotorCalibration(m.id, 0, offsets[m.name], low, high)
+    cal.validate(result, f"calibrate {config.name}", {m.name: m.id for m in config.motors}, models)
     cal.save(out, result)
     print(f"wrote {out} (LeRobot's layout: usable by `kiwi run --calibration {out}` and LeRobot)")
     return 0
@@ -195,15 +327,28 @@ def register(sub) -> None:
         cmd_emulate_bus,
         "emulate a bus of servos on a pseudo-terminal",
         "Serves N emulated Feetech or Dynamixel servos on a new pseudo-terminal and prints "
-        "its path (first line of stdout) until interrupted. Anything that opens that path "
-        "with pyserial (kiwi, LeRobot, the vendors' SDKs) talks the real protocol to it.",
+        "its path (first line of stdout) until interrupted (Ctrl-C, SIGTERM: the --link is "
+        "removed). Anything that opens that path with pyserial (kiwi, LeRobot, the vendors' "
+        "SDKs) talks the real protocol to it. Faults (--drop, --corrupt, --late, --stall) are "
+        "drawn from a generator seeded with --seed.",
         "kiwi emulate-bus --protocol feetech --ids 1,2,3,4,5,6\n"
-        "kiwi emulate-bus --protocol dynamixel --ids 1,2,3,4,5,6 --link /tmp/koch "
-        "--wire-time --drop 0.01",
+        "kiwi emulate-bus --robot koch --link /tmp/koch --wire-time\n"
+        "kiwi emulate-bus --models 1:xl430-w250,2:xl430-w250,3:xl330-m288 --drop 0.05 "
+        "--corrupt 0.05 --stall 0.01 --stall-ms 50",
     )
-    p.add_argument("--protocol", choices=["feetech", "dynamixel"], required=True)
+    p.add_argument(
+        "--protocol",
+        choices=["feetech", "dynamixel"],
+        help="needed with --ids (--robot and --models imply it)",
+    )
     p.add_argument("--ids", default="1,2,3,4,5,6", help="servo ids, comma separated")
-    p.add_argument("--model", help="servo model (default: sts3215 / xl330-m288)")
+    p.add_argument("--model", help="servo model of every id (default: sts3215 / xl330-m288)")
+    p.add_argument("--models", help="servo model per id: 1:xl430-w250,2:xl430-w250,3:xl330-m288")
+    p.add_argument(
+        "--robot",
+        choices=["so100", "so101", "koch"],
+        help="the servos of this arm (koch: ids 1,2 xl430-w250, 3..6 xl330-m288)",
+    )
     p.add_argument("--link", help="also make a symlink at this path to the port")
     p.add_argument("--baud", type=int, default=1_000_000, help="baud rate the wire time is for")
     p.add_argument(
@@ -212,8 +357,21 @@ def register(sub) -> None:
         help="delay replies by the bytes' time on a real wire at --baud",
     )
     p.add_argument("--drop", type=float, default=0.0, help="probability a reply is dropped")
-    p.add_argument("--corrupt", type=float, default=0.0, help="probability a reply is corrupted")
-    p.add_argument("--late", type=float, default=0.0, help="probability a reply comes 50 ms late")
+    p.add_argument(
+        "--corrupt", type=float, default=0.0, help="probability a reply has a byte damaged"
+    )
+    p.add_argument(
+        "--late", type=float, default=0.0, help="probability a reply comes --late-ms late"
+    )
+    p.add_argument("--late-ms", type=float, default=50.0, help="how late a late reply is")
+    p.add_argument(
+        "--stall",
+        type=float,
+        default=0.0,
+        help="probability a request's replies come only after --stall-ms",
+    )
+    p.add_argument("--stall-ms", type=float, default=50.0, help="how long a stall lasts")
+    p.add_argument("--seed", type=int, default=0, help="seed of the faults' generator")
 
     p = command(
         sub,
@@ -221,13 +379,19 @@ def register(sub) -> None:
         cmd_scan,
         "find servos on a port: ids and models at each baud rate",
         "Broadcast-pings the bus in both protocols at the common baud rates and lists "
-        "the servos that answer. Warns when the USB latency timer slows the port.",
-        "kiwi scan --port /dev/ttyACM0\nkiwi scan --port /dev/ttyUSB0 --protocol dynamixel",
+        "the servos that answer. Warns when the USB latency timer slows the port. Exits 1 "
+        "when nothing answers, or when any of --ids does not.",
+        "kiwi scan --port /dev/ttyACM0\nkiwi scan --port /dev/ttyUSB0 --protocol dynamixel\n"
+        "kiwi scan --port /dev/ttyACM0 --ids 1,2,3,4,5,6",
     )
     p.add_argument("--port", required=True)
     p.add_argument("--protocol", choices=["feetech", "dynamixel", "both"], default="both")
     p.add_argument("--baud", type=int, help="only this baud rate")
     p.add_argument("--all-bauds", action="store_true", help="keep scanning after a hit")
+    p.add_argument(
+        "--ids",
+        help="servo ids that must answer, comma separated: exit 1 listing those that do not",
+    )
 
     p = command(
         sub,

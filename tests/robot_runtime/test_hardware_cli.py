@@ -2,59 +2,138 @@
 
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from drivers.virtual_bus import VirtualBus
+from drivers.arm import KOCH
+from drivers.tables import MODELS
+from drivers.virtual_bus import Faults, VirtualBus
 from robot_runtime.cli import main
 
 
-def test_emulate_bus_serves_a_port_that_kiwi_read_reads(tmp_path, capsys):
-    link = tmp_path / "bus"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "robot_runtime.cli",
-            "emulate-bus",
-            "--protocol",
-            "feetech",
-            "--ids",
-            "1,2,3",
-            "--link",
-            str(link),
-        ],
+def start_emulator(*args: str) -> subprocess.Popen:
+    """``kiwi emulate-bus ARGS`` in its own process; its first stdout line is the port."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "robot_runtime.cli", "emulate-bus", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def read_json(port: str, protocol: str, ids: str, register: str, capsys) -> dict:
+    code = main(
+        ["read", "--port", port, "--protocol", protocol, "--ids", ids]
+        + ["--register", register, "--json"]
+    )
+    assert code == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_emulate_bus_serves_a_port_that_kiwi_read_reads_and_removes_its_link(
+    stop, tmp_path, capsys
+):
+    link = tmp_path / "bus"
+    proc = start_emulator("--protocol", "feetech", "--ids", "1,2,3", "--link", str(link))
     try:
         assert proc.stdout.readline().strip() == str(link)
-        assert (
-            main(
-                [
-                    "read",
-                    "--port",
-                    str(link),
-                    "--protocol",
-                    "feetech",
-                    "--ids",
-                    "1,2,3",
-                    "--register",
-                    "Model_Number",
-                    "--json",
-                ]
-            )
-            == 0
-        )
-        assert json.loads(capsys.readouterr().out) == {"1": 777, "2": 777, "3": 777}
+        values = read_json(str(link), "feetech", "1,2,3", "Model_Number", capsys)
+        assert values == {"1": 777, "2": 777, "3": 777}
+        proc.send_signal(stop)
+        assert proc.wait(timeout=5) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    # the link itself, not its target: a dangling link is what was left behind before
+    assert not os.path.lexists(link), "the link is removed when the emulator stops"
+
+
+def test_emulate_bus_replaces_a_stale_link_but_not_a_file(tmp_path, capsys):
+    stale = tmp_path / "bus"
+    stale.symlink_to("/dev/pts/no-such-pty")  # left by an emulator that was killed
+    proc = start_emulator("--protocol", "dynamixel", "--ids", "1", "--link", str(stale))
+    try:
+        assert proc.stdout.readline().strip() == str(stale)
+        target = os.readlink(stale)
+        assert target.startswith("/dev/pts/") and os.path.exists(stale)
+        assert read_json(str(stale), "dynamixel", "1", "Model_Number", capsys) == {"1": 1200}
+        proc.terminate()
+        proc.wait(timeout=5)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not os.path.lexists(stale)
+
+    regular = tmp_path / "notes.txt"
+    regular.write_text("mine")
+    code = main(["emulate-bus", "--protocol", "feetech", "--link", str(regular)])
+    assert code == 2 and "exists and is not a symlink" in capsys.readouterr().err
+    assert regular.read_text() == "mine"
+
+
+def test_emulate_bus_koch_preset_and_models_mix_servo_models(tmp_path, capsys):
+    koch = ["1060", "1060", "1200", "1200", "1200", "1200"]
+    for preset in (
+        ["--robot", "koch"],
+        [
+            "--models",
+            "1:xl430-w250,2:xl430-w250,3:xl330-m288,4:xl330-m288,5:xl330-m288,6:xl330-m288",
+        ],
+    ):
+        link = tmp_path / "koch"
+        proc = start_emulator(*preset, "--link", str(link))
+        try:
+            assert proc.stdout.readline().strip() == str(link)
+            values = read_json(str(link), "dynamixel", "1,2,3,4,5,6", "Model_Number", capsys)
+            assert [str(values[str(i)]) for i in range(1, 7)] == koch
+        finally:
+            proc.terminate()
+            proc.wait(timeout=5)
+
+
+def test_emulate_bus_faults_reach_a_client(tmp_path):
+    from drivers.arm import KOCH
+    from drivers.bus import BusSettings, MotorBus
+
+    link = tmp_path / "koch"
+    proc = start_emulator(
+        "--robot", "koch", "--link", str(link), "--drop", "0.2", "--corrupt", "0.2",
+        "--stall", "0.05", "--stall-ms", "30", "--seed", "4",
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == str(link)
+        reg = MODELS["xl330-m288"].register("Present_Position")
+        ids = [m.id for m in KOCH.motors]
+        with MotorBus(str(link), "dynamixel", BusSettings(timeout_s=0.02, retries=8)) as bus:
+            for _ in range(40):
+                assert bus.sync_read(reg, ids) == dict.fromkeys(ids, 2048)
+            stats = bus.stats
+        assert stats.timeouts > 0 and stats.corrupt > 0 and stats.failures == 0
     finally:
         proc.terminate()
         proc.wait(timeout=5)
-    assert not link.exists(), "the link is removed when the emulator stops"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--protocol", "feetech", "--drop", "1.5"], "--drop is a probability"),
+        (["--models", "1:xl999"], "unknown servo model 'xl999'"),
+        (["--models", "one:xl330-m288"], "--models expects ID:MODEL"),
+        (["--robot", "koch", "--protocol", "feetech"], "those servos speak dynamixel"),
+        (["--models", "1:sts3215,2:xl330-m288"], "one bus speaks one protocol"),
+        (["--ids", "1,2"], "needs --protocol"),
+    ],
+)
+def test_emulate_bus_refuses_bad_flags(args, message, capsys):
+    assert main(["emulate-bus", *args]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -138,3 +217,77 @@ def test_scan_finds_servos_only_at_their_baud_rate(capsys):
         assert main(["scan", "--port", bus.port, "--protocol", "dynamixel", "--all-bauds"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "xl330" in line]
     assert len(lines) == 1 and "57600" in lines[0]
+
+
+def test_scan_with_ids_exits_1_naming_the_missing_ones(capsys):
+    with VirtualBus("feetech", {1: "sts3215", 2: "sts3215", 3: "sts3215"}) as bus:
+        args = ["scan", "--port", bus.port, "--protocol", "feetech", "--baud", "1000000"]
+        assert main([*args, "--ids", "1,2,3"]) == 0
+        assert "missing" not in capsys.readouterr().out
+        assert main([*args, "--ids", "1,2,3,4,6"]) == 1
+    out = capsys.readouterr().out
+    assert "missing: servo(s) [4, 6] did not answer" in out
+    assert "sts3215" in out, "what was found is still listed"
+
+
+def test_scan_with_ids_of_an_empty_bus_exits_1_with_a_hint(capsys):
+    with VirtualBus("dynamixel", {}) as bus:
+        code = main(
+            ["scan", "--port", bus.port, "--protocol", "dynamixel", "--baud", "1000000"]
+            + ["--ids", "1,2"]
+        )
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "no servos answered" in out and "power" in out and "expected ids [1, 2]" in out
+
+
+def test_scan_with_ids_pings_those_a_lost_broadcast_reply_hid(capsys):
+    ids = dict.fromkeys(range(1, 7), "xl330-m288")
+    with VirtualBus("dynamixel", ids, faults=Faults(drop=0.2, seed=0)) as bus:  # loses 3, 4
+        code = main(
+            ["scan", "--port", bus.port, "--protocol", "dynamixel", "--baud", "1000000"]
+            + ["--ids", "1,2,3,4,5,6"]
+        )
+    assert code == 0, capsys.readouterr().out
+    assert capsys.readouterr().out.count("xl330-m288") == 6
+
+
+def test_calibrate_refuses_an_offset_the_servo_cannot_hold_before_writing_it(
+    tmp_path, monkeypatch, capsys
+):
+    with VirtualBus("feetech", {i: "sts3215" for i in range(1, 7)}) as bus:
+        bus.servo(4).actual = 4095.0  # at the end of its turn: offset 4095 - 2047 = 2048
+        monkeypatch.setattr("builtins.input", lambda prompt="": "")
+        code = main(
+            ["calibrate", "--robot", "so100", "--port", bus.port, "--out", str(tmp_path / "c.json")]
+        )
+        assert [bus.servo(i).get("Homing_Offset") for i in range(1, 7)] == [0] * 6
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "motor wrist_flex: homing_offset 2048 is outside -2047..2047" in err
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_calibrate_refuses_a_range_the_servo_cannot_hold(tmp_path, monkeypatch, capsys):
+    """Koch: a joint that turned past one revolution reads over 4095 (Dynamixel positions do
+    not wrap), which no Max_Position_Limit can hold: nothing is saved."""
+    out = tmp_path / "koch.json"
+    with VirtualBus("dynamixel", {m.id: m.model for m in KOCH.motors}) as bus:
+        monkeypatch.setattr("builtins.input", lambda prompt="": "")
+
+        class FakePerson(io.StringIO):
+            def readline(self):
+                for i in range(1, 7):
+                    bus.servo(i).actual = 1500.0
+                time.sleep(0.15)
+                for i in range(1, 7):
+                    bus.servo(i).actual = 2600.0
+                bus.servo(2).actual = 2048.0 + 2500  # present 4547
+                time.sleep(0.15)
+                return "\n"
+
+        monkeypatch.setattr(sys, "stdin", FakePerson())
+        code = main(["calibrate", "--robot", "koch", "--port", bus.port, "--out", str(out)])
+    assert code == 2
+    assert "motor shoulder_lift: range_max 4547 is outside 0..4095" in capsys.readouterr().err
+    assert not out.exists()
