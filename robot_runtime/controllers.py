@@ -354,9 +354,9 @@ class GraspPolicy:
         c = self.controller
         if self._paused_at is None:
             self._paused_at = t
-            c.events.append(GraspEvent(t, "paused", {"watchdog": mode, "phase": c.phase}))
+            c.events.append(GraspEvent(t, "paused", {"watchdog": mode, "in": c.phase}))
         elif t - self._paused_at >= self.lost_after_s:
-            c.lose(t, phase=c.phase, held_s=round(t - self._paused_at, 3))
+            c.lose(t, was=c.phase, held_s=round(t - self._paused_at, 3))
         return None
 
     def _resume(self, t: float) -> None:
@@ -366,7 +366,7 @@ class GraspPolicy:
         if self.controller.phase == DECIDE and self.gate is not None:
             self.gate.discard()  # forecast again, from the belief the fresh observation made
         self.controller.events.append(
-            GraspEvent(t, "resumed", {"phase": self.controller.phase, "held_s": round(held, 3)})
+            GraspEvent(t, "resumed", {"in": self.controller.phase, "held_s": round(held, 3)})
         )
 
     @property
