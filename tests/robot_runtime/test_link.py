@@ -304,3 +304,35 @@ def test_curve_client_needs_its_own_secret_key(ctx, keys):
         c.connect(zmq.PUSH, "tcp://127.0.0.1:5699", server_public_key=keys["server_public"])
     with pytest.raises(MessageError, match="holds no secret key"):
         link.load_keypair(keys["server_public"])
+
+
+def test_curve_is_all_or_nothing(ctx, keys, tmp_path):
+    """Issue 9, finding 6: a server key alone accepted any client key; a misspelt client folder
+    locked everyone out while the runtime said "ready". Both are startup errors now."""
+    c, _ = ctx
+    secret, allowed = keys["server"].secret_file, keys["server"].clients_dir
+    with pytest.raises(MessageError, match="got only curve_secret"):
+        link.curve_keys(str(secret), None)
+    with pytest.raises(MessageError, match="got only curve_clients"):
+        link.curve_keys(None, str(allowed))
+    assert link.curve_keys(None, None) is None
+    with pytest.raises(MessageError, match="does not exist .a misspelt curve_clients"):
+        link.curve_keys(str(secret), str(tmp_path / "alowed"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MessageError, match="holds no client .key files"):
+        c.bind(zmq.PULL, "tcp://0.0.0.0:*", link.CurveKeys(secret, empty))
+    with pytest.raises(MessageError, match="cannot read CURVE key file|does not exist"):
+        link.curve_keys(str(tmp_path / "nope.key_secret"), str(allowed))
+    garbage = tmp_path / "garbage.key_secret"
+    garbage.write_text("not a certificate")
+    with pytest.raises(MessageError, match="no secret key|cannot read"):
+        link.curve_keys(str(garbage), str(allowed))
+    assert link.curve_keys(str(secret), str(allowed)).clients_dir == allowed
+
+
+def test_a_config_with_half_the_curve_keys_is_refused_naming_the_key(tmp_path):
+    from robot_runtime.config import ConfigError, GraspJob, load_config
+
+    with pytest.raises(ConfigError, match="curve_secret is set but curve_clients is not"):
+        load_config("sim_grasp", GraspJob, ["link.curve_secret=server.key_secret"])
