@@ -134,3 +134,53 @@ def test_dynamixel_sdk_sync_write_sync_read_and_fast_sync_read(make_virtual_bus,
         virtual.servo(i).set("Goal_Position", 10 * i)
     assert reader.fastSyncRead() == dxl.COMM_SUCCESS
     assert [reader.getData(i, goal.address, goal.size) for i in ids] == [10, 20, 30]
+
+
+def test_dynamixel_sdk_bulk_read_and_bulk_write_across_models(make_virtual_bus, sdk_port):
+    # The Koch follower's mix: BULK_READ/BULK_WRITE name a register per servo.
+    virtual = make_virtual_bus("dynamixel", {1: "xl430-w250", 2: "xl330-m288", 3: "xl330-m288"})
+    port, packets = sdk_port(dxl, virtual), dxl.PacketHandler(2.0)
+    xl = MODELS["xl330-m288"]
+    goal, led, present = (xl.register(n) for n in ("Goal_Position", "LED", "Present_Position"))
+    virtual.servo(3).actual = 1234.0
+
+    writer = dxl.GroupBulkWrite(port, packets)
+    assert writer.addParam(1, goal.address, goal.size, list((3000).to_bytes(4, "little")))
+    assert writer.addParam(2, led.address, led.size, [1])
+    assert writer.txPacket() == dxl.COMM_SUCCESS
+    assert wait_until(lambda: virtual.servo(1).get("Goal_Position") == 3000)
+    assert wait_until(lambda: virtual.servo(2).get("LED") == 1)
+    assert virtual.servo(2).get("Goal_Position") == 0, "each servo gets only its own entry"
+
+    reader = dxl.GroupBulkRead(port, packets)
+    assert reader.addParam(1, goal.address, goal.size)
+    assert reader.addParam(2, 0, 2)  # Model_Number
+    assert reader.addParam(3, present.address, present.size)
+    assert reader.txRxPacket() == dxl.COMM_SUCCESS
+    assert reader.getData(1, goal.address, goal.size) == 3000
+    assert reader.getData(2, 0, 2) == 1200
+    assert reader.getData(3, present.address, present.size) == 1234
+
+    assert reader.fastBulkRead() == dxl.COMM_SUCCESS  # FAST_BULK_READ: one packet of blocks
+    assert reader.getData(1, goal.address, goal.size) == 3000
+    assert reader.getData(3, present.address, present.size) == 1234
+
+
+def test_dynamixel_sdk_gets_an_instruction_error_for_an_unknown_instruction(
+    make_virtual_bus, sdk_port
+):
+    virtual = make_virtual_bus("dynamixel", {1: "xl330-m288"})
+    port, packets = sdk_port(dxl, virtual), dxl.PacketHandler(2.0)
+    request = [0xFF, 0xFF, 0xFD, 0x00, 1, 3, 0, 0x7F, 0, 0]  # instruction 0x7F, no parameters
+    _, result, error = packets.txRxPacket(port, request)
+    assert (result, error) == (dxl.COMM_SUCCESS, 2)  # error number 2: instruction error
+
+
+def test_feetech_sdk_gets_an_instruction_error_for_an_unknown_instruction(
+    make_virtual_bus, sdk_port
+):
+    virtual = make_virtual_bus("feetech", {1: "sts3215"})
+    port, packets = sdk_port(scs, virtual), scs.PacketHandler(0)
+    request = [0xFF, 0xFF, 1, 2, 0x7F, 0]  # instruction 0x7F, no parameters
+    _, result, error = packets.txRxPacket(port, request)
+    assert (result, error) == (scs.COMM_SUCCESS, 0x40)  # the SCS instruction-error bit

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from drivers import feetech
+from drivers import dynamixel, feetech
 from drivers.bus import BusSettings
-from drivers.errors import BusTimeout
+from drivers.errors import BusTimeout, PacketError
 from drivers.tables import MODELS
-from drivers.virtual_bus import SPEED_TICKS_PER_S, VirtualBus
+from drivers.virtual_bus import SPEED_TICKS_PER_S, Faults, VirtualBus
 
 from .support import wait_until
 
@@ -133,3 +133,90 @@ def test_stop_is_prompt_and_idempotent():
     virtual.stop()
     assert time.perf_counter() - t0 < 0.2
     virtual.stop()
+
+
+@pytest.mark.parametrize(
+    ("protocol", "name", "error"),
+    [("feetech", "sts3215", 0x40), ("dynamixel", "xl330-m288", 0x02)],
+)
+def test_an_unknown_instruction_gets_the_protocols_instruction_error(
+    protocol, name, error, make_virtual_bus, open_motor_bus
+):
+    virtual = make_virtual_bus(protocol, {1: name})
+    bus = open_motor_bus(virtual, BusSettings(timeout_s=0.05))
+    codec = bus.codec
+    bus.serial.write(codec.packet(1, 0x7F))
+    reply = bus.serial.read(codec.MIN_STATUS)
+    status = codec.parse_status(reply)
+    assert (status.servo_id, status.error, status.params) == (1, error, b"")
+    assert "instruction error" in codec.error_names(status.error)
+    bus.serial.write(codec.packet(codec.BROADCAST, 0x7F))
+    bus.serial.write(codec.packet(9, 0x7F))  # nobody there
+    assert bus.serial.read(1) == b"", "broadcasts and absent servos stay silent"
+    bus.serial.write(codec.packet(1, codec.ACTION))  # known: REG_WRITEs are applied at once
+    assert codec.parse_status(bus.serial.read(codec.MIN_STATUS)).error == 0
+
+
+def test_dynamixel_bulk_read_and_bulk_write_from_our_builders(make_virtual_bus, open_motor_bus):
+    virtual = make_virtual_bus("dynamixel", {1: "xl430-w250", 2: "xl330-m288"})
+    bus = open_motor_bus(virtual, BusSettings(timeout_s=0.2))
+    xl = MODELS["xl330-m288"]
+    goal, led = xl.register("Goal_Position"), xl.register("LED")
+    bus.serial.write(
+        dynamixel.bulk_write([(1, goal.address, (-7).to_bytes(4, "little", signed=True))])
+        + dynamixel.bulk_write([(2, led.address, b"\x01"), (1, led.address, b"\x01")])
+    )
+    assert wait_until(lambda: virtual.servo(2).get("LED") == 1 == virtual.servo(1).get("LED"))
+    assert virtual.servo(1).get("Goal_Position") == -7
+    bus.serial.write(dynamixel.bulk_read([(2, 0, 2), (1, goal.address, 4), (5, 0, 2)]))
+    first = dynamixel.parse_status(bus.serial.read(dynamixel.MIN_STATUS + 2))
+    second = dynamixel.parse_status(bus.serial.read(dynamixel.MIN_STATUS + 4))
+    assert (first.servo_id, int.from_bytes(first.params, "little")) == (2, 1200)
+    assert (second.servo_id, dynamixel.decode(second.params, goal)) == (1, -7)
+    assert bus.serial.read(1) == b"", "servo 5 is absent: no reply for it"
+
+
+def test_bulk_packets_parse_back_and_refuse_damage():
+    entries = [(1, 132, 4), (3, 0, 2)]
+    _, inst, params = dynamixel.parse(dynamixel.bulk_read(entries))
+    assert inst == dynamixel.BULK_READ and dynamixel.bulk_read_entries(params) == entries
+    writes = [(1, 116, b"\x01\x02\x03\x04"), (2, 65, b"\x01")]
+    _, inst, params = dynamixel.parse(dynamixel.bulk_write(writes))
+    assert inst == dynamixel.BULK_WRITE and dynamixel.bulk_write_entries(params) == writes
+    with pytest.raises(PacketError):
+        dynamixel.bulk_read_entries(params[:-1])
+    with pytest.raises(PacketError):
+        dynamixel.bulk_write_entries(params[:-1])
+
+
+def test_a_stall_delays_a_whole_request_once(make_virtual_bus, open_motor_bus):
+    sts = MODELS["sts3215"]
+    virtual = make_virtual_bus(
+        "feetech", dict.fromkeys([1, 2, 3], "sts3215"), faults=Faults(stall=1.0, stall_s=0.05)
+    )
+    present = sts.register("Present_Position")
+    impatient = open_motor_bus(virtual, BusSettings(timeout_s=0.02, retries=0))
+    with pytest.raises(BusTimeout):
+        impatient.read(1, present)
+    impatient.close()
+    time.sleep(0.06)  # let the stalled reply land (a new port starts empty anyway)
+    bus = open_motor_bus(virtual, BusSettings(timeout_s=0.5, retries=0))
+    t0 = time.perf_counter()
+    assert bus.sync_read(present, [1, 2, 3]) == dict.fromkeys([1, 2, 3], 2048)
+    elapsed = time.perf_counter() - t0
+    # per request, not per reply: three replies stalled once, not three times (0.15 s)
+    assert 0.05 <= elapsed < 0.14, elapsed
+
+
+def test_for_arm_builds_the_koch_followers_mixed_servos():
+    from drivers.arm import KOCH, SO100
+
+    koch = VirtualBus.for_arm(KOCH)
+    so100 = VirtualBus.for_arm(SO100)
+    try:
+        assert koch.protocol == "dynamixel" and so100.protocol == "feetech"
+        numbers = [koch.servo(i).get("Model_Number") for i in range(1, 7)]
+        assert numbers == [1060, 1060, 1200, 1200, 1200, 1200]
+    finally:
+        koch.stop()
+        so100.stop()
