@@ -54,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     from drivers.errors import BusError
-    from world_model.errors import CheckpointError, ReplayError
+    from world_model.errors import KiwiError
 
     from .config import ConfigError
 
     try:
         return args.func(args) or 0
-    except (ConfigError, CheckpointError, ReplayError, BusError, ValueError, OSError) as e:
+    except (ConfigError, KiwiError, BusError, ValueError, OSError) as e:
         if os.environ.get("KIWI_DEBUG"):
             raise
         print(f"kiwi: error: {e} (KIWI_DEBUG=1 shows the traceback)", file=sys.stderr)

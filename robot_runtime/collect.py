@@ -18,7 +18,15 @@ from tqdm import tqdm
 
 from sim.outcomes import OUTCOMES, PHASES, classify
 from world_model.config import ModelSpec
-from world_model.replay import episode_files, episode_from_steps, save_episode, save_spec
+from world_model.errors import ReplayError
+from world_model.replay import (
+    SPEC_FILE,
+    episode_files,
+    episode_from_steps,
+    load_spec,
+    save_episode,
+    save_spec,
+)
 
 
 def grasp_spec(cameras: tuple[str, ...] = ()) -> ModelSpec:
@@ -79,6 +87,56 @@ def _step(
     }
 
 
+def stored_seeds(out: Path) -> dict[int, list[Path]]:
+    """``{seed: [episode files]}`` of the episodes in ``out`` (reads only each file's seed)."""
+    seeds: dict[int, list[Path]] = {}
+    for path in episode_files(out):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                value = data["seed"][0] if "seed" in data.files else None
+        except Exception as e:  # zipfile, numpy and OS errors for a damaged file
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise ReplayError(
+                f"cannot read episode {path} ({reason}); the file is damaged: move it out of "
+                "the folder"
+            ) from e
+        if value is None:
+            raise ReplayError(
+                f"{path} has no seed: not an episode from `kiwi collect`; collect into another "
+                "folder"
+            )
+        seeds.setdefault(int(value), []).append(path)
+    return seeds
+
+
+def check_spec(out: Path, spec: ModelSpec) -> None:
+    """Episodes of one folder share one spec.json: appending different ones is refused."""
+    if not (out / SPEC_FILE).is_file():
+        return
+    stored = load_spec(out)
+    if stored != spec:
+        raise ReplayError(
+            f"{out} holds episodes of another kind (its {SPEC_FILE}: images "
+            f"{list(stored.image_keys) or 'none'}, vectors {stored.vector_dims}; these would "
+            f"have images {list(spec.image_keys) or 'none'}, vectors {spec.vector_dims}); "
+            "collect into another folder"
+        )
+
+
+def format_seeds(seeds: list[int], most: int = 6) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0..2, 5, 7..8"`` (at most ``most`` runs, then a count)."""
+    runs: list[list[int]] = []
+    for s in sorted(seeds):
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    text = [f"{a}..{b}" if b > a else f"{a}" for a, b in runs[:most]]
+    if len(runs) > most:
+        text.append(f"and {sum(b - a + 1 for a, b in runs[most:])} more")
+    return ", ".join(text)
+
+
 def collect_grasps(
     out: Path,
     episodes: int,
@@ -89,15 +147,32 @@ def collect_grasps(
     make_env: Callable | None = None,
     log: Callable[[str], None] = tqdm.write,
 ) -> dict:
-    """Records ``episodes`` scripted grasps with seeds ``seed .. seed + episodes - 1`` into ``out``
-    (appending to what is there) and returns a summary."""
+    """Records scripted grasps with seeds ``seed .. seed + episodes - 1`` into ``out`` and returns
+    a summary. Appends to what is there, skipping seeds already stored (so re-running after a
+    crash resumes, never stores a seed twice); a folder of another spec is refused."""
     import gymnasium
 
     import sim  # noqa: F401  (registers kiwi/Grasp-v0)
     from sim.scripted import ScriptedGrasp
 
     out = Path(out)
-    save_spec(out, grasp_spec(cameras))
+    spec = grasp_spec(cameras)
+    check_spec(out, spec)
+    stored = stored_seeds(out)
+    todo = [s for s in range(seed, seed + episodes) if s not in stored]
+    if len(todo) < episodes:
+        there = episodes - len(todo)
+        log(
+            f"{there} episode{'s' if there != 1 else ''} already there, "
+            + (f"collecting seeds {format_seeds(todo)}" if todo else "nothing to collect")
+        )
+    repeated = sorted(s for s, paths in stored.items() if len(paths) > 1)
+    if repeated:
+        log(
+            f"note: {out} stores seeds {format_seeds(repeated)} more than once (an earlier "
+            "run); training sees those episodes twice"
+        )
+    save_spec(out, spec)
     env = (
         make_env()
         if make_env
@@ -107,11 +182,9 @@ def collect_grasps(
     successes, steps = 0, 0
     outcomes = dict.fromkeys(OUTCOMES, 0)
     t0 = time.perf_counter()
-    bar = tqdm(
-        range(episodes), desc="collect", unit="episode", disable=not progress, dynamic_ncols=True
-    )
-    for i in bar:
-        episode = record_grasp(env, policy, seed + i)
+    bar = tqdm(todo, desc="collect", unit="episode", disable=not progress, dynamic_ncols=True)
+    for i, episode_seed in enumerate(bar):
+        episode = record_grasp(env, policy, episode_seed)
         save_episode(out, episode)
         successes += bool(episode["success"][0])
         outcomes[classify(episode)] += 1
@@ -120,9 +193,10 @@ def collect_grasps(
     env.close()
     wall = time.perf_counter() - t0
     summary = {
-        "episodes": episodes,
+        "episodes": len(todo),
+        "already_there": episodes - len(todo),
         "successes": successes,
-        "success_rate": successes / max(episodes, 1),
+        "success_rate": successes / len(todo) if todo else None,
         "steps": steps,
         "wall_s": wall,
         "outcomes": outcomes,

@@ -34,6 +34,7 @@ from world_model.model import WorldModel
 from world_model.rssm import State
 
 CLOSE = PHASES.index("close")
+GRASP_MODEL = "grasp_model.safetensors"  # what `kiwi train grasp` writes in its folder
 
 
 @dataclass
@@ -167,7 +168,7 @@ def train_grasp(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Heads on top of the world model in ``init``; writes ``out/grasp_model.safetensors``
+    """Heads on top of the world model in ``init``; writes ``out/GRASP_MODEL``
     (world model + success heads + calibration) and returns the held-out figures."""
     from world_model.errors import ReplayError
     from world_model.replay import Replay
@@ -228,7 +229,7 @@ def train_grasp(
         "threshold": g.threshold,
         "holdout": report,
     }
-    path = out / "grasp_model.safetensors"
+    path = out / GRASP_MODEL
     wm.save(
         path,
         {

@@ -3,7 +3,6 @@ its imagination drifts from reality (recon.png, imagination.png, horizon.png, re
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from world_model import evaluate as ev
-from world_model.checkpoint import atomic_write_bytes
+from world_model.errors import CheckpointError
 from world_model.model import WorldModel
 from world_model.replay import Replay, save_spec
 from world_model.train import (
@@ -26,6 +25,7 @@ from world_model.train import (
 
 from .config import PendulumJob, dump_config
 from .envs import make_env
+from .jsonout import write_json
 
 
 def prepare_data(
@@ -48,6 +48,7 @@ def prepare_data(
             job.data.seed,
             steps=job.data.random_steps - len(train),
             progress=progress,
+            first_episode=train.num_episodes,  # an interrupted collection goes on, no repeats
         )
     holdout = Replay(out / "holdout")
     if holdout.num_episodes < job.data.holdout_episodes:
@@ -59,6 +60,7 @@ def prepare_data(
             1_000_000 + job.data.seed,
             episodes=job.data.holdout_episodes - holdout.num_episodes,
             progress=False,
+            first_episode=holdout.num_episodes,
         )
     return train, holdout, spec
 
@@ -70,6 +72,8 @@ def run_lab(
     progress: bool = True,
     log: Callable[[str], None] = tqdm.write,
 ) -> dict:
+    """The whole lab in ``out``: continues its checkpoint with ``resume``, otherwise starts
+    again (the CLI asks for --overwrite first); the collected data are kept either way."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(job))
@@ -80,12 +84,15 @@ def run_lab(
         f"{holdout.num_episodes} held-out episodes"
     )
     ckpt = out / CHECKPOINT
-    if resume and ckpt.is_file():
+    if resume:
+        if not ckpt.is_file():
+            raise CheckpointError(f"cannot resume: {ckpt} does not exist")
         wm, meta, groups = WorldModel.load(ckpt)
         trainer = WorldModelTrainer(wm, job.train)
         trainer.restore(groups, meta)
         log(f"resuming from {ckpt} at step {trainer.step}")
     else:
+        ckpt.unlink(missing_ok=True)  # a fresh run: the folder never mixes two runs
         wm = WorldModel(job.model, spec)
         trainer = WorldModelTrainer(wm, job.train)
     t0 = time.perf_counter()
@@ -110,7 +117,7 @@ def run_lab(
         "train_episodes": train.num_episodes,
         "holdout_episodes": holdout.num_episodes,
     }
-    atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
+    write_json(out / "report.json", report, indent=2)
     return report
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .atomic import atomic_write_text
 from .behavior import Behavior
 from .checkpoint import load_optimizer_tensors, optimizer_tensors
 from .config import AgentConfig, BehaviorConfig, ModelConfig, TrainConfig
@@ -72,9 +73,35 @@ class MetricLog:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
         self.sums, self.count = {}, 0
         return record
+
+    def keep_until(self, key: str, value: float) -> None:
+        """Drops the lines a resumed (or restarted) run will write again: those whose ``key`` is
+        above ``value``, and a half-written last line."""
+        if self.path is None or not self.path.is_file():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get(key, math.inf) <= value:
+                keep.append(line + "\n")
+        atomic_write_text(self.path, "".join(keep))
+
+
+def finite_or_null(obj: Any) -> Any:
+    """Non-finite floats (a diverged loss, no episode yet) as None, so files stay valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
 
 
 def format_metrics(record: dict[str, float], keys: tuple[str, ...]) -> str:
@@ -141,6 +168,7 @@ def train_world_model(
     rng = np.random.default_rng([config.seed, trainer.step])
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + trainer.step)
     metrics_log = MetricLog(out_dir / "metrics.jsonl")
+    metrics_log.keep_until("step", trainer.step)
     meta = {"job_config": job_config or {}}
     model.train()
     bar = tqdm(
@@ -271,11 +299,14 @@ def collect_random(
     steps: int = 0,
     episodes: int = 0,
     progress: bool = True,
+    first_episode: int = 0,
 ) -> None:
     """Adds uniform-random-policy episodes to ``replay`` until it has gained at least ``steps``
-    transitions and ``episodes`` episodes. Episode i is reset with seed ``seed + i``."""
+    transitions and ``episodes`` episodes. Episode i is reset with seed ``seed + i``, counting
+    from ``first_episode``: pass the number already collected to continue an interrupted
+    collection without repeating its episodes."""
     env = make_env()
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if first_episode == 0 else [seed, first_episode])
     policy = random_policy(spec.action_dim, rng)
     bar = tqdm(
         total=steps or episodes,
@@ -286,7 +317,7 @@ def collect_random(
     )
     done, episode = 0, 0
     while done < steps or episode < episodes:
-        ep = run_episode(env, policy, spec, seed=seed + episode)
+        ep = run_episode(env, policy, spec, seed=seed + first_episode + episode)
         replay.add(ep)
         done += len(ep["action"]) - 1
         episode += 1
@@ -362,6 +393,7 @@ def train_agent(
     random_act = random_policy(spec.action_dim, rng)
     per_update = train_config.batch_size * train_config.seq_len
     metrics_log = MetricLog(out_dir / "metrics.jsonl")
+    metrics_log.keep_until("env_step", 0)
     t0 = time.perf_counter()
     budget = 0.0
     episode_steps: list[dict] = []
@@ -464,7 +496,9 @@ def train_agent(
         "updates": trainer.step,
         "returns": returns,
     }
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(
+        out_dir / "eval.json", json.dumps(finite_or_null(result), indent=2, allow_nan=False)
+    )
     return result
 
 

@@ -2,22 +2,76 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from .. import jsonout
 from ..textui import format_table
 from . import Formatter, add_config_args, command, load_any_job, load_job, set_threads
 
 
+def remove_temp_files(*folders: Path) -> None:
+    """Removes temporary files a killed run left in ``folders`` (only the atomic writer's own
+    ``.*.kiwi.tmp`` files whose process has exited) and says so."""
+    from world_model.atomic import remove_stale_temp_files
+
+    for folder in folders:
+        removed = remove_stale_temp_files(folder)
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) left in {folder} by a killed run")
+
+
+def check_out(out: Path, name: str, args, resumable: bool = True) -> bool:
+    """Refuses to write over a previous run in ``out`` unless asked: with ``out/name`` there,
+    --resume continues it (where the command can) and --overwrite starts again; --resume without
+    it is an error too. Returns whether to resume. Runs before anything is written to ``out``."""
+    from world_model.errors import OutputError
+
+    ckpt = out / name
+    resume = bool(getattr(args, "resume", False))
+    if resume and not ckpt.is_file():
+        raise OutputError(
+            f"--resume: {out} holds no {name} to continue; run without --resume to start"
+        )
+    if ckpt.is_file() and not resume and not args.overwrite:
+        how = (
+            "--resume to continue it or --overwrite to start again"
+            if resumable
+            else "--overwrite to replace it"
+        )
+        raise OutputError(
+            f"{out} already holds a checkpoint ({name}{stored_step(ckpt)}); use {how}, or "
+            "choose another --out"
+        )
+    return resume
+
+
+def stored_step(path: Path) -> str:
+    """``", step N"`` from a checkpoint's header, or "" (reads the header only)."""
+    import json
+
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="np") as f:
+            step = json.loads((f.metadata() or {}).get("step", "null"))
+    except Exception:  # a damaged file: the error comes when it is loaded
+        return ""
+    return f", step {step}" if step is not None else ""
+
+
 def cmd_lab(args) -> int:
+    from world_model.train import CHECKPOINT
+
     from ..config import PendulumJob
     from ..lab import run_lab
 
     job, path = load_job(args, PendulumJob)
     set_threads(job.train.threads)
     out = Path(args.out)
+    resume = check_out(out, CHECKPOINT, args)
+    remove_temp_files(out, out / "replay", out / "holdout")
     print(f"kiwi lab pendulum: config {path}{' (quick preset)' if args.quick else ''} -> {out}")
-    report = run_lab(job, out, resume=args.resume, progress=not args.no_progress)
+    report = run_lab(job, out, resume=resume, progress=not args.no_progress)
     rows = [("horizon", "world model nMSE", "persistence nMSE")]
     for h, v in report["nmse_open_loop"].items():
         rows.append((h, f"{v:.4g}", f"{report['nmse_persistence'][h]:.4g}"))
@@ -43,6 +97,9 @@ def cmd_train_world_model(args) -> int:
     job, path = load_any_job(args)
     set_threads(job.train.threads)
     out = Path(args.out)
+    ckpt = out / CHECKPOINT
+    resume = check_out(out, CHECKPOINT, args)
+    remove_temp_files(out, out / "replay", out / "holdout")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(job))
     if isinstance(job, PendulumJob) and not args.data:
@@ -57,13 +114,13 @@ def cmd_train_world_model(args) -> int:
             )
         spec = load_spec(data)
     steps = args.steps if args.steps is not None else job.train.steps
-    ckpt = out / CHECKPOINT
-    if args.resume and ckpt.is_file():
+    if resume:
         wm, meta, groups = WorldModel.load(ckpt)
         trainer = WorldModelTrainer(wm, job.train)
         trainer.restore(groups, meta)
         print(f"resuming from {ckpt} at step {trainer.step}")
     else:
+        ckpt.unlink(missing_ok=True)  # --overwrite: the folder never mixes two runs
         wm = WorldModel(job.model, spec)
         trainer = WorldModelTrainer(wm, job.train)
     print(
@@ -85,7 +142,9 @@ def cmd_train_world_model(args) -> int:
 
 
 def cmd_train_agent(args) -> int:
-    from world_model.train import train_agent
+    from world_model.errors import OutputError
+    from world_model.replay import episode_files
+    from world_model.train import CHECKPOINT, train_agent
 
     from ..config import PendulumJob, dump_config
     from ..envs import make_env
@@ -95,6 +154,18 @@ def cmd_train_agent(args) -> int:
     job, _ = load_job(args, PendulumJob)
     set_threads(job.train.threads)
     out = Path(args.out)
+    check_out(out, CHECKPOINT, args, resumable=False)
+    replay = out / "replay"
+    episodes = episode_files(replay) if replay.is_dir() else []
+    if episodes and not args.overwrite:
+        raise OutputError(
+            f"{replay} holds {len(episodes)} episodes of an earlier run; use --overwrite to "
+            "start again, or choose another --out"
+        )
+    remove_temp_files(out, replay)
+    if args.overwrite:  # the agent learns from its own experience only: the old run goes
+        for old in [*episodes, out / CHECKPOINT, out / "eval.json"]:
+            old.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(job))
     print(f"kiwi train agent: {job.env.id}, {job.agent.env_steps} environment steps -> {out}")
@@ -140,7 +211,7 @@ def ship(name: str, source: Path | None, what: str, command: str, figures: dict)
         shutil.copyfile(source, target)
     (ASSETS / f"{Path(name).stem}.md").write_text(
         f"# {name}\n\n{what}\n\nMade by:\n\n```\n{command}\n```\n\n"
-        f"Figures at training: {json.dumps(figures, indent=1)}\n"
+        f"Figures at training: {jsonout.dumps(figures, indent=1)}\n"
     )
     print(f"shipped as {target}")
     return target
@@ -182,11 +253,13 @@ def invoked_as(args) -> str:
 
 def cmd_train_grasp(args) -> int:
     from ..config import GraspJob, dump_config, load_config
-    from ..grasp_training import train_grasp
+    from ..grasp_training import GRASP_MODEL, train_grasp
 
     job, _ = load_config(args.config, GraspJob, args.overrides, "quick" if args.quick else None)
     set_threads(job.train.threads)
     out = Path(args.out)
+    check_out(out, GRASP_MODEL, args, resumable=False)
+    remove_temp_files(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(job))
     command = invoked_as(args)
@@ -210,7 +283,7 @@ def cmd_train_grasp(args) -> int:
         f"T {report['temperature']:.2f}, b {report['bias']:+.2f} / no rollout "
         f"T {report['temperature_now']:.2f}, b {report['bias_now']:+.2f})"
     )
-    path = out / "grasp_model.safetensors"
+    path = out / GRASP_MODEL
     print(f"wrote {path}")
     if args.ship:
         ship(
@@ -243,7 +316,7 @@ def register(sub) -> None:
     )
     add_config_args(p, "pendulum")
     p.add_argument("--out", default="runs/lab", help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    add_resume_overwrite(p)
 
     train = sub.add_parser(
         "train", help="train a world model or an agent", formatter_class=Formatter
@@ -268,7 +341,7 @@ def register(sub) -> None:
     p.add_argument("--data", help="folder of episodes (default: the config's data section)")
     p.add_argument("--out", default="runs/world-model", help="output folder")
     p.add_argument("--steps", type=int, help="train until this many steps (default: config)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    add_resume_overwrite(p)
     p = command(
         train_sub,
         "agent",
@@ -282,6 +355,7 @@ def register(sub) -> None:
     add_config_args(p, "pendulum")
     p.add_argument("--env-steps", type=int, help="environment steps (default: config)")
     p.add_argument("--out", default="runs/agent", help="output folder")
+    add_resume_overwrite(p, resume=False)
     p.add_argument(
         "--ship",
         action="store_true",
@@ -305,3 +379,16 @@ def register(sub) -> None:
     p.add_argument("--data", help="episodes from `kiwi collect` (default: the config's)")
     p.add_argument("--ship", action="store_true", help="also replace the shipped model")
     p.add_argument("--out", default="runs/grasp", help="output folder")
+    add_resume_overwrite(p, resume=False)
+
+
+def add_resume_overwrite(p, resume: bool = True) -> None:
+    """OUT holding a previous run is refused unless one of these says what to do with it."""
+    group = p.add_mutually_exclusive_group()
+    if resume:
+        group.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in an OUT that holds a previous run (its checkpoint is replaced)",
+    )

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+from .. import jsonout
 from ..textui import format_table
 from . import add_config_args, command
 
 
 def cmd_collect(args) -> int:
     from ..collect import collect_grasps
+    from .learning import remove_temp_files
 
     cameras = tuple(c for c in args.cameras.split(",") if c) if args.cameras else ()
     print(
         f"kiwi collect: {args.episodes} scripted grasps (seeds {args.seed}.."
         f"{args.seed + args.episodes - 1}) -> {args.out}"
     )
+    remove_temp_files(Path(args.out))
     summary = collect_grasps(
         Path(args.out),
         args.episodes,
@@ -25,7 +27,9 @@ def cmd_collect(args) -> int:
         cameras,
         args.image_size,
         progress=not args.no_progress,
+        log=print,
     )
+    rate = summary["success_rate"]
     print(
         format_table(
             [
@@ -33,7 +37,7 @@ def cmd_collect(args) -> int:
                 (
                     summary["episodes"],
                     summary["successes"],
-                    f"{summary['success_rate']:.1%}",
+                    "-" if rate is None else f"{rate:.1%}",
                     summary["steps"],
                     f"{summary['wall_s']:.1f}",
                 ),
@@ -42,7 +46,7 @@ def cmd_collect(args) -> int:
     )
     print("outcomes: " + ", ".join(f"{k} {v}" for k, v in summary["outcomes"].items() if v))
     if args.json:
-        print(json.dumps(summary))
+        print(jsonout.dumps(summary))
     return 0
 
 
@@ -115,13 +119,18 @@ def register(sub) -> None:
         "perception) and writes each episode in the world model's replay format, with "
         "per-step success labels and ground truth, plus spec.json. Prints the success "
         "rate. Appends to OUT; seeds are SEED .. SEED+N-1, so disjoint seed ranges give "
-        "disjoint training and evaluation sets.",
+        "disjoint training and evaluation sets. Seeds already stored in OUT are skipped, so "
+        "re-running the same command after a crash resumes it.",
         "kiwi collect --env grasp --episodes 200 --out data/grasp --seed 0\n"
         "kiwi collect --env grasp --episodes 20 --out data/grasp-img --cameras wrist",
     )
     p.add_argument("--env", choices=["grasp"], default="grasp", help="which simulated task")
     p.add_argument("--episodes", type=int, required=True, help="number of episodes")
-    p.add_argument("--out", required=True, help="folder of episodes (created; appended to)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder of episodes (created; appended to, stored seeds skipped)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode")
     p.add_argument("--cameras", default="", help="record images too: front,wrist")
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels")
