@@ -216,8 +216,13 @@ class MotorBus:
         attributable = ids[0] != codec.BROADCAST
         buf = self._read(size * count)
         if len(buf) < size * count:
-            # replies come in the order asked: the first incomplete one is the silent servo's
-            silent = ids[min(len(buf) // size, count - 1)] if attributable else None
+            answered = self._answered(buf)
+            if errors:  # an error status carries no data, so it is shorter than expected
+                for status in answered:
+                    if status.servo_id in ids and status.error:
+                        self._servo_error(status, context)
+            heard = {status.servo_id for status in answered}
+            silent = next((i for i in ids if i not in heard), None) if attributable else None
             raise BusTimeout(f"got {len(buf)} of {size * count} reply bytes", silent)
         statuses = []
         try:
@@ -249,6 +254,19 @@ class MotorBus:
                 )
         self.stats.servo_errors += flagged
         return statuses
+
+    def _answered(self, buf: bytes) -> list:
+        """The complete, intact status packets in ``buf`` (a partial reply)."""
+        rest, out = bytearray(buf), []
+        while True:
+            pkt, drop = self.codec.find_packet(rest)
+            del rest[:drop]
+            if pkt is None:
+                return out
+            try:
+                out.append(self.codec.parse_status(pkt))
+            except PacketError:
+                continue
 
     def _servo_error(self, status, context: str) -> None:
         """Raises ServoError where the error byte says the instruction was not carried out.

@@ -21,3 +21,36 @@ def wait_until(predicate, timeout_s: float = 3.0, period_s: float = 0.005):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(period_s)
+
+
+class ScriptedPort:
+    """A serial-like object for MotorBus: each request written gets the next scripted reply
+    (bytes; b"" for none). Reads never wait, so a short reply is a timeout at once."""
+
+    port = "scripted"
+
+    def __init__(self, replies=()):
+        self.replies = list(replies)
+        self.pending = bytearray()
+        self.requests: list[bytes] = []
+
+    def reset_input_buffer(self) -> None:
+        self.pending.clear()
+
+    def write(self, data: bytes) -> int:
+        self.requests.append(bytes(data))
+        if self.replies:
+            self.pending += self.replies.pop(0)
+        return len(data)
+
+    def read(self, n: int) -> bytes:
+        out = bytes(self.pending[:n])
+        del self.pending[:n]
+        return out
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self.pending)
+
+    def close(self) -> None:
+        pass

@@ -3,6 +3,7 @@ injected faults, typed errors that name the servo and register, and a port that 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -278,3 +279,74 @@ def test_unplugging_mid_run_stops_a_read_loop_quickly(protocol, make_virtual_bus
     assert isinstance(outcome["error"], PortGone), outcome["error"]
     assert outcome["t"] - t_unplug < 0.25
     assert outcome["cycles"] > 10
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def test_stats_per_servo_and_consecutive_failures(make_virtual_bus, open_motor_bus):
+    _, present, _ = registers("feetech")
+    virtual = make_virtual_bus("feetech", {1: "sts3215", 2: "sts3215"})
+    bus = open_motor_bus(virtual, FAST)
+    with pytest.raises(BusTimeout):
+        bus.sync_read(present, [1, 7, 2])  # 7 is absent: its reply is the one that never comes
+    with pytest.raises(BusTimeout):
+        bus.read(7, present)
+    stats = bus.stats
+    assert stats.consecutive_failures == 2 and stats.failures == 2
+    assert stats.per_servo[7] == {"timeouts": 6, "corrupt": 0, "failures": 2}
+    assert stats.per_servo[1] == stats.per_servo[2] == {"timeouts": 0, "corrupt": 0, "failures": 0}
+    assert "servo 7" in stats.last_error
+    assert bus.sync_read(present, [1, 2]) == {1: 2048, 2: 2048}
+    assert stats.consecutive_failures == 0, "a success resets it"
+    assert stats.failures == 2
+    assert set(stats.per_servo) == {1, 2, 7}, "only the ids addressed"
+
+
+def test_corrupt_replies_are_pinned_on_their_servo(make_virtual_bus, open_motor_bus):
+    _, present, _ = registers("feetech")
+    virtual = make_virtual_bus("feetech", {4: "sts3215"}, faults=Faults(corrupt=1.0, seed=3))
+    bus = open_motor_bus(virtual)
+    with pytest.raises(PacketError) as caught:
+        bus.read(4, present)
+    assert caught.value.servo_id == 4
+    assert bus.stats.per_servo[4] == {"timeouts": 0, "corrupt": 3, "failures": 1}
+
+
+@PROTOCOLS
+def test_summary_is_plain_json(protocol, make_virtual_bus, open_motor_bus):
+    _, present, _ = registers(protocol)
+    virtual = make_virtual_bus(protocol, {1: MODEL[protocol]})
+    bus = open_motor_bus(virtual, FAST)
+    empty = bus.stats.summary()
+    assert json.loads(json.dumps(empty, allow_nan=False)) == empty
+    assert empty["latency_us_p50"] == 0.0 and empty["per_servo"] == {}
+    bus.read(1, present)
+    with pytest.raises(BusTimeout):
+        bus.read(3, present)
+    summary = bus.stats.summary()
+    assert json.loads(json.dumps(summary, allow_nan=False)) == summary
+    assert summary["per_servo"] == {
+        "1": {"timeouts": 0, "corrupt": 0, "failures": 0},
+        "3": {"timeouts": 3, "corrupt": 0, "failures": 1},
+    }
+    assert summary["consecutive_failures"] == 1 and summary["failures"] == 1
+    assert {"cycles", "retries", "timeouts", "corrupt", "servo_errors", "last_error"} <= set(
+        summary
+    )
+
+
+def test_values_outside_a_registers_range_are_not_written(make_virtual_bus, open_motor_bus):
+    # found by an attacker: range_max 60000 was written to servo 6 and read back
+    sts = MODELS["sts3215"]
+    virtual = make_virtual_bus("feetech", {6: "sts3215"})
+    bus = open_motor_bus(virtual)
+    limit = sts.register("Max_Position_Limit")
+    with pytest.raises(
+        ValueError, match="Max_Position_Limit = 60000 for servo 6 is outside 0..4095"
+    ):
+        bus.write(6, limit, 60000)
+    with pytest.raises(ValueError, match="Homing_Offset = 2048 for servo 6"):
+        bus.sync_write(sts.register("Homing_Offset"), {6: 2048})
+    assert virtual.requests == 0
+    assert bus.read(6, limit) == 4095
