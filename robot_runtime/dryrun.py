@@ -5,26 +5,39 @@ separate processes on loopback, shows live status, and ends with a summary and a
 
 The ground truth (``truth`` messages of the simulated world) feeds only this display and the
 summary; the runtime never sees it.
+
+When a child process dies the run ends without a traceback: the others are stopped (SIGTERM,
+the runtime first so that it can hold the arm while the world still runs; SIGKILL after a grace
+period), and summary.json says what died, when, how and the last lines of its log, with the
+attempt in progress marked ``aborted``. The slow process is the exception that proves the
+safety net: when it dies the runtime is left running until its staleness watchdog holds the arm
+(as it would on a robot whose perception crashed), the hold is reported, and only then does the
+run stop, since every later attempt would be blind. Ctrl-C (or SIGTERM) ends the run the same
+way with the attempt marked ``interrupted``.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
+import signal
 import socket
-import subprocess
-import sys
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import link
+from . import jsonout, link
+from .child_processes import POLL_S, ChildExit, Children
 from .config import GraspJob, dump_config
-from .textui import format_table
+from .sim_report import estimate_errors, plot_estimate, print_summary, summarize
 
 LINK_KEYS = ("obs", "query", "telemetry", "camera", "command", "sim_state")
+STOP_ORDER = ("runtime", "sim world", "slow")  # the runtime holds the arm while the world runs
+STOP_GRACE_S = 5.0  # SIGTERM, then this long before SIGKILL
+HOLD_MARGIN_S = 2.0  # the slow process died: wait this long past safety.hold_after_s for a hold
+LAST_EVENTS_S = 1.0  # the runtime exited: its last events may still be in flight
 
 
 def free_ports(n: int) -> list[int]:
@@ -35,14 +48,6 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
-
-
-def _child(args: list[str], log: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "w") as f:
-        return subprocess.Popen(
-            [sys.executable, "-m", *args], stdout=f, stderr=subprocess.STDOUT, env=env
-        )
 
 
 class Recorder:
@@ -61,7 +66,9 @@ class Recorder:
         self.estimates: list[tuple[float, np.ndarray]] = []
         self.truths: list[tuple[float, np.ndarray, bool, int]] = []
         self.events: list[dict] = []
+        self.holds: list[float] = []  # times of telemetry with the watchdog holding
         self.last: dict = {}
+        self.world: dict = {}  # the last truth message's meta (episode, rejected commands)
         self.counter: dict = {}
 
     def poll(self) -> None:
@@ -72,18 +79,21 @@ class Recorder:
                 **msg.header.meta,
                 **{k: v.tolist() for k, v in msg.arrays.items()},
             }
-            self.tele_log.write(json.dumps(rec) + "\n")
+            self.tele_log.write(jsonout.dumps(rec) + "\n")
             if msg.kind == "telemetry":
                 self.estimates.append(
                     (msg.header.t_capture, np.array(msg.arrays["object_estimate"]))
                 )
                 self.last = rec
+                if rec.get("watchdog") == "hold":
+                    self.holds.append(rec["t"])
             elif msg.kind == "event":
                 self.events.append(rec)
         for msg in link.drain(self.truth, self.counter, 1000):
             if msg.kind != "truth":
                 continue
             t = msg.header.t_capture
+            self.world = msg.header.meta
             self.truths.append(
                 (
                     t,
@@ -94,7 +104,7 @@ class Recorder:
             )
             if len(self.truths) % 5 == 1:
                 self.truth_log.write(
-                    json.dumps(
+                    jsonout.dumps(
                         {
                             "t": t,
                             **msg.header.meta,
@@ -104,6 +114,13 @@ class Recorder:
                     + "\n"
                 )
 
+    def attempts_ended(self) -> int:
+        return sum(1 for e in self.events if e.get("event") == "attempt_end")
+
+    def held_since(self, t: float) -> float | None:
+        """The first time at or after ``t`` the runtime's watchdog reported holding the arm."""
+        return next((h for h in self.holds if h >= t), None)
+
     def close(self) -> None:
         self.tele_log.close()
         self.truth_log.close()
@@ -111,26 +128,13 @@ class Recorder:
         self.truth.close(0)
 
 
-def estimate_errors(estimates, truths) -> np.ndarray:
-    """Per telemetry sample: (position error mm, yaw error deg) against the nearest truth."""
-    if not estimates or not truths:
-        return np.zeros((0, 2))
-    t_truth = np.array([t for t, *_ in truths])
-    out = []
-    for t, est in estimates:
-        i = int(np.clip(np.searchsorted(t_truth, t), 0, len(truths) - 1))
-        true = truths[i][1]
-        pos = float(np.linalg.norm(est[:3] - true[:3]) * 1000)
-        yaw = abs((est[3] - true[3] + 45.0) % 90.0 - 45.0)
-        out.append((pos, yaw))
-    return np.array(out)
-
-
 def status_line(rec: Recorder, attempt: int, attempts: int) -> str:
     last = rec.last
     if not last:
         return "waiting for the runtime..."
     est = last.get("estimator", {})
+    age_ms = est.get("last_age_ms")
+    age_ms = float("nan") if age_ms is None else age_ms  # None (JSON null): no observation yet
     errs = estimate_errors(rec.estimates[-50:], rec.truths[-400:])
     err = f"{np.median(errs[:, 0]):5.1f} mm {np.median(errs[:, 1]):4.1f} deg" if len(errs) else "-"
     decisions = [e for e in rec.events if e.get("phase") == "decision"]
@@ -138,97 +142,118 @@ def status_line(rec: Recorder, attempt: int, attempts: int) -> str:
     return (
         f"attempt {attempt}/{attempts}  {last.get('phase', '?'):9s} "
         f"jitter p99 {last.get('jitter_us_p99', 0):6.0f} µs  overruns {last.get('overruns', 0)}  "
-        f"obs {est.get('applied', 0)} (age {est.get('last_age_ms', float('nan')):4.0f} ms)  "
+        f"obs {est.get('applied', 0)} (age {age_ms:4.0f} ms)  "
         f"estimate error {err}  watchdog {last.get('watchdog', '?')}{gate}"
     )
 
 
-def _start_of(rec: Recorder, end: dict) -> float:
-    starts = [
-        e["t"] for e in rec.events if e.get("event") == "attempt_start" and e["t"] <= end["t"]
-    ]
-    return starts[-1] if starts else float("-inf")
+@dataclass
+class RunEnd:
+    """How a run ended: ``completed``, ``aborted`` (a child died) or ``interrupted``."""
+
+    outcome: str
+    t_s: float  # seconds into the run
+    faults: list[ChildExit] = field(default_factory=list)  # the first one ended the run
+    signal: str | None = None  # interrupted by
+    watchdog_hold_after_s: float | None = None  # the slow process died: the runtime held after
+
+    def message(self, out: Path) -> str:
+        """One line for a person: what died, when, how."""
+        if not self.faults:
+            return f"kiwi sim {self.outcome} {self.t_s:.1f} s into the run"
+        f = self.faults[0]
+        verb = "ended" if f.returncode == 0 else "died"
+        line = f"the {f.name} process {verb} ({f.how}) {f.t_s:.1f} s into the run"
+        if f.name == "slow":
+            held = self.watchdog_hold_after_s
+            line += (
+                f"; the runtime's watchdog held the arm {held:.1f} s later"
+                if held is not None
+                else "; the runtime's watchdog did NOT report holding the arm"
+            )
+        if f.returncode > 0 and f.last_words:  # a crash: usually the exception's line
+            line += f"; its log ends: {f.last_words[:160]}"
+        return line + f" (summary: {out / 'summary.json'})"
 
 
-def summarize(rec: Recorder, job: GraspJob, wall_s: float) -> dict:
-    ends = [e for e in rec.events if e.get("event") == "attempt_end"]
-    attempts = []
-    for end in ends:
-        truths = [tr for tr in rec.truths if tr[0] <= end["t"]]
-        success = bool(truths[-1][2]) if truths else False
-        decisions = [
-            e
-            for e in rec.events
-            if e.get("phase") == "decision" and e["t"] <= end["t"] and e["t"] >= _start_of(rec, end)
-        ]
-        attempts.append(
-            {
-                "decisions": [(round(d["p_success"], 3), d["verdict"]) for d in decisions],
-                "seed": end["seed"],
-                "phase": end["phase"],
-                "success": success,
-                "loop": end["loop"],
-                "estimator": end["estimator"],
-            }
-        )
-    errs = estimate_errors(rec.estimates, rec.truths)
-    loops = [a["loop"] for a in attempts]
-    ests = [a["estimator"] for a in attempts]
-    return {
-        "attempts": len(attempts),
-        "successes": sum(a["success"] for a in attempts),
-        "rate_hz": job.runtime.rate_hz,
-        "mode": job.runtime.mode,
-        "jitter_us_p50": max((loop["jitter_us_p50"] for loop in loops), default=float("nan")),
-        "jitter_us_p99": max((loop["jitter_us_p99"] for loop in loops), default=float("nan")),
-        "overruns": sum(loop["overruns"] for loop in loops),
-        "ticks": sum(loop["ticks"] for loop in loops),
-        "observations_applied": sum(e["applied"] for e in ests),
-        "observations_dropped": sum(
-            sum(v for k, v in e.items() if k.startswith("dropped")) for e in ests
-        ),
-        "observation_age_ms": float(np.nanmean([e["last_age_ms"] for e in ests])) if ests else None,
-        "estimate_error_mm_median": float(np.median(errs[:, 0])) if len(errs) else None,
-        "estimate_error_deg_median": float(np.median(errs[:, 1])) if len(errs) else None,
-        "rejected_messages": rec.last.get("rejected", 0),
-        "wall_s": wall_s,
-        "per_attempt": attempts,
-    }
+class StopRequest:
+    """``with StopRequest() as stop:`` turns SIGINT and SIGTERM into ``stop.signal`` (the run
+    ends and still writes its summary); a second SIGINT raises KeyboardInterrupt."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._previous: dict = {}
+
+    def __call__(self) -> str | None:
+        return self.signal
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
-def plot_estimate(rec: Recorder, path: Path) -> None:
-    if not rec.estimates or not rec.truths:
-        return
-    import matplotlib
+def _wait_for_last_events(rec, attempts: int, children: Children, sleep) -> bool:
+    deadline = children.clock() + LAST_EVENTS_S
+    while rec.attempts_ended() < attempts and children.clock() < deadline:
+        sleep(POLL_S)
+        rec.poll()
+    return rec.attempts_ended() >= attempts
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    t0 = rec.truths[0][0]
-    te = np.array([t for t, _ in rec.estimates]) - t0
-    est = np.stack([e for _, e in rec.estimates])
-    tt = np.array([t for t, *_ in rec.truths]) - t0
-    true = np.stack([tr[1] for tr in rec.truths])
-    names = ["x (m)", "y (m)", "z (m)", "yaw (deg)"]
-    fig, axes = plt.subplots(4, 1, figsize=(10, 8), sharex=True)
-    for d, ax in enumerate(axes):
-        ax.plot(tt, true[:, d], color="black", lw=1.2, label="truth (simulator)")
-        ax.plot(te, est[:, d], color="tab:red", lw=1.0, label="latent estimate (runtime)")
-        ax.set_ylabel(names[d])
-        ax.grid(alpha=0.3)
-    for e in rec.events:
-        if e.get("event") == "phase" and e.get("phase") in ("descend", "close"):
-            for ax in axes:
-                ax.axvline(e["t"] - t0, color="gray", ls=":", lw=0.8)
-    axes[0].legend(loc="upper right", fontsize=8)
-    axes[-1].set_xlabel("time (s); dotted: descend and close")
-    fig.suptitle("The cube in the wrist-camera frame: the runtime's estimate against the truth")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def watch_run(
+    children: Children,
+    rec,
+    attempts: int,
+    hold_wait_s: float,
+    stop_signal: Callable[[], str | None],
+    sleep: Callable[[float], None] = time.sleep,
+    on_idle: Callable[[], None] | None = None,
+) -> RunEnd:
+    """Watches the children until the run ends: the runtime finished its ``attempts``, a child
+    died, or ``stop_signal()`` names a signal. When the slow process dies, the run goes on
+    until the runtime's watchdog reports holding the arm (or ``hold_wait_s`` passes)."""
+    faults: list[ChildExit] = []
+    slow_died_at = None
+    while True:
+        rec.poll()
+        for ex in children.exited():
+            if stop_signal():
+                break  # the same Ctrl-C reached the children: not a fault
+            if ex.name == "runtime" and ex.returncode == 0 and not faults:
+                if _wait_for_last_events(rec, attempts, children, sleep):
+                    return RunEnd("completed", children.elapsed_s())
+            faults.append(ex)
+            if ex.name == "slow" and len(faults) == 1:
+                slow_died_at = children.clock()
+                continue
+            return RunEnd("aborted", children.elapsed_s(), faults)
+        if stop_signal():
+            return RunEnd("interrupted", children.elapsed_s(), faults, stop_signal())
+        if slow_died_at is not None:
+            held = rec.held_since(slow_died_at)
+            if held is not None or children.clock() - slow_died_at > hold_wait_s:
+                hold_s = None if held is None else held - slow_died_at
+                return RunEnd("aborted", children.elapsed_s(), faults, None, hold_s)
+        if on_idle is not None:
+            on_idle()
+        sleep(POLL_S)
 
 
 def run_sim(job: GraspJob, out: Path, live: bool = True) -> dict:
+    """Runs `kiwi sim` into ``out`` and returns the summary. A run that did not complete still
+    writes its summary and plot, prints the summary, and then raises: ChildProcessError (one
+    line: what died) or KeyboardInterrupt (Ctrl-C or SIGTERM)."""
     out.mkdir(parents=True, exist_ok=True)
     ports = free_ports(len(LINK_KEYS))
     addresses = {k: f"tcp://127.0.0.1:{p}" for k, p in zip(LINK_KEYS, ports)}
@@ -237,102 +262,59 @@ def run_sim(job: GraspJob, out: Path, live: bool = True) -> dict:
     config.write_text(dump_config(job))
     ctx = link.Context()
     rec = Recorder(ctx, job, out)
-    procs = {
-        "sim world": _child(
-            ["robot_runtime.sim_world", "--config", str(config)], out / "sim_world.log"
-        ),
-        "slow": _child(["robot_runtime.cli", "slow", "--config", str(config)], out / "slow.log"),
-    }
-    time.sleep(0.5)
-    procs["runtime"] = _child(
-        ["robot_runtime.service", "--config", str(config)], out / "runtime.log"
-    )
-    t0 = time.monotonic()
-    last_print = 0.0
-    interrupted = False
+    children = Children(grace_s=STOP_GRACE_S)
+    last_print = [0.0]
+
+    def show_status() -> None:
+        now = time.monotonic()
+        if live and now - last_print[0] > 0.25:
+            started = sum(1 for e in rec.events if e.get("event") == "attempt_start")
+            line = status_line(rec, max(started, 1), job.sim.attempts)
+            print("\r" + line[:150].ljust(150), end="", flush=True)
+            last_print[0] = now
+
+    end = None
     try:
-        while procs["runtime"].poll() is None:
-            rec.poll()
-            for name in ("sim world", "slow"):
-                if procs[name].poll() is not None:
-                    raise RuntimeError(
-                        f"the {name} process stopped (see {out}/{name.replace(' ', '_')}.log)"
-                    )
-            now = time.monotonic()
-            if live and now - last_print > 0.25:
-                started = sum(1 for e in rec.events if e.get("event") == "attempt_start")
-                print(
-                    "\r" + status_line(rec, max(started, 1), job.sim.attempts)[:150].ljust(150),
-                    end="",
-                    flush=True,
-                )
-                last_print = now
-            time.sleep(0.02)
-    except KeyboardInterrupt:
-        interrupted = True
-        procs["runtime"].send_signal(2)
-        procs["runtime"].wait(timeout=10)
-    finally:
-        if live:
-            print()
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
+        with StopRequest() as stop:
             try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        rec.poll()
-    if procs["runtime"].returncode not in (0, None) and not interrupted:
-        raise RuntimeError(f"the runtime process failed (see {out}/runtime.log)")
-    summary = summarize(rec, job, time.monotonic() - t0)
-    summary["interrupted"] = interrupted
+                children.start(
+                    "sim world",
+                    ["robot_runtime.sim_world", "--config", str(config)],
+                    out / "sim_world.log",
+                )
+                children.start(
+                    "slow", ["robot_runtime.cli", "slow", "--config", str(config)], out / "slow.log"
+                )
+                time.sleep(0.5)
+                children.start(
+                    "runtime",
+                    ["robot_runtime.service", "--config", str(config)],
+                    out / "runtime.log",
+                )
+                hold_wait_s = job.safety.hold_after_s + HOLD_MARGIN_S
+                end = watch_run(
+                    children, rec, job.sim.attempts, hold_wait_s, stop, on_idle=show_status
+                )
+            finally:
+                try:
+                    children.stop(list(STOP_ORDER), on_wait=rec.poll)
+                except KeyboardInterrupt:  # asked twice: no more waiting
+                    children.kill_all()
+    except KeyboardInterrupt:
+        children.kill_all()
+        end = end or RunEnd("interrupted", children.elapsed_s(), signal="SIGINT")
+    if live:
+        print()
+    rec.poll()
+    summary = summarize(rec, job, children.elapsed_s(), end)
+    summary["processes"] = children.summary()
     rec.close()
     ctx.close()
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    jsonout.write_json(out / "summary.json", summary, indent=2)
     plot_estimate(rec, out / "estimate_vs_truth.png")
-    return summary
-
-
-def print_summary(summary: dict, out: Path) -> None:
-    rows = [
-        (
-            "attempt",
-            "seed",
-            "outcome",
-            "final phase",
-            "gate: P(success)",
-            "obs applied",
-            "jitter p99 µs",
-        )
-    ]
-    for i, a in enumerate(summary["per_attempt"], 1):
-        gate = ", ".join(f"{p:.2f} {v}" for p, v in a["decisions"]) or "-"
-        rows.append(
-            (
-                i,
-                a["seed"],
-                "success" if a["success"] else "failure",
-                a["phase"],
-                gate,
-                a["estimator"]["applied"],
-                f"{a['loop']['jitter_us_p99']:.0f}",
-            )
-        )
-    print(format_table(rows))
-
-    def fmt(v, spec: str) -> str:
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
-    s = summary
-    print(
-        f"{s['successes']}/{s['attempts']} grasps succeeded; loop {s['rate_hz']:g} Hz, jitter "
-        f"p50/p99 {fmt(s['jitter_us_p50'], '.0f')}/{fmt(s['jitter_us_p99'], '.0f')} µs, "
-        f"{summary['overruns']} overruns in {summary['ticks']} ticks; observations applied "
-        f"{summary['observations_applied']}, dropped {summary['observations_dropped']}, age "
-        f"{fmt(summary['observation_age_ms'], '.0f')} ms; estimate error (median) "
-        f"{fmt(summary['estimate_error_mm_median'], '.1f')} mm, "
-        f"{fmt(summary['estimate_error_deg_median'], '.1f')} deg"
-    )
-    print(f"run folder: {out} (telemetry.jsonl, summary.json, estimate_vs_truth.png)")
+    if end.outcome == "completed":
+        return summary
+    print_summary(summary, out)
+    if end.outcome == "interrupted":
+        raise KeyboardInterrupt
+    raise ChildProcessError(end.message(out))

@@ -138,6 +138,9 @@ def test_kiwi_sim_quick_runs_end_to_end(tmp_path):
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["attempts"] == 1 and summary["ticks"] > 100
+    assert summary["outcome"] == "completed" and summary["died"] is None
+    assert summary["per_attempt"][0]["outcome"] in ("success", "failure")
+    assert all(p["returncode"] is not None for p in summary["processes"].values()), "none left"
     assert summary["observations_applied"] > 0, "the slow process's observations reached the loop"
     assert summary["estimate_error_mm_median"] is not None
     lines = (out / "telemetry.jsonl").read_text().splitlines()
