@@ -14,7 +14,7 @@ from drivers.arm import KOCH, SO100, ArmConfig, ServoArm
 from drivers.bus import BusSettings
 from drivers.calibration import CalibrationError
 from drivers.errors import BusError
-from drivers.virtual_bus import VirtualBus
+from drivers.virtual_bus import Faults, VirtualBus
 
 from .support import wait_until
 
@@ -330,3 +330,30 @@ def test_connect_turns_feetech_multi_turn_feedback_off(arm_on_emulator):
     arm.connect()
     assert virtual.servo(2).get("Phase") == 0x0C
     assert virtual.servo(1).get("Phase") == 0
+
+
+@ARMS
+def test_every_read_and_write_failure_is_a_bus_error(config, make_virtual_bus, tmp_path):
+    """What the runtime relies on: it catches BusError, holds the last good joints, goes on."""
+    virtual = make_virtual_bus(config.protocol, {m.id: m.model for m in config.motors})
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(lerobot_calibration(config)))
+    arm = ServoArm(config, virtual.port, path, BusSettings(timeout_s=0.01, retries=0))
+    arm.connect()
+    virtual.faults = Faults(drop=0.1, corrupt=0.3, seed=5)
+    virtual.rng = np.random.default_rng(5)
+    errors, reads = [], 0
+    try:
+        for k in range(150):
+            try:
+                joints = arm.read_joints()
+                reads += 1
+                assert joints.shape == (6,) and np.all(np.isfinite(joints))
+                arm.write_targets(np.full(6, float(k % 20)))
+            except BusError as e:
+                errors.append(e)
+    finally:
+        virtual.faults = Faults()
+        arm.disconnect()
+    assert errors and reads, (len(errors), reads)
+    assert arm.bus.stats.failures == len(errors)

@@ -186,3 +186,13 @@ def test_a_servo_refusing_the_instruction_is_a_servo_error_not_a_value(protocol,
     with pytest.raises(ServoError, match=name) as caught:
         run(protocol, False, "read", [refusal], [1])
     assert caught.value.servo_id == 1
+
+
+@pytest.mark.parametrize("protocol", ["feetech", "dynamixel"])
+def test_bytes_waiting_before_a_request_are_discarded(protocol):
+    # a late reply to an earlier request, already in the buffer when the next one is sent
+    port = ScriptedPort([reply(protocol, False, {1: 1000})])
+    port.pending += reply(protocol, False, {1: 999})
+    bus = MotorBus(port, protocol, QUICK)
+    assert bus.read(1, STS if protocol == "feetech" else XL) == 1000
+    assert bus.stats.retries == 0
