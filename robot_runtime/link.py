@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .jsonout import to_jsonable
+
 VERSION = 1
 DTYPES = {"float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "bool"}
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -58,23 +60,6 @@ class Message:
         return self.header.kind
 
 
-def plain(value: Any) -> Any:
-    """``value`` as plain JSON data: numpy scalars and arrays become numbers and lists, NaN and
-    infinities become null (JSON has neither; other people's parsers refuse them), tuples
-    lists; dict keys strings."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return plain(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def encode(
     kind: str,
     arrays: dict[str, np.ndarray] | None = None,
@@ -99,7 +84,7 @@ def encode(
         "seq": seq,
         "t_capture": t_capture,
         "fields": fields,
-        "meta": plain(meta or {}),
+        "meta": to_jsonable(meta or {}),
     }
     if not math.isfinite(t_capture):
         raise MessageError("t_capture must be a finite number")

@@ -35,6 +35,18 @@ def cmd_bench_loop(args) -> int:
     return run(args)
 
 
+def cmd_bench_soak(args) -> int:
+    from ..bench.endurance import run_soak
+
+    return run_soak(args)
+
+
+def cmd_bench_faults(args) -> int:
+    from ..bench.endurance import run_faults
+
+    return run_faults(args)
+
+
 def register(sub) -> None:
     bench = sub.add_parser(
         "bench", help="speed benchmarks (tables + JSON)", formatter_class=Formatter
@@ -144,3 +156,43 @@ def register(sub) -> None:
         help="also write the figures as JSON",
     )
     p.add_argument("--seconds", type=float, default=30.0, help="duration at each rate")
+    p = command(
+        bench_sub,
+        "soak",
+        cmd_bench_soak,
+        "resident memory of `kiwi run` over a long run on the emulator",
+        "Runs `kiwi run` on an emulated arm with a stand-in slow process posting "
+        "observations and chunks at 5 Hz, samples the runtime's resident memory and status "
+        "every --sample-s seconds, and reports the growth after the first minute (target: "
+        "under 2 MiB in all), with a plot.",
+        "kiwi bench soak --minutes 30 --json bench-soak.json --plot soak.png\n"
+        "kiwi bench soak --minutes 3 --protocol dynamixel",
+    )
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--sample-s", type=float, default=30.0, help="seconds between samples")
+    p.add_argument("--protocol", choices=["feetech", "dynamixel"], default="feetech")
+    p.add_argument("--plot", metavar="PNG", help="plot resident memory against time")
+    p.add_argument("--json", nargs="?", const="bench-soak.json", metavar="FILE", help="write JSON")
+    p = command(
+        bench_sub,
+        "faults",
+        cmd_bench_faults,
+        "`kiwi run` on a flaky emulated bus: held cycles, retries, overruns",
+        "Runs `kiwi run` on emulated Feetech and Dynamixel arms whose servos drop and "
+        "corrupt replies and sometimes stall, with a stand-in slow process posting at 5 Hz, "
+        "and reports whether the run stopped, the cycles held (failed after retries), the "
+        "retries, timeouts, corrupt replies and loop overruns.",
+        "kiwi bench faults --minutes 5 --json bench-faults.json\n"
+        "kiwi bench faults --minutes 1 --drop 0.01 --corrupt 0.01 --stall 0.01",
+    )
+    p.add_argument("--minutes", type=float, default=5.0, help="per protocol")
+    p.add_argument("--protocols", default="feetech,dynamixel")
+    p.add_argument("--drop", type=float, default=0.05, help="share of replies dropped")
+    p.add_argument("--corrupt", type=float, default=0.05, help="share of replies corrupted")
+    p.add_argument("--stall", type=float, default=0.01, help="share of cycles stalled")
+    p.add_argument("--stall-ms", type=float, default=50.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-s", type=float, default=30.0, help="seconds between samples")
+    p.add_argument(
+        "--json", nargs="?", const="bench-faults.json", metavar="FILE", help="write JSON"
+    )

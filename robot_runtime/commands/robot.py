@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from . import add_config_args, command
 
 
@@ -15,7 +13,7 @@ def cmd_run(args) -> int:
 
     from ..config import GraspJob, load_config
     from ..controllers import ChunkPolicy, GraspController, GraspPolicy
-    from ..link import plain
+    from ..jsonout import dumps
     from ..service import load_world_model, serve
 
     job, path = load_config(args.config, GraspJob, args.overrides)
@@ -51,7 +49,7 @@ def cmd_run(args) -> int:
         f"{bus['health']['failed']} cycles held"
     )
     if args.json:
-        print(json.dumps(plain(result), allow_nan=False))
+        print(dumps(result))
     if result["fault"]:
         print(f"the arm was stopped: {result['fault']}")
         return 1
