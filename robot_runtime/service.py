@@ -79,14 +79,22 @@ class RemoteSimArm:
 
     def read_joints(self) -> np.ndarray:
         self._drain()
+        if self.joints is None:
+            raise BusError("no joint state from the simulated world yet")
         return self.joints.copy()
 
     def write_targets(self, targets: np.ndarray) -> None:
+        """Sends without blocking; a world that has stopped reading (gone) is a failed bus
+        cycle for the runtime to count, like a servo that does not answer."""
         import zmq
 
-        self.commands.send_multipart(
-            link.encode("targets", {"targets": np.asarray(targets, np.float64)}), flags=zmq.NOBLOCK
-        )
+        try:
+            self.commands.send_multipart(
+                link.encode("targets", {"targets": np.asarray(targets, np.float64)}),
+                flags=zmq.NOBLOCK,
+            )
+        except zmq.Again:
+            raise BusError("the simulated world takes no commands (gone?)") from None
 
     def disconnect(self, torque_off: bool = True) -> None:
         self.commands.close(0)
@@ -482,11 +490,15 @@ class Runtime:
         )
 
     # --- running ----------------------------------------------------------------------------
-    def run_attempt(self, seed: int, max_s: float) -> str:
-        """One grasp attempt on a simulated arm; returns the controller's final phase."""
+    def run_attempt(self, seed: int, max_s: float, stopping=None) -> str:
+        """One grasp attempt on a simulated arm; returns the controller's final phase.
+        ``stopping()`` (a signal arrived) is checked once the world has reset, so a stop asked
+        for between attempts does not start another."""
         joints = self.arm.reset(seed)
-        self.start_attempt(seed, joints)
         self.loop = loop = FastLoop(self.job.runtime.rate_hz, self._tick_until_done, self.clock)
+        if stopping is not None and stopping():
+            return "interrupted"
+        self.start_attempt(seed, joints)
         loop.run(duration_s=max_s)
         final = self.policy.phase
         self.publish(
@@ -508,9 +520,12 @@ class Runtime:
             self.loop.stop("finished")
 
     def hold_on_stop(self) -> None:
-        """Safe stop: command where the arm is."""
+        """Safe stop: command where the arm is (if the arm still listens)."""
         if self.command is not None:
-            self.arm.write_targets(self.command)
+            try:
+                self.arm.write_targets(self.command)
+            except BusError:
+                pass
 
     def close(self) -> None:
         gate = getattr(self.policy, "gate", None)
@@ -634,18 +649,26 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     print("runtime ready", flush=True)
     time.sleep(0.3)  # let subscribers connect before the first events
+    code = 0
     try:
         for i in range(job.sim.attempts):
-            if stopping["reason"]:
+            if stopping["reason"] or runtime.stop_reason:
                 break
-            runtime.run_attempt(job.sim.seed + i, job.sim.episode_s)
+            runtime.run_attempt(
+                job.sim.seed + i, job.sim.episode_s, lambda: stopping["reason"] is not None
+            )
+    except TimeoutError as e:  # the world is gone: nothing to hold
+        stopping["reason"] = str(e)
+        print(f"runtime: {e}", flush=True)
+        code = 1
     finally:
         runtime.hold_on_stop()
-        runtime.publish("event", {}, {"event": "done", "reason": stopping["reason"] or "finished"})
+        reason = stopping["reason"] or runtime.stop_reason or "finished"
+        runtime.publish("event", {}, {"event": "done", "reason": reason})
         time.sleep(0.1)
         arm.disconnect()
         runtime.close()
-    return 0
+    return 1 if runtime.stop_reason else code
 
 
 if __name__ == "__main__":
