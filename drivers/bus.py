@@ -166,8 +166,9 @@ class MotorBus:
         return self._read(max(1, waiting))
 
     # --- transactions with retries ----------------------------------------------------------
-    def _transact(self, request: bytes, receive, context: str):
-        """Sends ``request`` and runs ``receive()`` until it succeeds or retries run out.
+    def _transact(self, request, receive, context: str):
+        """Sends ``request`` (bytes, or a function giving each attempt's) and runs ``receive()``
+        until it succeeds or retries run out.
 
         Timeouts and damaged replies are retried; a servo's own error report (ServoError) and a
         vanished port (PortGone) are not. Whatever ends it is a BusError naming ``context``."""
@@ -181,7 +182,7 @@ class MotorBus:
                 stats.retries += 1
             t0 = time.perf_counter()
             try:
-                self._io(request)
+                self._io(request() if callable(request) else request)
                 if receive is None:
                     stats.succeeded(time.perf_counter() - t0)
                     return None
@@ -427,10 +428,69 @@ class MotorBus:
             self.stats.track(ids)
         if fast:
             return self._transact(request, lambda: self._fast_values(reg, ids, context), context)
+        if self.protocol == "feetech":
+            return self._sync_read_keeping(reg, list(ids), request, context)
 
         def receive() -> dict[int, int]:
             statuses = self._receive_replies(list(ids), reg.size, context)
             return {i: self._value(reg, st.params, i) for i, st in zip(ids, statuses)}
+
+        return self._transact(request, receive, context)
+
+    def _sync_read_keeping(
+        self, reg: Register, ids: list[int], first_request: bytes, context: str
+    ) -> dict[int, int]:
+        """Feetech: one status per servo, all the same size, so whole replies sit at fixed
+        offsets even when one is lost. Where replies were only lost or damaged, the intact ones
+        (checksum, size, value in range) are kept and a retry asks only the servos still missing:
+        with six replies a cycle, losing one no longer costs the other five. A reply that does not
+        belong (a servo not asked, out of order, another size: a late answer to something else)
+        discards the whole attempt, as the buffer holds someone else's replies."""
+        got: dict[int, int] = {}
+        size = feetech.MIN_STATUS + reg.size
+
+        def request() -> bytes:
+            if not got:
+                return first_request
+            return feetech.sync_read(reg.address, reg.size, [i for i in ids if i not in got])
+
+        def receive() -> dict[int, int]:
+            pending = [i for i in ids if i not in got]
+            order = {servo_id: k for k, servo_id in enumerate(pending)}
+            buf = self._read(size * len(pending))
+            kept, last, damaged = {}, -1, None
+            for k in range(len(buf) // size):
+                try:
+                    status = feetech.parse_status(buf[k * size : (k + 1) * size])
+                except PacketError as e:
+                    damaged = damaged or e
+                    continue
+                if order.get(status.servo_id, -1) <= last or len(status.params) != reg.size:
+                    raise PacketError(
+                        f"reply from servo {status.servo_id} with {len(status.params)} data "
+                        f"bytes, expected servos {pending} in turn with {reg.size} (a late reply?)"
+                    )
+                last = order[status.servo_id]
+                if status.error:
+                    self._servo_error(status, context)  # raises if the read was refused
+                    self.stats.servo_errors += 1  # flags that come with data (overload, ...)
+                try:
+                    kept[status.servo_id] = self._value(reg, status.params, status.servo_id)
+                except PacketError as e:
+                    damaged = damaged or e
+            got.update(kept)
+            missing = [i for i in pending if i not in got]
+            if not missing:
+                return {i: got[i] for i in ids}
+            if damaged is None:
+                raise BusTimeout(
+                    f"got {len(buf)} of {size * len(pending)} reply bytes; no reply from "
+                    f"servo(s) {missing}",
+                    missing[0],
+                )
+            # a reply that fails its checksum names no servo: the first still missing stands in
+            blame = missing[0] if damaged.servo_id is None else damaged.servo_id
+            raise PacketError(f"{damaged}; servo(s) {missing} still to read", blame)
 
         return self._transact(request, receive, context)
 

@@ -25,7 +25,8 @@ def wait_until(predicate, timeout_s: float = 3.0, period_s: float = 0.005):
 
 class ScriptedPort:
     """A serial-like object for MotorBus: each request written gets the next scripted reply
-    (bytes; b"" for none). Reads never wait, so a short reply is a timeout at once."""
+    (bytes, b"" for none, or a function of the request giving bytes). Reads never wait, so a
+    short reply is a timeout at once."""
 
     port = "scripted"
 
@@ -40,7 +41,8 @@ class ScriptedPort:
     def write(self, data: bytes) -> int:
         self.requests.append(bytes(data))
         if self.replies:
-            self.pending += self.replies.pop(0)
+            scripted = self.replies.pop(0)
+            self.pending += scripted(bytes(data)) if callable(scripted) else scripted
         return len(data)
 
     def read(self, n: int) -> bytes:

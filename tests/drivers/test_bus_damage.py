@@ -52,6 +52,36 @@ def reply(protocol: str, fast: bool, values: dict[int, int], size_change: int = 
     )
 
 
+def asked(protocol: str, request: bytes) -> tuple[int, list[int]]:
+    """(instruction, ids asked) of a request the bus sent."""
+    if protocol == "feetech":
+        inst = request[4]
+        return inst, list(request[7:-1]) if inst == feetech.SYNC_READ else [request[2]]
+    servo_id, inst, params = dynamixel.parse(request)
+    sync = inst in (dynamixel.SYNC_READ, dynamixel.FAST_SYNC_READ)
+    return inst, list(params[4:]) if sync else [servo_id]
+
+
+def answer(protocol: str, fast: bool, values: dict[int, int], make=None):
+    """A scripted reply to whatever the bus asks (a retry may ask fewer servos): ``make(values
+    of the servos asked)`` gives the bytes, the true reply unless told otherwise."""
+
+    def respond(request: bytes) -> bytes:
+        inst, ids = asked(protocol, request)
+        if inst == feetech.PING:  # PING is 0x01 in both protocols: the bus naming silent servos
+            params = b"" if protocol == "feetech" else b"\xb0\x04\x2e"
+            return b"".join(
+                feetech.packet(i, 0, params)
+                if protocol == "feetech"
+                else dynamixel.status_packet(i, 0, params)
+                for i in ids
+            )
+        subset = {i: values[i] for i in ids if i in values}
+        return make(subset) if make else reply(protocol, fast, subset)
+
+    return respond
+
+
 def flip_bits(data: bytes, positions: list[int]) -> bytes:
     out = bytearray(data)
     for p in positions:
@@ -105,7 +135,7 @@ def true_values(protocol: str, operation: str):
     )
 
 
-def run(protocol: str, fast: bool, operation: str, script: list[bytes], ids: list[int]):
+def run(protocol: str, fast: bool, operation: str, script: list, ids: list[int]):
     settings_ = BusSettings(timeout_s=QUICK.timeout_s, retries=RETRIES, fast_sync_read=fast)
     bus = MotorBus(ScriptedPort(script), protocol, settings_)
     reg = STS if protocol == "feetech" else XL
@@ -120,10 +150,10 @@ def run(protocol: str, fast: bool, operation: str, script: list[bytes], ids: lis
 def test_damaged_replies_give_the_true_value_or_a_bus_error(protocol, fast, operation, data):
     values = data.draw(true_values(protocol, operation))
     attempts = data.draw(st.integers(1, RETRIES + 2))
-    script = [data.draw(damaged(protocol, fast, values)) for _ in range(attempts)]
     clean_from = data.draw(st.integers(0, attempts))  # attempts from here on are undamaged
-    script = script[:clean_from] + [reply(protocol, fast, values)] * (attempts - clean_from)
-    script += [reply(protocol, fast, values)] * (RETRIES + 1)  # for the ping of silent servos
+    damage = answer(protocol, fast, values, lambda asked: data.draw(damaged(protocol, fast, asked)))
+    clean = answer(protocol, fast, values)
+    script = [damage] * clean_from + [clean] * (attempts - clean_from + RETRIES + 1)
     try:
         bus, got = run(protocol, fast, operation, script, list(values))
     except BusError:
@@ -134,16 +164,26 @@ def test_damaged_replies_give_the_true_value_or_a_bus_error(protocol, fast, oper
 
 
 @pytest.mark.parametrize("protocol", ["feetech", "dynamixel"])
-def test_a_reply_from_the_wrong_servo_or_of_the_wrong_size_is_never_taken(protocol):
+def test_a_reply_from_servos_not_asked_or_of_the_wrong_size_is_never_taken(protocol):
     values = {1: 100, 2: 200}
     script = [
-        reply(protocol, False, {2: 100, 1: 200}),  # right size, servos swapped
+        reply(protocol, False, {5: 100, 6: 200}),  # right size, servos not asked
         reply(protocol, False, values, size_change=1),  # one byte too many each
-        reply(protocol, False, values),
+        answer(protocol, False, values),
     ]
     bus, got = run(protocol, False, "sync_read", script, [1, 2])
     assert got == values
     assert (bus.stats.corrupt, bus.stats.retries) == (2, 2)
+
+
+def test_feetech_keeps_the_intact_replies_and_asks_again_only_for_the_rest():
+    values = {1: 10, 2: 20, 3: 30}
+    lost_two = reply("feetech", False, {1: 10, 3: 30})  # servo 2's reply lost on the way
+    port = ScriptedPort([lost_two, answer("feetech", False, values)])
+    bus = MotorBus(port, "feetech", QUICK)
+    assert bus.sync_read(STS, [1, 2, 3]) == values
+    assert port.requests[1] == feetech.sync_read(STS.address, STS.size, [2])
+    assert bus.stats.per_servo[2]["timeouts"] == 1 and bus.stats.per_servo[1]["timeouts"] == 0
 
 
 def test_the_feetech_sum_misses_compensating_errors_and_the_range_check_closes_some():
@@ -166,12 +206,24 @@ def test_the_feetech_sum_misses_compensating_errors_and_the_range_check_closes_s
     assert run("feetech", False, "read", [bytes(within)], [1])[1] == {1: 1255}
 
 
+def test_feetech_keeps_nothing_from_replies_that_belong_to_something_else():
+    # intact replies from the servos asked, but out of turn: late answers, not this request's
+    values = {1: 10, 2: 20, 3: 30}
+    port = ScriptedPort(
+        [reply("feetech", False, {2: 99, 1: 98, 3: 97}), answer("feetech", False, values)]
+    )
+    bus = MotorBus(port, "feetech", QUICK)
+    assert bus.sync_read(STS, [1, 2, 3]) == values
+    assert port.requests[1] == port.requests[0], "everything asked again"
+
+
 def test_an_out_of_range_value_in_a_sync_read_is_retried_and_pinned_on_its_servo():
-    good = reply("feetech", False, {1: 10, 2: 20, 3: 30})
+    values = {1: 10, 2: 20, 3: 30}
+    good = reply("feetech", False, values)
     payload = feetech.packet(2, 0, (4096).to_bytes(2, "little"))  # valid sum, impossible value
     bad = good[:8] + payload + good[16:]
-    bus, got = run("feetech", False, "sync_read", [bad, good], IDS)
-    assert got == {1: 10, 2: 20, 3: 30}
+    bus, got = run("feetech", False, "sync_read", [bad, answer("feetech", False, values)], IDS)
+    assert got == values
     assert bus.stats.per_servo[2]["corrupt"] == 1 and bus.stats.per_servo[1]["corrupt"] == 0
 
 
