@@ -370,6 +370,13 @@ class GraspPolicy:
         )
 
     @property
+    def open_loop(self) -> bool:
+        """A committed grasp (close, lift, hold) follows the plan the gate approved from the aim
+        fixed at DECIDE; it reads no belief, so stale observations cannot mislead it and the
+        watchdog lets it finish (a half-closed gripper frozen on the cube is no safer)."""
+        return self.controller.phase in (CLOSE, LIFT, HOLD)
+
+    @property
     def events(self) -> list[GraspEvent]:
         return self.controller.events
 
@@ -405,6 +412,8 @@ class ChunkPolicy:
             chunk.actions, chunk.t_first, chunk.dt, self.t0, self.period
         )
         self.follower.add(first, actions)
+
+    open_loop = False
 
     def act(
         self, t: float, tick: int, joints: np.ndarray, estimator, mode: str = "normal"

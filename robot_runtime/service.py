@@ -30,7 +30,7 @@ from .estimator import LatentEstimator
 from .gate import commit_plan
 from .loop import FastLoop, LoopStats
 from .messages import MessageLimits, Rejected, check_observation, check_plan
-from .safety import BusHealth, SafetyConfig, Watchdog, safe_targets
+from .safety import NORMAL, BusHealth, SafetyConfig, Watchdog, safe_targets
 
 
 class RemoteSimArm:
@@ -188,6 +188,8 @@ class Runtime:
         mode, changed = self.watchdog.update(t)
         if changed is not None:
             self.publish("event", {}, {"event": "watchdog", "mode": mode, "was": changed})
+        if self.policy.open_loop:  # a committed plan reads no belief: staleness cannot hurt it
+            mode = NORMAL
         targets = self.policy.act(t, k, joints, est, mode)
         if targets is None:  # nothing to do yet: hold
             targets = self.command

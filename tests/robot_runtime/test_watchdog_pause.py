@@ -104,3 +104,20 @@ def test_the_watchdog_and_the_policy_together_on_a_stepped_clock():
         phases.append(policy.phase)
     assert frozen_from is not None and abs(frozen_from * DT - 1.4) < 0.05
     assert set(phases[frozen_from:]) == {phases[frozen_from]}
+
+
+def test_a_committed_grasp_is_open_loop_and_finishes():
+    """Close, lift and hold follow the approved plan and read no belief: the runtime lets them
+    finish when observations stop (the cube is often hidden between closing fingers)."""
+    policy = GraspPolicy(GraspController(GraspControllerConfig(), CountingGate()))
+    policy.reset(0.0)
+    est, phases, open_loop = FixedBeliefFake(), [], []
+    for k in range(600):
+        policy.act(k * DT, k, JOINTS, est, NORMAL)
+        phases.append(policy.phase)
+        open_loop.append(policy.open_loop)
+        if policy.finished:
+            break
+    assert phases[-1] == "done"
+    assert {p for p, o in zip(phases, open_loop) if o} == {CLOSE, "lift", "hold"}
+    assert not any(o for p, o in zip(phases, open_loop) if p in ("approach", "look", DECIDE))
