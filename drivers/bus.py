@@ -9,13 +9,12 @@ register; a port that disappears raises PortGone at the next transaction, never 
 from __future__ import annotations
 
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import serial
 
 from . import dynamixel, feetech
+from .bus_stats import BusStats
 from .errors import BusError, BusTimeout, PacketError, PortGone, ServoError
 from .tables import Register, ServoModel, model_by_number
 
@@ -36,64 +35,6 @@ class BusSettings:
     timeout_s: float = 0.02  # for a whole reply (all servos of a sync read)
     retries: int = 2  # extra attempts after a timeout or a damaged reply (LeRobot's default)
     fast_sync_read: bool = True  # Dynamixel: one reply packet for all servos
-
-
-SERVO_COUNTERS = ("timeouts", "corrupt", "failures")
-
-
-@dataclass
-class BusStats:
-    """Counters since the bus was made. ``per_servo`` holds, for each id the bus has addressed,
-    the timeouts, corrupt replies and failed transactions that could be pinned on that servo
-    (a whole-bus failure, or a damaged FAST_SYNC_READ packet, counts only in the totals)."""
-
-    cycles: int = 0  # transactions attempted
-    retries: int = 0
-    timeouts: int = 0
-    corrupt: int = 0  # checksum, framing, id, length or value-range errors
-    servo_errors: int = 0
-    failures: int = 0  # transactions that failed after all retries
-    consecutive_failures: int = 0  # failed transactions in a row; a success resets it
-    last_error: str = ""
-    per_servo: dict[int, dict[str, int]] = field(default_factory=dict)
-    latency_s: deque = field(default_factory=lambda: deque(maxlen=20000))
-
-    def track(self, ids) -> None:
-        """Makes room for ``ids`` (the servos addressed): the dict stays bounded by the bus."""
-        for servo_id in ids:
-            if servo_id not in self.per_servo:
-                self.per_servo[servo_id] = dict.fromkeys(SERVO_COUNTERS, 0)
-
-    def count(self, counter: str, servo_id: int | None) -> None:
-        setattr(self, counter, getattr(self, counter) + 1)
-        if servo_id in self.per_servo:
-            self.per_servo[servo_id][counter] += 1
-
-    def failed(self, error: BusError) -> None:
-        self.count("failures", error.servo_id)
-        self.consecutive_failures += 1
-        self.last_error = str(error)[:300]
-
-    def succeeded(self, latency_s: float) -> None:
-        self.latency_s.append(latency_s)
-        self.consecutive_failures = 0
-
-    def summary(self) -> dict:
-        """Plain JSON types only (str keys, ints, finite floats)."""
-        lat = np.asarray(self.latency_s) * 1e6 if self.latency_s else np.zeros(1)
-        return {
-            "cycles": self.cycles,
-            "retries": self.retries,
-            "timeouts": self.timeouts,
-            "corrupt": self.corrupt,
-            "servo_errors": self.servo_errors,
-            "failures": self.failures,
-            "consecutive_failures": self.consecutive_failures,
-            "last_error": self.last_error,
-            "latency_us_p50": float(np.percentile(lat, 50)),
-            "latency_us_p99": float(np.percentile(lat, 99)),
-            "per_servo": {str(i): dict(c) for i, c in sorted(self.per_servo.items())},
-        }
 
 
 class MotorBus:

@@ -1,0 +1,67 @@
+"""Counters of a servo bus (MotorBus.stats): for telemetry and status, as plain JSON."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import BusError
+
+SERVO_COUNTERS = ("timeouts", "corrupt", "failures")
+
+
+@dataclass
+class BusStats:
+    """Counters since the bus was made. ``per_servo`` holds, for each id the bus has addressed,
+    the timeouts, corrupt replies and failed transactions that could be pinned on that servo
+    (a whole-bus failure, or a damaged FAST_SYNC_READ packet, counts only in the totals)."""
+
+    cycles: int = 0  # transactions attempted
+    retries: int = 0
+    timeouts: int = 0
+    corrupt: int = 0  # checksum, framing, id, length or value-range errors
+    servo_errors: int = 0
+    failures: int = 0  # transactions that failed after all retries
+    consecutive_failures: int = 0  # failed transactions in a row; a success resets it
+    last_error: str = ""
+    per_servo: dict[int, dict[str, int]] = field(default_factory=dict)
+    latency_s: deque = field(default_factory=lambda: deque(maxlen=20000))
+
+    def track(self, ids) -> None:
+        """Makes room for ``ids`` (the servos addressed): the dict stays bounded by the bus."""
+        for servo_id in ids:
+            if servo_id not in self.per_servo:
+                self.per_servo[servo_id] = dict.fromkeys(SERVO_COUNTERS, 0)
+
+    def count(self, counter: str, servo_id: int | None) -> None:
+        setattr(self, counter, getattr(self, counter) + 1)
+        if servo_id in self.per_servo:
+            self.per_servo[servo_id][counter] += 1
+
+    def failed(self, error: BusError) -> None:
+        self.count("failures", error.servo_id)
+        self.consecutive_failures += 1
+        self.last_error = str(error)[:300]
+
+    def succeeded(self, latency_s: float) -> None:
+        self.latency_s.append(latency_s)
+        self.consecutive_failures = 0
+
+    def summary(self) -> dict:
+        """Plain JSON types only (str keys, ints, finite floats)."""
+        lat = np.asarray(self.latency_s) * 1e6 if self.latency_s else np.zeros(1)
+        return {
+            "cycles": self.cycles,
+            "retries": self.retries,
+            "timeouts": self.timeouts,
+            "corrupt": self.corrupt,
+            "servo_errors": self.servo_errors,
+            "failures": self.failures,
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error,
+            "latency_us_p50": float(np.percentile(lat, 50)),
+            "latency_us_p99": float(np.percentile(lat, 99)),
+            "per_servo": {str(i): dict(c) for i, c in sorted(self.per_servo.items())},
+        }
