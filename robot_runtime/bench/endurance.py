@@ -143,7 +143,7 @@ def emulated_run(
             if line.strip() == "ready":
                 break
         else:
-            raise RuntimeError("kiwi run did not start:\n" + "".join(lines))
+            raise ChildProcessError("kiwi run did not start: " + "".join(lines)[-500:])
         poster = Poster(obs)
         poster.start()
         ctx = link.Context()

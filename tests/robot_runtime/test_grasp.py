@@ -284,3 +284,28 @@ def test_grasp_queries_answer_a_plan_and_explain_bad_ones(gated_runtime):
     nan_plan[0, 0] = np.nan
     bad = ask(rt, req, link.encode("grasp_query", {"plan": nan_plan}))
     assert bad.kind == "error"
+
+
+def test_a_flood_of_grasp_queries_runs_at_most_one_forecast_per_interval(gated_runtime):
+    """Issue 9, finding 2: 300 grasp queries dropped the loop to 17 Hz (each forecast ran in
+    the tick). Now forecasts run on the gate's worker, one per grasp_query_interval_s (0.2 s);
+    the rest are answered "busy" at once, and every request gets an answer."""
+    rt, _ = gated_runtime
+    plan = np.tile(np.array([0, -70, 30, 90, 0, 100], np.float32), (5, 1))
+    dealer = rt.ctx.connect(zmq.DEALER, rt.job.link.query, hwm=1000)
+    for _ in range(60):
+        dealer.send_multipart([b"", *link.encode("grasp_query", {"plan": plan})])
+    kinds, k = [], 0
+    t0 = rt.attempt.t_start
+    deadline = time.monotonic() + 30
+    while len(kinds) < 60 and time.monotonic() < deadline:
+        rt.tick(k, t0 + k * rt.period)  # stepped: 20 ms of runtime clock per tick
+        k += 1
+        time.sleep(0.002)
+        while dealer.poll(0):
+            kinds.append(link.decode(dealer.recv_multipart()[1:]).kind)
+    assert len(kinds) == 60
+    forecasts = kinds.count("grasp_forecast")
+    assert forecasts <= k * rt.period / 0.2 + 1
+    assert forecasts >= 1 and kinds.count("error") == 60 - forecasts
+    assert rt.rejections.get("busy") == 60 - forecasts
