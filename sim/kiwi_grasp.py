@@ -46,6 +46,12 @@ HOME_JOINTS_RAD = np.array([0.0, -1.25, 0.5, 1.55, 0.0])
 DEG_LIMITS = np.degrees(LIMITS_RAD)
 ACTION_LOW = np.append(DEG_LIMITS[:, 0], 0.0).astype(np.float32)
 ACTION_HIGH = np.append(DEG_LIMITS[:, 1], 100.0).astype(np.float32)
+# ``object``: x, y, z (m) and yaw (degrees) in the camera frame. Each column has its own bound:
+# clipping with one scalar low once turned every negative yaw into -1 degree.
+OBJECT_BOUNDS = (
+    np.array([-1.0, -1.0, -1.0, -45.0], np.float32),
+    np.array([1.0, 1.0, 1.0, 45.0], np.float32),
+)
 
 
 @dataclass(frozen=True)
@@ -108,11 +114,7 @@ class KiwiGraspEnv(gymnasium.Env):
         self.action_space = spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32)
         obs_spaces = {
             "state": spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32),
-            "object": spaces.Box(
-                np.array([-1, -1, -1, -45], np.float32),
-                np.array([1, 1, 1, 45], np.float32),
-                dtype=np.float32,
-            ),
+            "object": spaces.Box(*OBJECT_BOUNDS, dtype=np.float32),
         }
         for cam in self.cameras:
             obs_spaces[cam] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
@@ -208,7 +210,7 @@ class KiwiGraspEnv(gymnasium.Env):
         obj = observe(self.true_object(), self.noise, self.np_random)
         obs = {
             "state": self.joint_state(),
-            "object": np.clip(obj, -1, [1, 1, 1, 45]).astype(np.float32),
+            "object": np.clip(obj, *OBJECT_BOUNDS).astype(np.float32),
         }
         for cam in self.cameras:
             obs[cam] = self.render_camera(cam, self.image_size, self.image_size)
