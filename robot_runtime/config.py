@@ -186,7 +186,10 @@ class GraspControllerConfig(Frozen):
     lift_s: float = 1.0
     hold_s: float = 1.0
     lost_after_s: float = Field(
-        5.0, gt=0, description="watchdog holding this long (no observations): the attempt is lost"
+        5.0, gt=0, description="searching this long without an observation: the attempt is lost"
+    )
+    search_height_m: float = Field(
+        0.14, gt=0, description="second half of a search: look from this high (a wider view)"
     )
 
 
@@ -198,6 +201,11 @@ class GraspGateConfig(Frozen):
     retries: int = Field(2, ge=0, description="back-offs before giving up")
     samples: int = Field(64, ge=1, description="K rollouts per forecast")
     horizon: int = Field(20, ge=1, description="H ticks of the commit plan rolled out")
+    max_belief_age_s: float = Field(
+        0.5,
+        gt=0,
+        description="never decide on a belief whose newest observation is older: wait for one",
+    )
     obs_every: int = Field(10, ge=1, description="training: one observation every N ticks")
     train_samples: int = Field(8, ge=1, description="training: rollouts per recorded decision")
     epochs: int = Field(40, ge=1)

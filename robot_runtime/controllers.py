@@ -36,7 +36,8 @@ APPROACH, LOOK, DESCEND, DECIDE, CLOSE, LIFT, HOLD, DONE = (
     "done",
 )
 BACK_OFF, GAVE_UP, LOST = "back_off", "gave_up", "lost"
-WAIT = "wait"
+WAIT, SEARCH = "wait", "search"
+COMMITTED = (CLOSE, LIFT, HOLD)  # the approved plan, played from the aim fixed at DECIDE
 
 
 def smoothstep(s: float) -> float:
@@ -180,6 +181,11 @@ class GraspController:
                 self.start_q = np.radians(np.asarray(joints_deg[:5], float))
                 self.aim = self._aim_at(object_estimate, joints_deg)
                 self._enter(APPROACH, t, replanned=True)
+        elif self.phase == SEARCH:  # blind: look down at where the cube was, then from higher
+            s_search = t - self.t_phase
+            z = c.pregrasp_height_m if s_search < 0.5 * c.lost_after_s else c.search_height_m
+            q = reach_top_down(xy, z, yaw, self.roll_hint)
+            grip = self.search_grip
         elif self.phase == CLOSE:
             q = reach_top_down(xy, c.grasp_height_m, yaw, self.roll_hint)
             grip = 100.0 * (1.0 - smoothstep(s / c.close_s))
@@ -198,10 +204,21 @@ class GraspController:
             return np.asarray(joints_deg, float).copy()
         return np.append(np.degrees(q), grip)
 
-    def pause(self, seconds: float) -> None:
-        """The phase clock stood still for ``seconds`` (the watchdog held the arm): the current
-        phase resumes where it stopped."""
-        self.t_phase += seconds
+    def search(self, t: float, joints_deg: np.ndarray, **detail) -> None:
+        """Observations stopped: look for the cube from above where it was last believed to be
+        (pre-grasp height, then ``search_height_m``), gripper as it is."""
+        self.search_grip = float(joints_deg[5])
+        self._enter(SEARCH, t, **detail)
+
+    def replan(self, t: float, joints_deg: np.ndarray, object_estimate: np.ndarray) -> None:
+        """Fresh observations again: a new approach from where the arm is, aimed at the belief
+        they made."""
+        self.start_q = np.radians(np.asarray(joints_deg[:5], float))
+        try:
+            self.aim = self._aim_at(object_estimate, joints_deg)
+        except Unreachable:
+            pass  # keep the aim it had; the next ticks hold if that is unreachable too
+        self._enter(APPROACH, t, replanned=True)
 
     def lose(self, t: float, **detail) -> None:
         self._enter(LOST, t, **detail)
@@ -281,20 +298,34 @@ class GraspPolicy:
         controller: GraspController,
         gate=None,
         fresh_s: float = 0.5,
-        lost_after_s: float = 5.0,
+        max_belief_age_s: float = 0.5,
     ):
         self.controller = controller
         self.gate = gate
         self.fresh_s = fresh_s
-        self.lost_after_s = lost_after_s
+        self.max_belief_age_s = max_belief_age_s
         self.estimator = None
-        self._applied, self._t_observed = 0, 0.0
-        self._paused_at: float | None = None
+        self._applied, self._t_observed = 0, -math.inf
+        self._waiting_fresh = False
         if gate is not None:
             controller.gate = self._decide
         self.waiting = True
 
+    def belief_age(self, t: float) -> float:
+        """Seconds since the newest observation in the belief was captured."""
+        last_age = self.estimator.stats.last_age_s if self.estimator is not None else 0.0
+        return t - self._t_observed + (last_age if math.isfinite(last_age) else 0.0)
+
     def _decide(self, t: float, aim, roll_hint: float) -> str:
+        age = self.belief_age(t)
+        if age > self.max_belief_age_s and not self.gate.in_flight:
+            if not self._waiting_fresh:  # never decide on an old belief: wait for a fresh one
+                self._waiting_fresh = True
+                self.controller.events.append(
+                    GraspEvent(t, "wait_fresh", {"belief_age_s": round(age, 3)})
+                )
+            return PENDING
+        self._waiting_fresh = False
         self.gate.estimator = self.estimator
         verdict = self.gate(t, aim, roll_hint)
         if verdict == PENDING:
@@ -316,10 +347,13 @@ class GraspPolicy:
         return verdict
 
     def reset(self, t: float) -> None:
+        """A new attempt: it aims only after an observation captured after ``t`` (the estimator
+        is reset at ``t`` too, so its counters start from zero)."""
         if self.gate is not None and hasattr(self.gate, "discard"):
             self.gate.discard()  # a forecast still in flight belongs to the attempt before
         self.waiting = True
-        self._paused_at = None
+        self._applied, self._t_observed = 0, -math.inf
+        self._waiting_fresh = False
         self.controller.phase = WAIT
         self.controller.events.clear()
 
@@ -329,52 +363,47 @@ class GraspPolicy:
     def act(
         self, t: float, tick: int, joints: np.ndarray, estimator, mode: str = "normal"
     ) -> np.ndarray | None:
-        """Targets for this tick, or None to hold. ``mode`` is the watchdog's: while it is not
-        normal (observations are late or gone) no phase advances and no commit happens; the
-        attempt resumes where it stopped when observations return, or ends as ``lost`` after
-        ``lost_after_s``."""
+        """Targets for this tick, or None to hold. ``mode`` is the watchdog's. While it is not
+        normal (observations are late or gone) the controller searches (SEARCH: looks from above
+        where the cube was) instead of acting on a stale belief, and no commit happens; fresh
+        observations bring a new approach from the belief they made; a search longer than
+        ``lost_after_s`` ends the attempt as ``lost``. A committed grasp finishes regardless."""
         self.estimator = estimator
         if estimator.stats.applied != self._applied:
             self._applied, self._t_observed = estimator.stats.applied, t
+        c = self.controller
         if self.waiting:
             if estimator.stats.applied == 0:
                 return None  # hold
             self.waiting = False
-            self.controller.reset(t, joints)
-        if self.controller.finished:
-            return self.controller.act(t, joints, estimator.decode()["object"], False)
-        if mode != "normal":
-            return self._paused(t, mode)
-        if self._paused_at is not None:
-            self._resume(t)
+            c.reset(t, joints)
+        if c.finished:
+            return c.act(t, joints, estimator.decode()["object"], False)
+        blind = mode != "normal"
+        if c.phase == SEARCH:
+            if not blind:
+                c.replan(t, joints, estimator.decode()["object"])
+            elif t - c.t_phase >= c.config.lost_after_s:
+                c.lose(t, searched_s=round(t - c.t_phase, 3))
+                return None
+        elif blind and c.phase not in COMMITTED:
+            if c.phase == DECIDE and self.gate is not None:
+                self.gate.discard()  # a forecast from a belief about to go stale
+            c.search(t, joints, was=c.phase, watchdog=mode)
         fresh = t - self._t_observed <= self.fresh_s
-        return self.controller.act(t, joints, estimator.decode()["object"], fresh)
+        return c.act(t, joints, estimator.decode()["object"], fresh)
 
-    def _paused(self, t: float, mode: str) -> None:
-        c = self.controller
-        if self._paused_at is None:
-            self._paused_at = t
-            c.events.append(GraspEvent(t, "paused", {"watchdog": mode, "in": c.phase}))
-        elif t - self._paused_at >= self.lost_after_s:
-            c.lose(t, was=c.phase, held_s=round(t - self._paused_at, 3))
-        return None
-
-    def _resume(self, t: float) -> None:
-        held = t - self._paused_at
-        self._paused_at = None
-        self.controller.pause(held)
-        if self.controller.phase == DECIDE and self.gate is not None:
-            self.gate.discard()  # forecast again, from the belief the fresh observation made
-        self.controller.events.append(
-            GraspEvent(t, "resumed", {"in": self.controller.phase, "held_s": round(held, 3)})
-        )
-
-    @property
-    def open_loop(self) -> bool:
-        """A committed grasp (close, lift, hold) follows the plan the gate approved from the aim
-        fixed at DECIDE; it reads no belief, so stale observations cannot mislead it and the
-        watchdog lets it finish (a half-closed gripper frozen on the cube is no safer)."""
-        return self.controller.phase in (CLOSE, LIFT, HOLD)
+    def safety_mode(self, mode: str) -> str:
+        """The watchdog's mode as safety applies it: a committed grasp follows the plan the gate
+        approved (it reads no belief, so staleness cannot mislead it, and a half-closed gripper
+        frozen on the cube is no safer); a search moves, slowly, to where it can see."""
+        if mode == "normal":
+            return mode
+        if self.controller.phase in COMMITTED:
+            return "normal"
+        if self.controller.phase == SEARCH:
+            return "slow"
+        return mode
 
     @property
     def events(self) -> list[GraspEvent]:
@@ -413,7 +442,8 @@ class ChunkPolicy:
         )
         self.follower.add(first, actions)
 
-    open_loop = False
+    def safety_mode(self, mode: str) -> str:
+        return mode
 
     def act(
         self, t: float, tick: int, joints: np.ndarray, estimator, mode: str = "normal"

@@ -18,6 +18,7 @@ if it were fresh: what a loop without replay does).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -98,16 +99,21 @@ class LatentEstimator:
         self._job: _Job | None = None
         self._pending: tuple[dict, float] | None = None
         self.ring: list[Tick] = []
+        self.t_episode = -math.inf
         self.last_observed_index = -1
 
     # --- bookkeeping ------------------------------------------------------------------------
     def reset(self, t: float) -> None:
-        """Starts a new episode at time ``t`` from the model's initial state."""
+        """Starts a new episode at time ``t`` from the model's initial state, with counters of
+        its own: nothing of the episode before (beliefs, a queued observation, statistics)
+        carries over."""
         self._wait_job()
         with torch.no_grad():
             self.ring = [Tick(0, t, self.wm.initial(1))]
+        self.t_episode = t
         self.last_observed_index = -1
         self._pending = None
+        self.stats = EstimatorStats(step_s=self.stats.step_s)  # the step's cost carries over
 
     @property
     def state(self) -> State:
@@ -146,6 +152,8 @@ class LatentEstimator:
         now = self.ring[-1]
         if t_capture > now.t + 0.5 * self.period_s:
             return self._drop("future")
+        if t_capture < self.t_episode - 0.5 * self.period_s:
+            return self._drop("too_old")  # captured before this episode began
         if self.mode == STALE:
             return self._apply_now(obs, t_capture)
         index = now.index - int(round((now.t - t_capture) / self.period_s))

@@ -95,6 +95,11 @@ class GraspGate:
         self.decisions.append(Decision(t, f.p_success, f.spread, f.ms, verdict))
         return verdict
 
+    @property
+    def in_flight(self) -> bool:
+        """A forecast of this gate's own is running (its belief was fresh when it started)."""
+        return self._pending is not None
+
     def submit(self, fn, *args) -> Future:
         """Runs ``fn(*args)`` on the gate's worker thread (grasp queries from clients: they wait
         behind the gate's own forecast, never in the tick)."""

@@ -109,7 +109,7 @@ class GraspLockstep:
         self.estimator.reset(0.0)
         self.policy = policy or GraspPolicy(
             GraspController(job.controller, aim=job.controller.aim),
-            lost_after_s=job.controller.lost_after_s,
+            max_belief_age_s=job.gate.max_belief_age_s,
         )
         self.policy.reset(0.0)
         sc = job.safety
@@ -141,9 +141,8 @@ class GraspLockstep:
             if not est.correct(o, capture_tick * self.period).startswith("dropped"):
                 self.watchdog.observed(tick * self.period)
         mode = self.watchdog.mode(tick * self.period)
-        if getattr(self.policy, "open_loop", False):
-            mode = "normal"
         targets = self.policy.act(tick * self.period, tick, joints, est, mode)
+        mode = self.policy.safety_mode(mode)
         if targets is None:
             targets = self.command
         if est.stats.applied:

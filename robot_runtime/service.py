@@ -30,7 +30,7 @@ from .estimator import LatentEstimator
 from .gate import commit_plan
 from .loop import FastLoop, LoopStats
 from .messages import MessageLimits, Rejected, check_observation, check_plan
-from .safety import NORMAL, BusHealth, SafetyConfig, Watchdog, safe_targets
+from .safety import BusHealth, SafetyConfig, Watchdog, safe_targets
 
 
 class RemoteSimArm:
@@ -132,7 +132,7 @@ class Runtime:
         self.safety = SafetyConfig(s.max_step_deg, s.slow_after_s, s.hold_after_s, s.slow_factor)
         self.policy = policy or GraspPolicy(
             GraspController(job.controller, aim=job.controller.aim),
-            lost_after_s=job.controller.lost_after_s,
+            max_belief_age_s=job.gate.max_belief_age_s,
         )
         lim = rc.limits
         self.limits = MessageLimits(
@@ -188,13 +188,15 @@ class Runtime:
         mode, changed = self.watchdog.update(t)
         if changed is not None:
             self.publish("event", {}, {"event": "watchdog", "mode": mode, "was": changed})
-        if self.policy.open_loop:  # a committed plan reads no belief: staleness cannot hurt it
-            mode = NORMAL
         targets = self.policy.act(t, k, joints, est, mode)
         if targets is None:  # nothing to do yet: hold
             targets = self.command
         safe = safe_targets(
-            np.asarray(targets, float), self.command, self.arm.limits, mode, self.safety
+            np.asarray(targets, float),
+            self.command,
+            self.arm.limits,
+            self.policy.safety_mode(mode),
+            self.safety,
         )
         self.write_targets(safe)
         self.command = safe
@@ -294,6 +296,8 @@ class Runtime:
 
     def apply_observation(self, obs: dict, t_capture: float, t: float) -> None:
         result = self.estimator.correct(obs, t_capture)
+        # the raw observation beside the latent's estimate: displays score perception with it
+        self.publish("observation", obs, {"result": result, "t_received": t}, t_capture)
         if not result.startswith("dropped"):
             self.watchdog.observed(t)
             if self.attempt is not None and self.attempt.t_first_obs is None:
@@ -610,16 +614,16 @@ def grasp_policy(job: GraspJob, spec: str, log=print):
     controller = GraspController(
         job.controller, max_retries=job.gate.retries, aim=job.controller.aim
     )
-    lost_after_s = job.controller.lost_after_s
+    belief_age_s = job.gate.max_belief_age_s
     if not job.gate.enabled or "success_head" not in groups:
         if job.gate.enabled:
             log(f"{path.name} has no success head: grasps are not gated (`kiwi train grasp`)")
-        return GraspPolicy(controller, lost_after_s=lost_after_s), None
+        return GraspPolicy(controller, max_belief_age_s=belief_age_s), None
     _, predictor, _, _ = load_grasp_predictor(path, job.gate.samples)
     gate = GraspGate(
         predictor, job.controller, job.runtime.rate_hz, job.gate.threshold, background=True
     )
-    return GraspPolicy(controller, gate, lost_after_s=lost_after_s), predictor
+    return GraspPolicy(controller, gate, max_belief_age_s=belief_age_s), predictor
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ def cmd_run(args) -> int:
         if args.controller == "chunk"
         else GraspPolicy(
             GraspController(job.controller, aim=job.controller.aim),
-            lost_after_s=job.controller.lost_after_s,
+            max_belief_age_s=job.gate.max_belief_age_s,
         )
     )
     print(

@@ -133,8 +133,11 @@ class FakeSlowPredictor:
 
 
 class Belief:
+    """A fake estimator (named as such): a belief, observed 0.1 s before it was made."""
+
     def __init__(self, model):
         self.state = model.initial(1)
+        self.stats = type("Stats", (), {"applied": 1, "last_age_s": 0.1})()
 
 
 def test_a_background_gate_holds_at_decide_until_its_forecast_is_in():
@@ -174,7 +177,9 @@ def test_a_new_attempt_discards_the_forecast_of_the_one_before():
     gate.estimator = Belief(model)
     policy = GraspPolicy(GraspController(GraspControllerConfig()), gate)
     policy.estimator = gate.estimator
+    policy._t_observed = 0.0  # a fresh belief: the gate starts a forecast
     assert policy._decide(0.0, (np.array([0.19, 0.0]), 0.0), 0.0) == PENDING
+    assert gate.in_flight
     policy.reset(1.0)
     assert gate._pending is None
     gate.close()

@@ -107,14 +107,49 @@ def test_query_socket_answers_status_and_clock_and_rejects_garbage(runtime):
     assert error.kind == "error" and "unknown query kind 'dance'" in error.header.meta["error"]
 
 
-def test_watchdog_holds_the_arm_when_observations_stop(runtime):
+def test_without_observations_the_grasp_searches_slowly_and_a_chunk_policy_holds(runtime):
     rt, push, _, job = runtime
     push.send_multipart(good_obs(t_capture=rt.attempt.t_start))
     k = tick_until(rt, 0, 100, lambda: rt.estimator.stats.applied == 1)
     assert rt.estimator.stats.applied == 1
-    # No more observations: after hold_after_s (0.4 s = 20 ticks) the command stops changing.
+    # No more observations: past hold_after_s (0.4 s = 20 ticks) the watchdog holds; the grasp
+    # policy searches for the cube, moving no faster than the slow step.
     k = tick_until(rt, k, 25)
     assert rt.watchdog.mode(rt.attempt.t_start + k * rt.period) == "hold"
+    assert rt.policy.phase == "search"
+    slow_step = job.safety.max_step_deg * job.safety.slow_factor
+    for _ in range(10):
+        before = rt.command.copy()
+        k = tick_until(rt, k, 1)
+        assert np.all(np.abs(rt.command - before) <= slow_step + 1e-9)
+    # A policy that cannot search (VLA chunks) is held where it is.
+    from robot_runtime.controllers import ChunkPolicy
+
+    rt.policy = ChunkPolicy(rt.period)
+    rt.policy.reset(rt.attempt.t_start)
+    rt.policy.follower.add(k, np.tile(rt.command + 5.0, (50, 1)))
     held = rt.command.copy()
     tick_until(rt, k, 10)
     assert np.array_equal(rt.command, held)
+
+
+def test_a_second_attempt_aims_only_after_its_own_first_observation(runtime):
+    """Issue 10, item 1: attempts 2 and 3 of `kiwi sim` aimed at the latent's untrained default
+    (the estimator's counter of applied observations never reset, so the policy did not wait).
+    Each attempt now starts from a clean estimator, counters included, and an observation
+    captured before the attempt began is not applied to it."""
+    rt, push, _, _ = runtime
+    push.send_multipart(good_obs(t_capture=rt.attempt.t_start))
+    k = tick_until(rt, 0, 100, lambda: rt.policy.phase == "approach")
+    assert rt.policy.phase == "approach" and rt.estimator.stats.applied == 1
+    first_attempt_end = rt.attempt.t_start + k * rt.period
+
+    rt.start_attempt(4, rt.arm.read_joints())  # the next attempt, on the runtime's clock
+    assert rt.estimator.stats.applied == 0 and rt.policy.phase == "wait"
+    push.send_multipart(good_obs(t_capture=first_attempt_end - 0.05, seq=2))  # an old capture
+    k = tick_until(rt, 0, 30)
+    assert rt.policy.phase == "wait", "aimed before an observation of its own"
+    assert rt.estimator.stats.applied == 0 and rt.estimator.stats.dropped["too_old"] == 1
+    push.send_multipart(good_obs(t_capture=rt.attempt.t_start + (k - 2) * rt.period, seq=3))
+    tick_until(rt, k, 100, lambda: rt.policy.phase == "approach")
+    assert rt.policy.phase == "approach" and rt.estimator.stats.applied == 1
