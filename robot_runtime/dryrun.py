@@ -1,7 +1,9 @@
 """`kiwi sim`: the dry run. Starts the simulated world, the slow process and the runtime as
 separate processes on loopback, shows live status, and ends with a summary and a run folder:
 ``config.yaml``, ``telemetry.jsonl``, ``truth.jsonl``, ``summary.json`` and
-``estimate_vs_truth.png`` (the latent's cube estimate against the simulator's truth).
+``estimate_vs_truth.png`` (the latent's cube estimate and the raw perception against the
+simulator's truth; sim_plot.py), and with ``--rerun FILE`` a Rerun recording (recording.py).
+The endpoints are printed first, so that `kiwi grasp-check --connect` can ask the runtime.
 
 The ground truth (``truth`` messages of the simulated world) feeds only this display and the
 summary; the runtime never sees it.
@@ -31,7 +33,16 @@ import numpy as np
 from . import jsonout, link
 from .child_processes import POLL_S, ChildExit, Children
 from .config import GraspJob, dump_config
-from .sim_report import estimate_errors, plot_estimate, print_summary, summarize
+from .liveline import LiveLine, sim_fields
+from .sim_plot import plot_estimate
+from .sim_report import (
+    Estimate,
+    Observation,
+    Truth,
+    estimate_errors,
+    print_summary,
+    summarize,
+)
 
 LINK_KEYS = ("obs", "query", "telemetry", "camera", "command", "sim_state")
 STOP_ORDER = ("runtime", "sim world", "slow")  # the runtime holds the arm while the world runs
@@ -51,68 +62,100 @@ def free_ports(n: int) -> list[int]:
 
 
 class Recorder:
-    """Subscribes to the runtime's telemetry and the world's truth; keeps what the summary,
-    the plot and the live line need."""
+    """Subscribes to the runtime's telemetry and the world's truth (and, for a Rerun
+    recording, its camera); keeps what the summary, the plot and the live line need."""
 
-    def __init__(self, ctx: link.Context, job: GraspJob, out: Path):
+    def __init__(self, ctx: link.Context, job: GraspJob, out: Path, recording=None):
         import zmq
 
         self.tele = ctx.connect(zmq.SUB, job.link.telemetry, hwm=1000)
         self.truth = ctx.connect(zmq.SUB, job.link.sim_state, hwm=1000)
-        for s in (self.tele, self.truth):
-            s.setsockopt(zmq.SUBSCRIBE, b"")
+        self.camera = None
+        if recording is not None:  # the recording shows what the slow process saw
+            self.camera = ctx.connect(zmq.SUB, job.link.camera, hwm=4)
+        for s in (self.tele, self.truth, self.camera):
+            if s is not None:
+                s.setsockopt(zmq.SUBSCRIBE, b"")
+        self.recording = recording
         self.tele_log = open(out / "telemetry.jsonl", "w")
         self.truth_log = open(out / "truth.jsonl", "w")
-        self.estimates: list[tuple[float, np.ndarray]] = []
-        self.truths: list[tuple[float, np.ndarray, bool, int]] = []
+        self.estimates: list[Estimate] = []
+        self.truths: list[Truth] = []
+        self.observations: list[Observation] = []
         self.events: list[dict] = []
         self.holds: list[float] = []  # times of telemetry with the watchdog holding
         self.last: dict = {}
         self.world: dict = {}  # the last truth message's meta (episode, rejected commands)
+        self.world_joints: np.ndarray | None = None  # the last sim_state's joints
         self.counter: dict = {}
 
     def poll(self) -> None:
         for msg in link.drain(self.tele, self.counter, 1000):
-            rec = {
-                "t": msg.header.t_capture,
-                "kind": msg.kind,
-                **msg.header.meta,
-                **{k: v.tolist() for k, v in msg.arrays.items()},
-            }
-            self.tele_log.write(jsonout.dumps(rec) + "\n")
-            if msg.kind == "telemetry":
-                self.estimates.append(
-                    (msg.header.t_capture, np.array(msg.arrays["object_estimate"]))
-                )
-                self.last = rec
-                if rec.get("watchdog") == "hold":
-                    self.holds.append(rec["t"])
-            elif msg.kind == "event":
-                self.events.append(rec)
+            self._runtime_message(msg)
+            if self.recording is not None:
+                self.recording.message(msg)
         for msg in link.drain(self.truth, self.counter, 1000):
-            if msg.kind != "truth":
-                continue
-            t = msg.header.t_capture
-            self.world = msg.header.meta
-            self.truths.append(
-                (
-                    t,
-                    np.array(msg.arrays["object_true"]),
-                    bool(msg.header.meta.get("is_success")),
-                    int(msg.header.meta.get("episode", -1)),
+            if msg.kind == "sim_state":
+                self.world_joints = np.array(msg.arrays["state"], float)
+            elif msg.kind == "truth":
+                self._truth(msg)
+                if self.recording is not None:
+                    self.recording.message(msg)
+        if self.camera is not None:
+            for msg in link.drain(self.camera, self.counter, 100):
+                self.recording.message(msg)
+
+    def _runtime_message(self, msg: link.Message) -> None:
+        rec = {
+            "t": msg.header.t_capture,
+            "kind": msg.kind,
+            **msg.header.meta,
+            **{k: v.tolist() for k, v in msg.arrays.items()},
+        }
+        self.tele_log.write(jsonout.dumps(rec) + "\n")
+        if msg.kind == "telemetry":
+            if "object_estimate" in msg.arrays:
+                joints = msg.arrays.get("joints")
+                self.estimates.append(
+                    Estimate(
+                        msg.header.t_capture,
+                        np.array(msg.arrays["object_estimate"], float),
+                        None if joints is None else np.array(joints, float),
+                        int(msg.header.meta.get("estimator", {}).get("applied", 1)),
+                    )
+                )
+            self.last = rec
+            if rec.get("watchdog") == "hold":
+                self.holds.append(rec["t"])
+        elif msg.kind == "event":
+            self.events.append(rec)
+        elif msg.kind == "observation" and "object" in msg.arrays and "state" in msg.arrays:
+            self.observations.append(
+                Observation(
+                    msg.header.t_capture,
+                    np.array(msg.arrays["object"], float),
+                    np.array(msg.arrays["state"], float),
+                    str(msg.header.meta.get("result", "applied")),
+                    msg.header.meta.get("t_received"),
                 )
             )
-            if len(self.truths) % 5 == 1:
-                self.truth_log.write(
-                    jsonout.dumps(
-                        {
-                            "t": t,
-                            **msg.header.meta,
-                            "object_true": msg.arrays["object_true"].tolist(),
-                        }
-                    )
-                    + "\n"
-                )
+
+    def _truth(self, msg: link.Message) -> None:
+        t = msg.header.t_capture
+        self.world = msg.header.meta
+        joints = msg.arrays.get("state")
+        self.truths.append(
+            Truth(
+                t,
+                np.array(msg.arrays["object_true"], float),
+                bool(msg.header.meta.get("is_success")),
+                int(msg.header.meta.get("episode", -1)),
+                self.world_joints if joints is None else np.array(joints, float),
+            )
+        )
+        if len(self.truths) % 5 == 1:
+            line = {"t": t, **msg.header.meta, "object_true": msg.arrays["object_true"].tolist()}
+            self.truth_log.write(jsonout.dumps(line) + "\n")
 
     def attempts_ended(self) -> int:
         return sum(1 for e in self.events if e.get("event") == "attempt_end")
@@ -124,26 +167,29 @@ class Recorder:
     def close(self) -> None:
         self.tele_log.close()
         self.truth_log.close()
-        self.tele.close(0)
-        self.truth.close(0)
+        for s in (self.tele, self.truth, self.camera):
+            if s is not None:
+                s.close(0)
 
 
-def status_line(rec: Recorder, attempt: int, attempts: int) -> str:
-    last = rec.last
-    if not last:
-        return "waiting for the runtime..."
-    est = last.get("estimator", {})
-    age_ms = est.get("last_age_ms")
-    age_ms = float("nan") if age_ms is None else age_ms  # None (JSON null): no observation yet
-    errs = estimate_errors(rec.estimates[-50:], rec.truths[-400:])
-    err = f"{np.median(errs[:, 0]):5.1f} mm {np.median(errs[:, 1]):4.1f} deg" if len(errs) else "-"
+def status_fields(rec: Recorder, attempts: int) -> list:
+    """The live line's fields (liveline.fit_fields cuts them to the terminal)."""
+    if not rec.last:
+        return [(0, "waiting for the runtime to load its model and start the first attempt...")]
+    started = sum(1 for e in rec.events if e.get("event") == "attempt_start")
+    errs = estimate_errors(rec.estimates[-20:], rec.truths[-200:])
+    err = (float(np.median(errs[:, 0])), float(np.median(errs[:, 1]))) if len(errs) else None
     decisions = [e for e in rec.events if e.get("phase") == "decision"]
-    gate = f"  P={decisions[-1]['p_success']:.2f} {decisions[-1]['verdict']}" if decisions else ""
+    gate = (decisions[-1]["p_success"], decisions[-1]["verdict"]) if decisions else None
+    return sim_fields(max(started, 1), attempts, rec.last, err, gate)
+
+
+def endpoints_line(job: GraspJob) -> str:
+    """Where a person (or `kiwi grasp-check --connect`) reaches the runtime."""
+    lk = job.link
     return (
-        f"attempt {attempt}/{attempts}  {last.get('phase', '?'):9s} "
-        f"jitter p99 {last.get('jitter_us_p99', 0):6.0f} µs  overruns {last.get('overruns', 0)}  "
-        f"obs {est.get('applied', 0)} (age {age_ms:4.0f} ms)  "
-        f"estimate error {err}  watchdog {last.get('watchdog', '?')}{gate}"
+        f"endpoints: observations {lk.obs}, queries {lk.query} "
+        f"(kiwi grasp-check --connect {lk.query}), telemetry {lk.telemetry}"
     )
 
 
@@ -250,27 +296,33 @@ def watch_run(
         sleep(POLL_S)
 
 
-def run_sim(job: GraspJob, out: Path, live: bool = True) -> dict:
-    """Runs `kiwi sim` into ``out`` and returns the summary. A run that did not complete still
-    writes its summary and plot, prints the summary, and then raises: ChildProcessError (one
-    line: what died) or KeyboardInterrupt (Ctrl-C or SIGTERM)."""
+def run_sim(job: GraspJob, out: Path, live: bool = True, rerun: Path | None = None) -> dict:
+    """Runs `kiwi sim` into ``out`` and returns the summary; ``rerun``: also write a Rerun
+    recording there. A run that did not complete still writes its summary and plot, prints the
+    summary, and then raises: ChildProcessError (one line: what died) or KeyboardInterrupt
+    (Ctrl-C or SIGTERM)."""
     out.mkdir(parents=True, exist_ok=True)
     ports = free_ports(len(LINK_KEYS))
     addresses = {k: f"tcp://127.0.0.1:{p}" for k, p in zip(LINK_KEYS, ports)}
     job = job.model_copy(update={"link": job.link.model_copy(update=addresses)})
     config = out / "config.yaml"
     config.write_text(dump_config(job))
+    recording = None
+    if rerun is not None:
+        from .recording import open_recording
+
+        recording = open_recording(rerun, "kiwi sim", t0=time.monotonic())
     ctx = link.Context()
-    rec = Recorder(ctx, job, out)
+    rec = Recorder(ctx, job, out, recording)
     children = Children(grace_s=STOP_GRACE_S)
+    print(endpoints_line(job), flush=True)
+    line = LiveLine()
     last_print = [0.0]
 
     def show_status() -> None:
         now = time.monotonic()
         if live and now - last_print[0] > 0.25:
-            started = sum(1 for e in rec.events if e.get("event") == "attempt_start")
-            line = status_line(rec, max(started, 1), job.sim.attempts)
-            print("\r" + line[:150].ljust(150), end="", flush=True)
+            line.show(status_fields(rec, job.sim.attempts))
             last_print[0] = now
 
     end = None
@@ -303,15 +355,17 @@ def run_sim(job: GraspJob, out: Path, live: bool = True) -> dict:
     except KeyboardInterrupt:
         children.kill_all()
         end = end or RunEnd("interrupted", children.elapsed_s(), signal="SIGINT")
-    if live:
-        print()
+    line.end()
     rec.poll()
     summary = summarize(rec, job, children.elapsed_s(), end)
     summary["processes"] = children.summary()
     rec.close()
     ctx.close()
+    if recording is not None:
+        recording.close()
+        summary["rerun"] = str(rerun)
     jsonout.write_json(out / "summary.json", summary, indent=2)
-    plot_estimate(rec, out / "estimate_vs_truth.png")
+    plot_estimate(rec, out / "estimate_vs_truth.png", summary["per_attempt"])
     if end.outcome == "completed":
         return summary
     print_summary(summary, out)

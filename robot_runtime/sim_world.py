@@ -2,8 +2,10 @@
 
 Each 20 ms it applies the newest joint targets from the command socket, steps MuJoCo, publishes
 the joint state (``sim_state``; ground truth rides along in a separate ``truth`` message for
-displays and evaluations, never for the estimator), and every ``1/camera_hz`` publishes a wrist
-frame with the joints at capture (``camera``) for the slow process. A ``reset`` message on the
+displays and evaluations, never for the estimator: the cube in the wrist-camera frame, the
+joints it was seen from, its world position, finger contacts, success and lift), and every
+``1/camera_hz`` publishes a wrist frame with the joints at capture (``camera``) for the slow
+process. A ``reset`` message on the
 command socket starts a new episode with the seed it carries.
 
 Every command is validated before it touches the simulator (``parse_command``): a reset's seed
@@ -132,6 +134,7 @@ class SimWorld:
         self._send(self.state_pub, "sim_state", {"state": joints}, now)
         truth = {
             "object_true": self.env.true_object().astype(np.float32),
+            "state": joints,  # the joints object_true was seen from (world-frame displays)
             "cube_pos": np.asarray(self.info["cube_pos"], np.float32),
             "finger_contacts": np.asarray(self.info["finger_contacts"]),
         }

@@ -80,7 +80,8 @@ def cmd_sim(args) -> int:
         f"({job.runtime.mode}), perception {job.slow.rate_hz:g} Hz with "
         f"{job.slow.latency_ms:g} ms latency -> {out}  (Ctrl-C stops safely)"
     )
-    summary = run_sim(job, out, live=not args.no_live)
+    rerun = Path(args.rerun) if args.rerun else None
+    summary = run_sim(job, out, live=not args.no_live, rerun=rerun)
     print_summary(summary, out)
     return 0
 
@@ -148,12 +149,19 @@ def register(sub) -> None:
         "table and a run folder (telemetry.jsonl, summary.json, estimate_vs_truth.png). "
         "`kiwi sim replay` renders a recorded episode instead.",
         "kiwi sim\nkiwi sim --quick --out runs/sim-quick\n"
-        "kiwi sim --attempts 10 --set runtime.mode=stale",
+        "kiwi sim --attempts 10 --set runtime.mode=stale\n"
+        "kiwi sim --rerun runs/sim.rrd && rerun runs/sim.rrd",
     )
     add_config_args(sim, "sim_grasp")
     sim.add_argument("--out", help="run folder (default runs/sim-<time>)")
     sim.add_argument("--attempts", type=int, help="grasp attempts (default: config)")
     sim.add_argument("--no-live", action="store_true", help="no live status line")
+    sim.add_argument(
+        "--rerun",
+        metavar="FILE.rrd",
+        help="also record the run for Rerun's viewer (camera, joints, the cube as estimated, "
+        "seen and true, phases, gate, loop timing; needs rerun-sdk): rerun FILE.rrd",
+    )
     sim_sub = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
     p = command(
         sim_sub,

@@ -157,7 +157,7 @@ def test_attempts_cut_short_carry_the_runs_outcome():
     truths = [(3.9, None, True, 0), (20.0, None, False, 1), (24.0, None, False, 2)]
     rec = RecordedEvents(events, truths, {"phase": "look"})
     records = attempt_records(rec, episode_s=16.0, stopped="aborted")
-    assert [r["outcome"] for r in records] == ["success", "failure", "aborted", "aborted"]
+    assert [r["outcome"] for r in records] == ["success", "timeout", "aborted", "aborted"]
     assert [r["seed"] for r in records] == [1, 2, 3, 4]
     assert records[3]["phase"] == "look" and records[3]["loop"] is None
     interrupted = attempt_records(rec, episode_s=16.0, stopped="interrupted")
