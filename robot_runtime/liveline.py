@@ -133,14 +133,74 @@ def run_fields(status: dict, silent_s: float | None, obs_addr: str) -> list[Fiel
 
 
 class SilenceTimer:
-    """Seconds since the count of applied observations last changed (None while under
-    ``after_s``); the clock is passed in."""
+    """Seconds since the count of applied observations last changed, or since the last call
+    told of something ``fresh`` (the watchdog content: a VLA's chunks count too); None while
+    under ``after_s``. The clock is passed in."""
 
     def __init__(self, after_s: float, t0: float):
         self.after_s, self.t_changed, self.count = after_s, t0, 0
 
-    def __call__(self, count: int, t: float) -> float | None:
-        if count != self.count:
+    def __call__(self, count: int, t: float, fresh: bool = False) -> float | None:
+        if count != self.count or fresh:
             self.count, self.t_changed = count, t
         silent = t - self.t_changed
         return silent if silent >= self.after_s else None
+
+
+class RunStatusThread:
+    """`kiwi run`'s status, read from ``status()`` (``Runtime.status``) every ``interval_s`` on
+    a thread of its own, never in the tick. Live, it rewrites the line; otherwise (stdout not a
+    terminal, ``--no-live``) it only says, once per silence, when no observation arrives."""
+
+    def __init__(
+        self,
+        status,
+        obs_addr: str,
+        live: LiveLine | None,
+        say=print,
+        interval_s: float = 0.5,
+        silence_after_s: float = 3.0,
+        clock=None,
+    ):
+        import threading
+        import time
+
+        self.status, self.obs_addr, self.live, self.say = status, obs_addr, live, say
+        self.interval_s, self.clock = interval_s, clock or time.monotonic
+        self.silence = SilenceTimer(silence_after_s, self.clock())
+        self.said_silent = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kiwi-status", daemon=True)
+
+    def start(self) -> RunStatusThread:
+        self._thread.start()
+        return self
+
+    def refresh(self) -> None:
+        """One look at the runtime (the thread calls this every interval)."""
+        try:
+            status = self.status()
+        except RuntimeError:  # a counter's dict changed while being read: next time
+            return
+        applied = int(status.get("estimator", {}).get("applied", 0))
+        fresh = status.get("watchdog") == "normal"  # something arrived within slow_after_s
+        silent_s = self.silence(applied, self.clock(), fresh)
+        if self.live is not None:
+            self.live.show(run_fields(status, silent_s, self.obs_addr))
+        elif silent_s is not None and not self.said_silent:
+            self.say(
+                f"no observation for {silent_s:.0f} s: is a slow process posting to "
+                f"{self.obs_addr}?"
+            )
+        self.said_silent = silent_s is not None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.refresh()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        if self.live is not None:
+            self.live.end()

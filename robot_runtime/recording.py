@@ -157,3 +157,59 @@ class RunRecording:
     def close(self) -> None:
         self.stream.flush()
         self.stream.disconnect()
+
+
+class TelemetryRecordingThread:
+    """`kiwi run --rerun`: a thread that subscribes to the runtime's telemetry (and a camera
+    stream, if one publishes on ``camera``) and logs it; the loop only publishes, as always."""
+
+    def __init__(self, recording: RunRecording, telemetry: str, camera: str | None = None):
+        import threading
+
+        import zmq
+
+        from .link import Context
+
+        self.recording = recording
+        self.ctx = Context()
+        self.socks = [self.ctx.connect(zmq.SUB, telemetry, hwm=1000)]
+        if camera:
+            self.socks.append(self.ctx.connect(zmq.SUB, camera, hwm=4))
+        for s in self.socks:
+            s.setsockopt(zmq.SUBSCRIBE, b"")
+        self.counter: dict = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kiwi-rerun", daemon=True)
+
+    def start(self) -> TelemetryRecordingThread:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import zmq
+
+        from .link import drain
+
+        poller = zmq.Poller()
+        for s in self.socks:
+            poller.register(s, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(100):
+                continue
+            for s in self.socks:
+                for msg in drain(s, self.counter, 200):
+                    self.recording.message(msg)
+
+    def stop(self) -> None:
+        """Stops after what is waiting now, and closes the recording."""
+        from .link import drain
+
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        for s in self.socks:
+            if not self._thread.is_alive():
+                for msg in drain(s, self.counter, 1000):  # the runtime's last events
+                    self.recording.message(msg)
+            s.close(0)
+        self.ctx.close()
+        self.recording.close()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
+
 from . import add_config_args, command
 
 
@@ -14,6 +18,8 @@ def cmd_run(args) -> int:
     from ..config import GraspJob, load_config
     from ..controllers import ChunkPolicy, GraspController, GraspPolicy
     from ..jsonout import dumps
+    from ..liveline import LiveLine, RunStatusThread
+    from ..recording import TelemetryRecordingThread, open_recording
     from ..service import load_world_model, serve
 
     job, path = load_config(args.config, GraspJob, args.overrides)
@@ -38,7 +44,28 @@ def cmd_run(args) -> int:
         f"{'off' if job.runtime.torque_off_on_exit else 'held'}).",
         flush=True,
     )
-    result = serve(job, wm, arm, policy, args.duration, ready=lambda rt: print("ready", flush=True))
+    watchers = []
+
+    def ready(runtime) -> None:
+        """The loop is about to start: the status line and the recording run beside it."""
+        print("ready", flush=True)
+        live = args.live if args.live is not None else sys.stdout.isatty()
+        watchers.append(
+            RunStatusThread(runtime.status, job.link.obs, LiveLine() if live else None).start()
+        )
+        if recording is not None:
+            watchers.append(
+                TelemetryRecordingThread(recording, job.link.telemetry, job.link.camera).start()
+            )
+
+    recording = open_recording(Path(args.rerun), "kiwi run") if args.rerun else None
+    try:
+        result = serve(job, wm, arm, policy, args.duration, ready=ready)
+    finally:
+        for watcher in watchers:
+            watcher.stop()
+        if recording is not None and len(watchers) < 2:  # the loop never started
+            recording.close()
     loop, bus = result["loop"], result["bus"]
     print(
         f"stopped after {loop['ticks']} ticks ({result['stop_reason']}): jitter p50/p99 "
@@ -191,6 +218,19 @@ def register(sub) -> None:
     )
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print the final figures as JSON")
+    p.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a status line rewritten twice a second: phase, observations, bus retries, "
+        "timeouts, corrupt replies and held cycles (default: when stdout is a terminal)",
+    )
+    p.add_argument(
+        "--rerun",
+        metavar="FILE.rrd",
+        help="record the run for Rerun's viewer (joints, the cube as estimated and seen, "
+        "phases, gate, loop timing; needs rerun-sdk)",
+    )
 
     p = command(
         sub,

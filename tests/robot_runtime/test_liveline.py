@@ -66,3 +66,33 @@ def test_silence_is_counted_from_the_last_new_observation():
     assert silence(0, 4.0) == 4.0
     assert silence(1, 5.0) is None, "an observation arrived"
     assert silence(1, 8.5) == 3.5
+
+
+def test_kiwi_run_status_says_once_per_silence_when_not_live():
+    from robot_runtime.liveline import RunStatusThread
+
+    t = [0.0]
+    status = {"phase": "approach", "watchdog": "hold", "estimator": {"applied": 0}}
+    said = []
+    watcher = RunStatusThread(
+        lambda: status, "tcp://127.0.0.1:5601", None, said.append, clock=lambda: t[0]
+    )
+    for t[0] in (1.0, 2.0, 3.5, 4.0, 5.0):
+        watcher.refresh()
+    assert said == ["no observation for 4 s: is a slow process posting to tcp://127.0.0.1:5601?"]
+    status["estimator"] = {"applied": 1}
+    t[0] = 6.0
+    watcher.refresh()
+    status["watchdog"] = "normal"  # chunks keep the watchdog content: not silent
+    for t[0] in (10.0, 20.0):
+        watcher.refresh()
+    assert len(said) == 1
+
+
+def test_kiwi_run_live_line_shows_the_bus():
+    from robot_runtime.liveline import RunStatusThread
+
+    out = io.StringIO()
+    watcher = RunStatusThread(lambda: STATUS, "tcp://x:1", LiveLine(out, width=lambda: 199))
+    watcher.refresh()
+    assert "bus retries 12 timeouts 3 corrupt 1 held 2" in out.getvalue()

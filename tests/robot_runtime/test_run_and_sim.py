@@ -1,6 +1,7 @@
 """End to end: `kiwi run` on the servo emulator, `kiwi sim --quick` with all its processes."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -70,10 +71,14 @@ def test_kiwi_run_on_the_emulator_follows_holds_and_turns_torque_off(tmp_path):
                 "safety.slow_after_s=0.3",
                 "--set",
                 "safety.hold_after_s=0.6",
+                "--live",  # the status line, though stdout is a pipe
+                "--rerun",
+                str(tmp_path / "run.rrd"),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env={**os.environ, "COLUMNS": "160"},  # the width the live line fits (a pipe has none)
         )
         try:
             for line in proc.stdout:
@@ -126,6 +131,9 @@ def test_kiwi_run_on_the_emulator_follows_holds_and_turns_torque_off(tmp_path):
         assert "stopped after" in out
         assert not any(bus.servo(i).torque for i in range(1, 7)), "torque off after exit"
         ctx.close()
+    status = [line for line in out.split("\r") if "bus retries" in line]
+    assert status and "watchdog slow" in out, "the live line, with the bus and the watchdog"
+    assert (tmp_path / "run.rrd").stat().st_size > 1000, "the recording"
 
 
 @pytest.mark.slow
