@@ -24,6 +24,14 @@ class LossConfig(Frozen):
         0.1, ge=0, description="KL[post || sg(prior)]: regularises the posterior"
     )
     free_nats: float = Field(1.0, ge=0, description="KL below this (summed over latents) is free")
+    open_loop_kl: float = Field(
+        0.0,
+        ge=0,
+        description="KL[sg(q) || open-loop prior] at the steps whose observation training "
+        "withholds (train.obs_every_max > 1), q being the posterior that step's observation "
+        "would give: trains the prior's latent over the gaps it bridges at runtime, not only "
+        "one step ahead (PlaNet's latent overshooting, in DreamerV3's KL form). 0: off",
+    )
     obs_scale: float = Field(1.0, ge=0)
     reward_scale: float = Field(1.0, ge=0)
     cont_scale: float = Field(1.0, ge=0)
@@ -52,10 +60,14 @@ class ModelConfig(Frozen):
         description="key: units the model works in (per column or one for all); observations "
         "are divided by them before symlog, so an error that matters is about 0.1 everywhere",
     )
-    periodic: dict[str, tuple[int, float]] = Field(
+    periodic: dict[str, tuple[int, float] | tuple[int, float, float]] = Field(
         default_factory=dict,
-        description="key: [column, period]: that column is an angle with this period (e.g. a "
-        "cube's yaw, period 90 degrees); the model sees (cos, sin) and decodes it back",
+        description="key: [column, period] or [column, period, units]: that column is an angle "
+        "with this period (e.g. a cube's yaw, period 90 degrees); the model sees (cos, sin) and "
+        "decodes it back. units (the angle's own units, like scale): (cos, sin) lie on a circle "
+        "of radius period / (2 pi units), so an error of `units` weighs about 1 in the loss, "
+        "like 1 unit of a scaled column (without it, radius 1: 15 degrees of a 90-degree yaw "
+        "weighed as much as 1 cm)",
     )
     cnn_depth: int = Field(16, gt=0)
     image_size: int = Field(64, description="images are image_size x image_size x 3, uint8")
@@ -73,10 +85,11 @@ class ModelConfig(Frozen):
         for key in self.scale:
             if key not in self.mlp_keys:
                 raise ValueError(f"scale.{key}: not one of mlp_keys {list(self.mlp_keys)}")
-        for key, (column, period) in self.periodic.items():
-            if key not in self.mlp_keys or column < 0 or period <= 0:
+        for key, (column, period, *units) in self.periodic.items():
+            if key not in self.mlp_keys or column < 0 or period <= 0 or any(u <= 0 for u in units):
                 raise ValueError(
-                    f"periodic.{key}: must name an mlp key, a column >= 0 and a positive period"
+                    f"periodic.{key}: must name an mlp key, a column >= 0, a positive period "
+                    "and (optional) positive units"
                 )
         return self
 

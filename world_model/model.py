@@ -12,7 +12,7 @@ from torch import nn
 from . import checkpoint
 from .config import ModelConfig, ModelSpec
 from .nets import BernoulliHead, Decoder, Encoder, ScalarHead, init_weights, symexp
-from .objective import image_mse, kl_balance, symlog_mse
+from .objective import categorical_kl, image_mse, kl_balance, symlog_mse
 from .rssm import RSSM, State
 
 
@@ -102,18 +102,20 @@ class WorldModel(nn.Module):
         out = dict(obs)
         for key in self.config.scale:
             out[key] = obs[key] / self._scale(key, obs[key])
-        for key, (column, period) in self.config.periodic.items():
+        for key, (column, period, *units) in self.config.periodic.items():
             x = out[key]
             angle = obs[key][..., column] * (2 * math.pi / period)
+            radius = period / (2 * math.pi * units[0]) if units else 1.0
             rest = torch.cat([x[..., :column], x[..., column + 1 :]], -1)
             out[key] = torch.cat(
-                [rest, torch.cos(angle)[..., None], torch.sin(angle)[..., None]], -1
+                [rest, radius * torch.cos(angle)[..., None], radius * torch.sin(angle)[..., None]],
+                -1,
             )
         return out
 
     def _unfeature(self, key: str, value: torch.Tensor) -> torch.Tensor:
         if key in self.config.periodic:
-            column, period = self.config.periodic[key]
+            column, period, *_ = self.config.periodic[key]
             angle = torch.atan2(value[..., -1], value[..., -2]) * (period / (2 * math.pi))
             rest = value[..., :-2]
             value = torch.cat([rest[..., :column], angle[..., None], rest[..., column:]], -1)
@@ -214,7 +216,8 @@ class WorldModel(nn.Module):
         if state is None:
             is_first[:, 0] = True
         obs = {k: batch[k] for k in self.obs_keys}
-        post, prior = self.observe(obs, prev_action, is_first, state, generator, observed)
+        embed = self.encode(obs)
+        post, prior = self.rssm.observe(embed, prev_action, is_first, state, generator, observed)
         feat = post.feat()
         parts: dict[str, torch.Tensor] = {}
         recon = self.decoder(feat)
@@ -245,7 +248,14 @@ class WorldModel(nn.Module):
         if observed is not None:
             seen = (observed | is_first).float()
             kl_loss = kl_loss * seen * seen.numel() / seen.sum().clamp(min=1.0)
-        scales = {"obs": cfg.obs_scale, "reward": cfg.reward_scale, "cont": cfg.cont_scale}
+            if cfg.open_loop_kl > 0:
+                parts["open_loop_kl"] = self.open_loop_kl(prior, embed, 1.0 - seen)
+        scales = {
+            "obs": cfg.obs_scale,
+            "reward": cfg.reward_scale,
+            "cont": cfg.cont_scale,
+            "open_loop_kl": cfg.open_loop_kl,
+        }
         total = kl_loss + sum(scales[k] * v for k, v in parts.items())
         loss = total.mean()
         metrics = {f"loss_{k}": v.mean().item() for k, v in parts.items()}
@@ -257,6 +267,18 @@ class WorldModel(nn.Module):
                 err = (self._from_decoder(key, recon[key]) - targets[key]) ** 2
                 metrics[f"recon_mse_{key}"] = err.mean().item()
         return loss, metrics, post
+
+    def open_loop_kl(self, prior: State, embed: torch.Tensor, unseen: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` KL[sg(q_t) || p_t] (free bits as the ELBO's) where ``unseen`` is 1, scaled
+        so its mean over all elements is its mean over the unseen ones; 0 elsewhere.
+
+        ``prior`` holds the open-loop priors (the deterministic state carried by the prior since
+        the last observation) and q_t = q(z | that state, o_t): the latent the withheld
+        observation would have given. Only the prior and the dynamics learn from it."""
+        target = self.rssm.posterior_logits(prior.deter, embed).detach()
+        kl = categorical_kl(target, prior.logits, self.config.unimix)
+        kl = kl.clamp(min=self.config.loss.free_nats) * unseen
+        return kl * unseen.numel() / unseen.sum().clamp(min=1.0)
 
     # --- files ---------------------------------------------------------------------------
     def save(

@@ -190,18 +190,25 @@ class RSSM(nn.Module):
         if is_first is not None:
             state, prev_action = self.reset_where(state, prev_action, is_first)
         prior = self.img_step(state, prev_action, generator)
+        logits = self.posterior_logits(prior.deter, embed)
+        post = State(prior.deter, sample_onehot(logits, self.unimix, generator), logits)
+        return post, prior
+
+    def posterior_logits(self, deter: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+        """q(z | h, embed) as ``[..., S, C]`` logits, for any leading shape."""
         x = F.silu(
             _layer_norm(
-                torch.cat([prior.deter, embed], -1) @ self.post_hidden,
+                torch.cat([deter, embed], -1) @ self.post_hidden,
                 self.post_norm_w,
                 self.post_norm_b,
             )
         )
-        logits = torch.addmm(self.post_bias, x, self.post_out).unflatten(
-            -1, (self.stoch, self.classes)
+        out = (
+            torch.addmm(self.post_bias, x, self.post_out)
+            if x.dim() == 2
+            else x @ self.post_out + self.post_bias
         )
-        post = State(prior.deter, sample_onehot(logits, self.unimix, generator), logits)
-        return post, prior
+        return out.unflatten(-1, (self.stoch, self.classes))
 
     def reset_where(
         self, state: State, action: torch.Tensor, is_first: torch.Tensor

@@ -199,6 +199,7 @@ def train_world_model(
                         "loss_cont",
                         "loss_kl",
                         "kl",
+                        "loss_open_loop_kl",
                         *[k for k in record if k.startswith("recon_mse")],
                     ),
                 )
