@@ -152,7 +152,7 @@ def collect_grasps(
     crash resumes, never stores a seed twice); a folder of another spec is refused."""
     import gymnasium
 
-    import sim  # noqa: F401  (registers kiwi/Grasp-v0)
+    import sim.envs  # noqa: F401  (registers kiwi/Grasp-v0)
     from sim.scripted import ScriptedGrasp
 
     out = Path(out)

@@ -42,12 +42,12 @@ class RemoteSimArm:
     def __init__(self, ctx: link.Context, job: GraspJob):
         import zmq
 
-        from sim.kiwi_grasp import ACTION_HIGH, ACTION_LOW
+        from sim.kinematics import JOINT_LIMITS_DEG
 
         self.commands = ctx.connect(zmq.PUSH, job.link.command, hwm=16)
         self.state = ctx.connect(zmq.SUB, job.link.sim_state, hwm=64)
         self.state.setsockopt(zmq.SUBSCRIBE, b"")
-        self._limits = np.stack([ACTION_LOW, ACTION_HIGH], 1).astype(float)
+        self._limits = JOINT_LIMITS_DEG.astype(float)
         self.joints: np.ndarray | None = None
         self.truth: link.Message | None = None
         self.counter: dict = {}

@@ -1,9 +1,8 @@
-"""Simulated Kiwi arm. Importing this package registers ``kiwi/Grasp-v0`` with gymnasium (the
-environment module, and MuJoCo with it, load only when the environment is made)."""
-
-import gymnasium
+"""Simulated Kiwi arm. The package itself imports neither gymnasium nor MuJoCo: its pure modules
+(``sim.kinematics``: the arm's geometry, joint limits and wrist camera; ``sim.perception``: the
+camera frame) serve the real arm's runtime too, which must not load a simulator.
+``import sim.envs`` registers ``kiwi/Grasp-v0`` with gymnasium, and
+``gymnasium.make("sim.envs:kiwi/Grasp-v0")`` does that import itself (MuJoCo loads only when the
+environment is made)."""
 
 ENV_ID = "kiwi/Grasp-v0"
-
-if ENV_ID not in gymnasium.registry:
-    gymnasium.register(id=ENV_ID, entry_point="sim.kiwi_grasp:KiwiGraspEnv", max_episode_steps=300)

@@ -39,6 +39,8 @@ JOINT_NAMES = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wri
 LIMITS_RAD = np.array(
     [[-1.919, 1.919], [-1.745, 1.745], [-1.69, 1.69], [-1.658, 1.658], [-2.793, 2.793]]
 )
+# The six commanded joints in LeRobot's units: degrees, and the gripper 0 (closed) .. 100 (open).
+JOINT_LIMITS_DEG = np.vstack([np.degrees(LIMITS_RAD), [0.0, 100.0]])
 
 
 def rot_z(a: float) -> np.ndarray:

@@ -4,6 +4,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import sim
+import sim.envs  # noqa: F401  (registers kiwi/Grasp-v0)
 from sim.kiwi_grasp import KiwiGraspEnv
 from sim.perception import EXACT, PerceptionNoise
 from sim.scripted import ScriptedGrasp
@@ -89,3 +90,11 @@ def test_bad_actions_are_rejected():
         env.step(np.full(6, np.nan))
     with pytest.raises(ValueError, match="unknown cameras"):
         KiwiGraspEnv(cameras=("top",))
+
+
+def test_the_pure_geometry_module_holds_the_envs_joint_limits():
+    from sim.kinematics import JOINT_LIMITS_DEG
+    from sim.kiwi_grasp import ACTION_HIGH, ACTION_LOW
+
+    assert np.allclose(JOINT_LIMITS_DEG[:, 0], ACTION_LOW, atol=1e-4)
+    assert np.allclose(JOINT_LIMITS_DEG[:, 1], ACTION_HIGH, atol=1e-4)
