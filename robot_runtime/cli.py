@@ -11,6 +11,7 @@ import sys
 from .commands import (
     Formatter,
     benchmarks,
+    camera,
     evaluation,
     hardware,
     learning,
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (learning, simulation, robot, evaluation, hardware, runtime_tools, benchmarks):
         module.register(sub)
+    camera.register(sub)  # `kiwi camera`: a real camera or a video file for `kiwi slow`
     return parser
 
 
