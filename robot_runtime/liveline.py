@@ -88,9 +88,10 @@ def sim_fields(
     """`kiwi sim`'s line: ``last`` is the runtime's newest telemetry record (its meta),
     ``error`` the latent's recent median error (mm, deg), ``gate`` the last decision."""
     est = last.get("estimator", {})
+    phase = last.get("phase", "?")
     fields: list[Field] = [
         (0, f"attempt {attempt}/{attempts}"),
-        (0, f"{last.get('phase', '?')}"),
+        (0, "waiting for its first observation" if phase == "wait" else phase),
         (1, f"P={gate[0]:.2f} {gate[1]}" if gate else ""),
         (1, f"obs {est.get('applied', 0)} age {_num(est.get('last_age_ms'), '.0f')} ms"),
         (2, f"err {error[0]:.0f} mm {error[1]:.0f}°" if error else ""),

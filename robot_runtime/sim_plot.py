@@ -1,6 +1,6 @@
 """`kiwi sim`'s estimate_vs_truth.png: the cube as the latent believed it, as the slow perception
-saw it and as it was, in the wrist-camera frame (left: what the model predicts) and in the world
-frame (right: where the cube does not jump when the wrist turns). Attempt boundaries carry their
+saw it and as it was, in the wrist-camera frame (above: what the model predicts) and in the world
+frame (below: where the cube does not jump when the wrist turns). Attempt boundaries carry their
 seed and outcome, gate decisions their P(success); observation arrivals are ticks along the
 bottom."""
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 NAMES = ("x (m)", "y (m)", "z (m)", "yaw (deg)")
 GAP_S = 0.5  # a longer gap between samples breaks the line (a reset between attempts)
+WIDTH_IN_PER_S = 0.12  # a 200 s run is 24 inches wide: attempts and their labels stay apart
 OUTCOME_COLORS = {"success": "tab:green", "failure": "tab:red", "timeout": "tab:orange",
                   "lost": "tab:purple", "gave_up": "tab:brown"}  # fmt: skip
 
@@ -61,11 +62,14 @@ def plot_estimate(rec: Recorder, path: Path, attempts: list[dict] | None = None)
     arrived = np.array([o.t_received or o.t_capture for o in obs]) - t0
     obs_samples = [(o.t_capture, o.object_cam, o.joints) for o in obs]
 
-    fig, axes = plt.subplots(4, 2, figsize=(15, 9.5), sharex=True)
-    for col, frame in enumerate(("camera", "world")):
+    span_s = float(max(tt[-1], te[-1] if len(te) else 0.0))
+    width_in = float(np.clip(span_s * WIDTH_IN_PER_S, 11.0, 40.0))  # ~1 inch per second of grasp
+    fig, axes = plt.subplots(8, 1, figsize=(width_in, 15), sharex=True)
+    panels = axes.reshape(2, 4)  # [frame, x/y/z/yaw]
+    for row, frame in enumerate(("camera", "world")):
         true, est, raw = (_series(s, frame) for s in (true_samples, est_samples, obs_samples))
         for d in range(4):
-            ax = axes[d, col]
+            ax = panels[row, d]
             ax.plot(
                 *_broken(tt, true[:, d], d == 3), color="black", lw=1.3, label="truth (simulator)"
             )
@@ -75,28 +79,29 @@ def plot_estimate(rec: Recorder, path: Path, attempts: list[dict] | None = None)
             if len(to):
                 ax.plot(to, raw[:, d], ".", color="tab:blue", ms=3, alpha=0.7,
                         label="raw perception (at capture)")  # fmt: skip
-            ax.set_ylabel(NAMES[d] if col == 0 else "")
+            ax.set_ylabel(f"{frame}\n{NAMES[d]}")
             ax.grid(alpha=0.3)
             if frame == "world" and d == 2:
                 ax.set_ylim(-0.02, 0.15)
+            if d == 3:
+                ax.set_ylim(-50, 50)
     _mark_attempts(axes, attempts or [], t0)
-    _mark_decisions(axes, rec.events, t0)
-    for col in range(2):
-        ax = axes[-1, col]
+    _mark_decisions(panels[:, 3], rec.events, t0)
+    for ax in panels[:, 3]:
         if len(arrived):
-            y0 = ax.get_ylim()[0]
-            ax.plot(arrived, np.full(len(arrived), y0), "|", color="tab:blue", ms=8, alpha=0.6)
-        ax.set_xlabel(
-            "time (s)    |: observations arriving at the runtime    dashed: gate decisions"
-        )
-    axes[0, 0].set_title("wrist-camera frame (what the latent predicts)", fontsize=10)
-    axes[0, 1].set_title("world frame (joints at each sample)", fontsize=10)
-    handles, labels = axes[1, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", ncol=3, fontsize=8)
-    fig.suptitle(
-        "The cube: the runtime's estimate, the raw perception and the truth", x=0.3, y=0.99
+            ax.plot(arrived, np.full(len(arrived), -48.0), "|", color="tab:blue", ms=8, alpha=0.6)
+    axes[-1].set_xlabel(
+        "time (s)    |: observations arriving at the runtime    dashed: gate decisions, "
+        "green commit / orange back off, with P(success)"
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    panels[0, 0].set_title("wrist-camera frame (what the latent predicts)", fontsize=10, loc="left")
+    panels[1, 0].set_title("world frame (joints at each sample: the cube does not move when "
+                           "the wrist turns)", fontsize=10, loc="left")  # fmt: skip
+    handles, labels = panels[0, 1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=3, fontsize=9)
+    fig.suptitle("The cube: the runtime's estimate, the raw perception and the truth", x=0.02,
+                 y=0.995, ha="left")  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -107,22 +112,22 @@ def _mark_attempts(axes, attempts: list[dict], t0: float) -> None:
         for ax in axes.flat:
             ax.axvline(a["t_start"] - t0, color="gray", lw=0.8)
             if a.get("t_end") is not None:
-                ax.axvspan(a["t_start"] - t0, a["t_end"] - t0, color=color, alpha=0.05)
-        for ax in axes[0]:
+                ax.axvspan(a["t_start"] - t0, a["t_end"] - t0, color=color, alpha=0.06)
+        for ax in (axes[0], axes[4]):
             ax.annotate(f"seed {a['seed']}\n{a['outcome']}", (a["t_start"] - t0, 1.0),
                         xycoords=("data", "axes fraction"), xytext=(3, -3),
-                        textcoords="offset points", va="top", fontsize=7, color=color)  # fmt: skip
+                        textcoords="offset points", va="top", fontsize=8, color=color,
+                        fontweight="bold")  # fmt: skip
 
 
-def _mark_decisions(axes, events: list[dict], t0: float) -> None:
-    for e in events:
-        if e.get("phase") != "decision" or "p_success" not in e:
-            continue
-        commit = e.get("verdict") == "commit"
-        color = "tab:green" if commit else "tab:orange"
-        for ax in axes.flat:
+def _mark_decisions(label_axes, events: list[dict], t0: float) -> None:
+    decisions = [e for e in events if e.get("phase") == "decision" and "p_success" in e]
+    axes = label_axes[0].figure.axes
+    for i, e in enumerate(decisions):
+        color = "tab:green" if e.get("verdict") == "commit" else "tab:orange"
+        for ax in axes:
             ax.axvline(e["t"] - t0, color=color, ls="--", lw=0.8)
-        for ax in axes[-1]:
-            ax.annotate(f"P={e['p_success']:.2f}", (e["t"] - t0, 1.0),
+        for ax in label_axes:  # staggered: back-offs and the commit of one attempt lie close
+            ax.annotate(f"P={e['p_success']:.2f}", (e["t"] - t0, 1.0 - 0.1 * (i % 3)),
                         xycoords=("data", "axes fraction"), xytext=(2, -2),
                         textcoords="offset points", va="top", fontsize=7, color=color)  # fmt: skip

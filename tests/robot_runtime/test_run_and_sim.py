@@ -140,14 +140,20 @@ def test_kiwi_run_on_the_emulator_follows_holds_and_turns_torque_off(tmp_path):
 def test_kiwi_sim_quick_runs_end_to_end(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "wm.safetensors")
     out = tmp_path / "run"
-    code = main(
-        ["sim", "--quick", "--no-live", "--out", str(out), "--set", f"runtime.checkpoint={ckpt}"]
-    )
+    argv = ["sim", "--quick", "--no-live", "--out", str(out), "--set", f"runtime.checkpoint={ckpt}"]
+    code = main([*argv, "--rerun", str(out / "run.rrd")])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["attempts"] == 1 and summary["ticks"] > 100
     assert summary["outcome"] == "completed" and summary["died"] is None
-    assert summary["per_attempt"][0]["outcome"] in ("success", "failure")
+    outcome = summary["per_attempt"][0]["outcome"]
+    assert outcome in ("success", "failure", "timeout", "lost", "gave_up")
+    assert summary["outcomes"][outcome] == 1 and sum(summary["outcomes"].values()) == 1
+    for key in ("estimate_error_mm_median", "estimate_error_deg_median"):
+        assert summary[key] is not None, key
+    assert summary["observations_recorded"] > 0, "the runtime's observation telemetry"
+    assert summary["perception_error_mm_median"] is not None
+    assert (out / "run.rrd").stat().st_size > 10_000
     assert all(p["returncode"] is not None for p in summary["processes"].values()), "none left"
     assert summary["observations_applied"] > 0, "the slow process's observations reached the loop"
     assert summary["estimate_error_mm_median"] is not None
