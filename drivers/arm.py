@@ -12,7 +12,7 @@ Every failure of ``read_joints`` and ``write_targets`` on the bus (after the bus
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -62,6 +62,8 @@ class ArmConfig:
     protocol: str
     motors: tuple[Motor, ...]
     settings: tuple[tuple[str, str, int], ...]  # (motor name or "*", register, value) at connect
+    # Joints that turn freely: calibrated 0..4095 without recording a range (LeRobot's choice).
+    full_turn: tuple[str, ...] = ("wrist_roll",)
 
 
 def _motors(models: tuple[str, ...]) -> tuple[Motor, ...]:
@@ -100,9 +102,38 @@ KOCH = ArmConfig(
         ("elbow_flex", "Position_I_Gain", 0),
         ("elbow_flex", "Position_D_Gain", 600),
     ),
+    full_turn=("shoulder_pan", "wrist_roll"),
 )
-ARMS = {"so100": SO100, "so101": SO100, "koch": KOCH}
+SO101 = replace(SO100, name="so101")  # same servos and ids; named as itself everywhere
+ARMS = {"so100": SO100, "so101": SO101, "koch": KOCH}
 MULTI_TURN_BIT = 0x10  # STS3215 Phase register (LeRobot PR #3373)
+
+
+def check_servos(bus: MotorBus, config: ArmConfig) -> None:
+    """Raises BusError (one line naming each motor that is silent or of another model) unless
+    every motor of ``config`` answers a ping on the open ``bus`` with its model number."""
+    problems, silent = [], []
+    for m in config.motors:
+        expected = MODELS[m.model].model_number
+        try:
+            number = bus.ping(m.id)
+        except BusError as e:
+            problems.append(f"{m.name} (id {m.id}): no answer ({e.__class__.__name__})")
+            silent.append(m.id)
+            continue
+        if number != expected:
+            problems.append(
+                f"{m.name} (id {m.id}): model number {number}, expected {expected} ({m.model})"
+            )
+    if len(silent) == len(config.motors) > 1:
+        problems = [f"none of its servos (ids {', '.join(map(str, silent))}) answered"]
+    if problems:
+        raise BusError(
+            f"{config.name} on {bus.port_name} ({config.protocol}, "
+            f"{bus.settings.baudrate} baud): "
+            + "; ".join(problems)
+            + f" (check power, ids and baud rate with `kiwi scan --port {bus.port_name}`)"
+        )
 
 
 class ServoArm:
@@ -158,24 +189,7 @@ class ServoArm:
         self.connected = True
 
     def _check_servos(self) -> None:
-        problems = []
-        for m in self.config.motors:
-            try:
-                number = self.bus.ping(m.id)
-            except BusError as e:
-                problems.append(f"{m.name} (id {m.id}): no answer ({e.__class__.__name__})")
-                continue
-            if number != self._model[m.name].model_number:
-                problems.append(
-                    f"{m.name} (id {m.id}): model number {number}, expected "
-                    f"{self._model[m.name].model_number} ({m.model})"
-                )
-        if problems:
-            raise BusError(
-                f"{self.config.name} on {self.bus.port_name}: "
-                + "; ".join(problems)
-                + " (check power, ids and baud rate with `kiwi scan`)"
-            )
+        check_servos(self.bus, self.config)
 
     def _single_turn(self) -> None:
         """Feetech: clears Phase bit 4 (multi-turn feedback), as LeRobot does, so positions stay

@@ -8,8 +8,11 @@ register; a port that disappears raises PortGone at the next transaction, never 
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import serial
 
@@ -66,8 +69,7 @@ class MotorBus:
                 )
             except PORT_ERRORS as e:
                 raise PortGone(
-                    f"cannot open {self.port_name}: {e} (is the cable plugged in, is "
-                    f"the path right, may you read it? see `kiwi scan --help`)"
+                    f"cannot open {self.port_name}: {port_problem(self.port_name, e)}"
                 ) from e
         return self
 
@@ -487,6 +489,32 @@ class MotorBus:
             for servo_id in found:
                 found[servo_id] = self.ping(servo_id)
         return dict(sorted(found.items()))
+
+
+def port_problem(port: str, error: Exception) -> str:
+    """Why a port would not open, in words: missing, not a serial device, no permission."""
+    path = Path(port)
+    if not path.exists():
+        what = "a dangling link" if path.is_symlink() else "no such device"
+        return (
+            f"{what} (is the cable plugged in and the path right? `ls /dev/ttyACM* /dev/ttyUSB*` "
+            "lists serial ports)"
+        )
+    if not stat.S_ISCHR(path.stat().st_mode):
+        kind = (
+            "a directory"
+            if path.is_dir()
+            else "a regular file"
+            if path.is_file()
+            else "not a device"
+        )
+        return f"not a serial device ({kind})"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return (
+            "permission denied (add yourself to the port's group, e.g. `sudo usermod -aG dialout "
+            "$USER`, then log in again)"
+        )
+    return f"{error} (is it the servo bus's adapter? is another program using it?)"
 
 
 def servo_error_names(protocol: str, code: int) -> tuple[str, ...]:

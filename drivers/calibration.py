@@ -198,3 +198,48 @@ def half_turn_homing(protocol: str, present_ticks: int, resolution: int = 4096) 
     Feetech offset = pos - 2047, Dynamixel offset = 2047 - pos, given raw positions)."""
     half = resolution // 2 - 1
     return present_ticks - half if protocol == "feetech" else half - present_ticks
+
+
+STILL_TICKS = 10  # a hand holding a joint steady wobbles a few ticks of a 4096-tick turn
+
+
+class MotionRecorder:
+    """Each servo's lowest and highest position seen, and how long the arm has been still (no
+    servo further than ``still_ticks`` from where all were when they last stopped). Each sample
+    carries its time (seconds, any clock): no clock in here."""
+
+    def __init__(self, still_ticks: int = STILL_TICKS):
+        self.still_ticks = still_ticks
+        self.lows: dict[int, int] = {}
+        self.highs: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self._anchor: dict[int, int] = {}
+        self._still_since = self._t = 0.0
+
+    def add(self, t_s: float, positions: dict[int, int]) -> None:
+        for i, v in positions.items():
+            self.lows[i] = min(self.lows.get(i, v), v)
+            self.highs[i] = max(self.highs.get(i, v), v)
+        moved = not self._anchor or any(
+            abs(v - self._anchor.get(i, v)) > self.still_ticks for i, v in positions.items()
+        )
+        if moved:
+            self._anchor, self._still_since = dict(positions), t_s
+        self.last, self._t = dict(positions), t_s
+
+    @property
+    def still_s(self) -> float:
+        """For how long (seconds, up to the last sample) no servo has moved."""
+        return self._t - self._still_since if self.last else 0.0
+
+    def travel(self, servo_id: int) -> int:
+        return self.highs[servo_id] - self.lows[servo_id]
+
+
+def travel_problem(low: int, high: int, min_travel: int) -> str | None:
+    """``"moved through only 40 ticks (at least 200 needed)"``, or None."""
+    if high - low >= min_travel:
+        return None
+    if high <= low:
+        return f"did not move (range {low}..{high})"
+    return f"moved through only {high - low} ticks ({low}..{high}; at least {min_travel} needed)"

@@ -40,6 +40,9 @@ class ServoError(BusError):
         self.code, self.names, self.context = code, names, context
 
 
-class UnknownRegister(KeyError):
+class UnknownRegister(KeyError, ValueError):
+    """A register or model name that is not in the table: a KeyError for lookups, and a
+    ValueError so the CLI reports it as the user's error in one line."""
+
     def __str__(self) -> str:
         return str(self.args[0])

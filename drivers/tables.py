@@ -7,6 +7,7 @@ sign); Dynamixel's signed fields are two's complement.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, replace
 
 from .errors import UnknownRegister
@@ -46,8 +47,16 @@ class ServoModel:
             return self.registers[name]
         except KeyError:
             raise UnknownRegister(
-                f"{self.name} has no register {name!r}; it has: {', '.join(sorted(self.registers))}"
+                f"unknown register {name!r} for {self.name}; "
+                f"{did_you_mean(name, self.registers)}valid: {', '.join(sorted(self.registers))}"
             ) from None
+
+
+def did_you_mean(name: str, known) -> str:
+    """``"did you mean Present_Position? "`` for a close match (any case), else ``""``."""
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"did you mean {by_lower[close[0]]}? " if close else ""
 
 
 def _table(*rows: tuple, ranges: dict[str, tuple[int, int]]) -> dict[str, Register]:
@@ -208,8 +217,24 @@ def model(name: str) -> ServoModel:
     try:
         return MODELS[name]
     except KeyError:
-        raise UnknownRegister(f"unknown servo model {name!r}; known: {', '.join(MODELS)}") from None
+        raise UnknownRegister(
+            f"unknown servo model {name!r}; {did_you_mean(name, MODELS)}known: {', '.join(MODELS)}"
+        ) from None
 
 
 def model_by_number(protocol: str, number: int) -> ServoModel | None:
     return BY_NUMBER.get((protocol, number))
+
+
+BAUDS = {"feetech": FEETECH_BAUD, "dynamixel": DYNAMIXEL_BAUD}
+
+
+def baud_problem(protocol: str, baudrate: int) -> str | None:
+    """``"baud rate 12345 is not one feetech servos use (...)"``, or None for a valid one."""
+    rates = BAUDS[protocol]
+    if baudrate in rates:
+        return None
+    return (
+        f"baud rate {baudrate} is not one {protocol} servos use "
+        f"({', '.join(str(b) for b in sorted(rates, reverse=True))})"
+    )

@@ -6,7 +6,8 @@ moves towards its goal at a realistic speed while torque is on, applies its homi
 the real servo does (Feetech: present = actual - offset; Dynamixel: present = actual + offset) and
 refuses EEPROM writes with torque on (Dynamixel access error). Options: wire time at the
 configured baud (a pty has none of its own), and injected faults: dropped, corrupted and late
-replies, and stalled requests. ``unplug()`` closes the port under the client's feet.
+replies, and stalled requests. ``unplug()`` closes the port under the client's feet. A ``hand``
+(drivers/virtual_hand.py) moves the servos whose torque is off, as a person would (calibration).
 
 Servos of different models may share a bus (the Koch follower: XL430s and XL330s); an instruction
 the emulator does not know is answered with the protocol's instruction error, as a servo would.
@@ -27,6 +28,7 @@ import numpy as np
 from . import dynamixel, feetech
 from .errors import PacketError
 from .tables import MODELS, ServoModel
+from .virtual_hand import HandSweep
 
 SPEED_TICKS_PER_S = 3000.0  # ~46 rpm no-load (STS3215 figure; XL330s are similar)
 FEETECH_TORQUE_ADDR, DXL_TORQUE_ADDR = 40, 64
@@ -146,11 +148,14 @@ class VirtualBus:
         faults: Faults | None = None,
         clock=time.monotonic,
         check_baud: bool = True,
+        hand: HandSweep | None = None,
     ):
         """``wire_time``: requests and replies take their bytes' time on a wire at ``baudrate``
         (10 bits a byte), one after another, as on a half-duplex bus. ``check_baud``: a client
         whose port is set to another baud rate gets no answer, as from real servos (clients that
-        set a non-standard rate the pty cannot report are served)."""
+        set a non-standard rate the pty cannot report are served). ``hand``: moves the servos
+        whose torque is off (their position, as a hand would), its time starting at the first
+        request."""
         if protocol not in ("feetech", "dynamixel"):
             raise ValueError(f"protocol must be feetech or dynamixel, got {protocol!r}")
         self.protocol = protocol
@@ -174,6 +179,7 @@ class VirtualBus:
         self.port = os.ttyname(self.slave)
         self.requests = 0
         self.check_baud = check_baud
+        self.hand, self._hand_t0 = hand, None
         self._wire_free = 0.0  # when the simulated wire is next idle (clock time)
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()  # wakes the server out of select() to stop
@@ -266,10 +272,21 @@ class VirtualBus:
             return  # at the wrong baud rate a servo hears noise, and says nothing
         now = self.clock()
         with self._lock:
+            self._move_by_hand(now)
             for servo in self.servos.values():
                 servo.advance(now)
             replies = self.handle(pkt)
         self._send(replies, len(pkt), now)
+
+    def _move_by_hand(self, now: float) -> None:
+        if self.hand is None:
+            return
+        if self._hand_t0 is None:
+            self._hand_t0 = now
+        for servo_id, ticks in self.hand.positions(now - self._hand_t0).items():
+            servo = self.servos.get(servo_id)
+            if servo is not None and not servo.torque:  # a limp servo goes where it is pushed
+                servo.actual = servo.goal = ticks
 
     def _baud_matches(self) -> bool:
         try:

@@ -1,5 +1,7 @@
-"""Bench tools for the servo bus: emulate-bus, scan, read, calibrate. Prompts live here, never in
-the driver classes; none of these import torch."""
+"""Bench tools for the servo bus: emulate-bus, scan, read (calibrate: calibrate.py). Prompts live
+here, never in the driver classes; none of these import torch. A user's mistake (a bad flag, a
+port that is not there, a servo that does not answer) is one line and exit 2, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +10,11 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from ..textui import format_table
 from . import command
+from .calibrate import register as register_calibrate
 
 FEETECH_BAUDS = (1_000_000, 500_000, 250_000, 115_200, 57_600)
 DYNAMIXEL_BAUDS = (57_600, 1_000_000, 115_200, 2_000_000, 3_000_000, 4_000_000)
@@ -26,7 +28,18 @@ def _ids(text: str) -> list[int]:
         raise ValueError(f"--ids expects numbers separated by commas, got {text!r}") from None
     if not ids or any(not 0 <= i <= 252 for i in ids):
         raise ValueError(f"--ids must name servos 0..252, got {text!r}")
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise ValueError(f"--ids names servo(s) {twice} more than once: {text!r}")
     return ids
+
+
+def _check_baud(protocol: str, baud: int | None) -> None:
+    from drivers.tables import baud_problem
+
+    problem = baud_problem(protocol, baud) if baud is not None else None
+    if problem:
+        raise ValueError(f"--baud: {problem}")
 
 
 def _warn_latency(port: str) -> None:
@@ -100,6 +113,8 @@ def _refuse_non_link(link: Path) -> None:
             f"--link {link}: exists and is not a symlink; not replacing it "
             "(remove it or choose another path)"
         )
+    if not link.parent.is_dir() or not os.access(link.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--link {link}: {link.parent} is not a writable directory")
 
 
 def _remove_link(link: Path, target: str) -> None:
@@ -125,6 +140,7 @@ def _stop_on_signals(bus) -> dict:
 
 def cmd_emulate_bus(args) -> int:
     from drivers.virtual_bus import Faults, VirtualBus
+    from drivers.virtual_hand import HandSweep
 
     protocol, servos = _emulated_servos(args)
     faults = Faults(
@@ -136,19 +152,32 @@ def cmd_emulate_bus(args) -> int:
         stall_s=args.stall_ms / 1000,
         seed=args.seed,
     )
+    _check_baud(protocol, args.baud)
+    if args.sweep_s <= 0:
+        raise ValueError(f"--sweep-s must be > 0, got {args.sweep_s}")
+    hand = HandSweep(tuple(sorted(servos)), sweep_s=args.sweep_s) if args.sweep else None
     link = Path(args.link) if args.link else None
     if link is not None:
         _refuse_non_link(link)  # before a port is opened
-    bus = VirtualBus(protocol, servos, baudrate=args.baud, wire_time=args.wire_time, faults=faults)
+    bus = VirtualBus(
+        protocol, servos, baudrate=args.baud, wire_time=args.wire_time, faults=faults, hand=hand
+    )
     previous = _stop_on_signals(bus)
     try:
         if link is not None:
             _make_link(link, bus.port)
         print(link or bus.port, flush=True)
         models = ", ".join(f"{i}:{name}" for i, name in sorted(servos.items()))
+        sweep = (
+            f"; a hand sweeps each joint whose torque is off: still {hand.hold_s:g} s, then "
+            f"{hand.sweep_s:g} s through the joints, again and again"
+            if hand
+            else ""
+        )
         print(
-            f"emulating {len(servos)} {protocol} servos ({models}) on {bus.port}"
-            f"{f' (linked from {link})' if link else ''}; Ctrl-C stops",
+            f"emulating {f'a {args.robot}: ' if args.robot else ''}{len(servos)} {protocol} "
+            f"servos ({models}) on {bus.port}{f' (linked from {link})' if link else ''}"
+            f"{sweep}; Ctrl-C stops",
             file=sys.stderr,
             flush=True,
         )
@@ -167,14 +196,18 @@ def cmd_emulate_bus(args) -> int:
 def cmd_scan(args) -> int:
     from drivers.bus import BusSettings, MotorBus
     from drivers.errors import BusError
-    from drivers.tables import model_by_number
+    from drivers.tables import baud_problem, model_by_number
 
     expected = _ids(args.ids) if args.ids else None
-    _warn_latency(args.port)
     protocols = ["feetech", "dynamixel"] if args.protocol == "both" else [args.protocol]
+    if args.baud is not None and all(baud_problem(p, args.baud) for p in protocols):
+        raise ValueError(f"--baud: {baud_problem(protocols[0], args.baud)}")
+    _warn_latency(args.port)
     rows = [("protocol", "baud", "id", "model")]
     seen: set[int] = set()
     for protocol in protocols:
+        if args.baud and baud_problem(protocol, args.baud):
+            continue  # servos of this protocol never talk at that rate
         bauds = (
             [args.baud]
             if args.baud
@@ -230,93 +263,50 @@ def _ping_each(bus, ids: list[int]) -> dict[int, int]:
     return out
 
 
+def _silent(bus, servo_id: int) -> bool:
+    from drivers.errors import BusError
+
+    try:
+        bus.ping(servo_id)
+    except BusError:
+        return True
+    return False
+
+
 def cmd_read(args) -> int:
     from drivers.bus import BusSettings, MotorBus
+    from drivers.errors import BusTimeout
     from drivers.tables import model
 
     ids = _ids(args.ids)
     servo_model = model(args.model or DEFAULT_MODEL[args.protocol])
+    if servo_model.protocol != args.protocol:
+        raise ValueError(
+            f"--model {servo_model.name} speaks {servo_model.protocol}, not {args.protocol}"
+        )
     reg = servo_model.register(args.register)
+    _check_baud(args.protocol, args.baud)
     _warn_latency(args.port)
     with MotorBus(args.port, args.protocol, BusSettings(baudrate=args.baud)) as bus:
-        values = (
-            bus.sync_read(reg, ids)
-            if len(ids) > 1 and not args.one_by_one
-            else {i: bus.read(i, reg) for i in ids}
-        )
+        try:
+            values = (
+                bus.sync_read(reg, ids)
+                if len(ids) > 1 and not args.one_by_one
+                else {i: bus.read(i, reg) for i in ids}
+            )
+        except BusTimeout as e:
+            silent = [i for i in ids if i == e.servo_id] or ids
+            if len(ids) > 1:
+                silent = [i for i in ids if _silent(bus, i)] or silent
+            raise BusTimeout(
+                f"no servo with id {', '.join(map(str, silent))} answered on {args.port} "
+                f"({args.protocol}, {args.baud} baud); try `kiwi scan --port {args.port}`",
+                silent[0],
+            ) from e
     if args.json:
         print(json.dumps({str(k): v for k, v in values.items()}))
     else:
         print(format_table([("id", args.register), *[(k, v) for k, v in values.items()]]))
-    return 0
-
-
-def cmd_calibrate(args) -> int:
-    from drivers import calibration as cal
-    from drivers.arm import ARMS
-    from drivers.bus import BusSettings, MotorBus
-    from drivers.tables import MODELS
-
-    config = ARMS[args.robot]
-    out = Path(args.out)
-    _warn_latency(args.port)
-    full_turn = set(args.full_turn.split(",")) if args.full_turn else {"wrist_roll"}
-    with MotorBus(args.port, config.protocol, BusSettings(baudrate=args.baud, retries=5)) as bus:
-        models = {m.name: MODELS[m.model] for m in config.motors}
-        reg = lambda name: models[config.motors[0].name].register(name)  # noqa: E731
-        ids = [m.id for m in config.motors]
-        bus.sync_write(reg("Torque_Enable"), dict.fromkeys(ids, 0))
-        if config.protocol == "feetech":
-            bus.sync_write(reg("Lock"), dict.fromkeys(ids, 0))
-        for m in config.motors:  # start from the raw positions
-            bus.write(m.id, models[m.name].register("Homing_Offset"), 0)
-            bus.write(m.id, models[m.name].register("Min_Position_Limit"), 0)
-            bus.write(m.id, models[m.name].register("Max_Position_Limit"), 4095)
-        input(
-            f"Calibrating {config.name} on {args.port}. Torque is off.\n"
-            "1/2: move the arm by hand to the MIDDLE of its range of motion, then press Enter "
-        )
-        present = bus.sync_read(reg("Present_Position"), ids)
-        offsets = {
-            m.name: cal.half_turn_homing(config.protocol, present[m.id]) for m in config.motors
-        }
-        for m in config.motors:  # checked before any reaches EEPROM
-            problem = cal.value_problem(
-                "homing_offset", offsets[m.name], models[m.name], "Homing_Offset"
-            )
-            if problem is not None:
-                raise ValueError(
-                    f"calibrate {config.name}: motor {m.name}: {problem}; it reads "
-                    f"{present[m.id]}: move it nearer the middle of its range and run calibrate "
-                    "again"
-                )
-        for m in config.motors:
-            bus.write(m.id, models[m.name].register("Homing_Offset"), offsets[m.name])
-        print(
-            "2/2: move every joint (except " + ", ".join(sorted(full_turn)) + ") through its "
-            "whole range, slowly, one after another; press Enter when done"
-        )
-        done = threading.Event()
-        threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()
-        lows = bus.sync_read(reg("Present_Position"), ids)
-        highs = dict(lows)
-        while not done.is_set():
-            now = bus.sync_read(reg("Present_Position"), ids)
-            for i, v in now.items():
-                lows[i], highs[i] = min(lows[i], v), max(highs[i], v)
-            line = "  ".join(f"{m.name}:{lows[m.id]}-{highs[m.id]}" for m in config.motors)
-            print("\r" + line, end="", flush=True)
-            time.sleep(0.02)
-        print()
-    result = {}
-    for m in config.motors:
-        low, high = (0, 4095) if m.name in full_turn else (lows[m.id], highs[m.id])
-        if low >= high:
-            raise ValueError(f"{m.name} did not move (range {low}..{high}); run calibrate again")
-        result[m.name] = cal.MotorCalibration(m.id, 0, offsets[m.name], low, high)
-    cal.validate(result, f"calibrate {config.name}", {m.name: m.id for m in config.motors}, models)
-    cal.save(out, result)
-    print(f"wrote {out} (LeRobot's layout: usable by `kiwi run --calibration {out}` and LeRobot)")
     return 0
 
 
@@ -333,6 +323,7 @@ def register(sub) -> None:
         "drawn from a generator seeded with --seed.",
         "kiwi emulate-bus --protocol feetech --ids 1,2,3,4,5,6\n"
         "kiwi emulate-bus --robot koch --link /tmp/koch --wire-time\n"
+        "kiwi emulate-bus --robot so101 --link /tmp/so101 --sweep   # for kiwi calibrate --yes\n"
         "kiwi emulate-bus --models 1:xl430-w250,2:xl430-w250,3:xl330-m288 --drop 0.05 "
         "--corrupt 0.05 --stall 0.01 --stall-ms 50",
     )
@@ -372,6 +363,19 @@ def register(sub) -> None:
     )
     p.add_argument("--stall-ms", type=float, default=50.0, help="how long a stall lasts")
     p.add_argument("--seed", type=int, default=0, help="seed of the faults' generator")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="move the joints whose torque is off as a hand would for calibration: all still "
+        "at mid-range for 2 s, then each in turn to near both ends and back; repeated "
+        "(so `kiwi calibrate --yes` completes with nobody there)",
+    )
+    p.add_argument(
+        "--sweep-s",
+        type=float,
+        default=12.0,
+        help="--sweep: seconds for one pass through every joint",
+    )
 
     p = command(
         sub,
@@ -412,18 +416,4 @@ def register(sub) -> None:
     p.add_argument("--one-by-one", action="store_true", help="READ each servo instead of SYNC_READ")
     p.add_argument("--json", action="store_true", help='print {"<id>": value}')
 
-    p = command(
-        sub,
-        "calibrate",
-        cmd_calibrate,
-        "calibrate an arm; writes LeRobot's JSON layout",
-        "Interactive: with torque off, move the arm to mid-range (the homing offsets are "
-        "set so it reads mid-range there), then through each joint's range (recorded as "
-        "its limits). Writes a calibration file in LeRobot's layout.",
-        "kiwi calibrate --robot so100 --port /dev/ttyACM0 --out calibration/so100.json",
-    )
-    p.add_argument("--robot", choices=["so100", "so101", "koch"], required=True)
-    p.add_argument("--port", required=True)
-    p.add_argument("--out", required=True, help="calibration file to write")
-    p.add_argument("--baud", type=int, default=1_000_000)
-    p.add_argument("--full-turn", default="", help="joints that turn freely (default wrist_roll)")
+    register_calibrate(sub)

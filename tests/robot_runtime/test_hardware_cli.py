@@ -16,6 +16,13 @@ from drivers.virtual_bus import Faults, VirtualBus
 from robot_runtime.cli import main
 
 
+class Terminal(io.StringIO):
+    """Stdin as if typed at a terminal."""
+
+    def isatty(self):
+        return True
+
+
 def start_emulator(*args: str) -> subprocess.Popen:
     """``kiwi emulate-bus ARGS`` in its own process; its first stdout line is the port."""
     return subprocess.Popen(
@@ -172,6 +179,9 @@ def test_calibrate_writes_lerobot_json_from_the_moves_a_person_makes(tmp_path, m
         monkeypatch.setattr("builtins.input", lambda prompt="": "")
 
         class FakePerson(io.StringIO):
+            def isatty(self):
+                return True
+
             def readline(self):
                 for values in (
                     [1500, 1300, 900, 1100, 1000, 1700],
@@ -204,7 +214,7 @@ def test_calibrate_writes_lerobot_json_from_the_moves_a_person_makes(tmp_path, m
 def test_calibrate_refuses_a_joint_that_never_moved(tmp_path, monkeypatch, capsys):
     with VirtualBus("feetech", {i: "sts3215" for i in range(1, 7)}) as bus:
         monkeypatch.setattr("builtins.input", lambda prompt="": "")
-        monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+        monkeypatch.setattr(sys, "stdin", Terminal("\n"))
         code = main(
             ["calibrate", "--robot", "so100", "--port", bus.port, "--out", str(tmp_path / "c.json")]
         )
@@ -257,9 +267,9 @@ def test_calibrate_refuses_an_offset_the_servo_cannot_hold_before_writing_it(
 ):
     with VirtualBus("feetech", {i: "sts3215" for i in range(1, 7)}) as bus:
         bus.servo(4).actual = 4095.0  # at the end of its turn: offset 4095 - 2047 = 2048
-        monkeypatch.setattr("builtins.input", lambda prompt="": "")
         code = main(
             ["calibrate", "--robot", "so100", "--port", bus.port, "--out", str(tmp_path / "c.json")]
+            + ["--yes", "--still-s", "0.1"]
         )
         assert [bus.servo(i).get("Homing_Offset") for i in range(1, 7)] == [0] * 6
     err = capsys.readouterr().err
@@ -276,6 +286,9 @@ def test_calibrate_refuses_a_range_the_servo_cannot_hold(tmp_path, monkeypatch, 
         monkeypatch.setattr("builtins.input", lambda prompt="": "")
 
         class FakePerson(io.StringIO):
+            def isatty(self):
+                return True
+
             def readline(self):
                 for i in range(1, 7):
                     bus.servo(i).actual = 1500.0
@@ -291,3 +304,195 @@ def test_calibrate_refuses_a_range_the_servo_cannot_hold(tmp_path, monkeypatch, 
     assert code == 2
     assert "motor shoulder_lift: range_max 4547 is outside 0..4095" in capsys.readouterr().err
     assert not out.exists()
+
+
+SO101_MOTORS = [
+    "shoulder_pan",
+    "shoulder_lift",
+    "elbow_flex",
+    "wrist_flex",
+    "wrist_roll",
+    "gripper",
+]
+
+
+@pytest.mark.parametrize(
+    ("robot", "emulated"),
+    [
+        ("so101", ["--protocol", "feetech", "--ids", "1,2,3,4,5,6"]),
+        ("koch", ["--robot", "koch"]),
+    ],
+)
+def test_calibrate_yes_completes_on_a_sweeping_emulator_and_the_arm_connects(
+    robot, emulated, tmp_path
+):
+    """Issue 11 item 6: nobody at the keyboard (stdin is /dev/null), a scripted hand on the
+    emulated arm; the file is LeRobot's layout and `ServoArm.connect` accepts it."""
+    from drivers.arm import ARMS, ServoArm
+    from drivers.virtual_hand import HandSweep
+
+    link, out = tmp_path / "bus", tmp_path / "cal.json"
+    proc = start_emulator(*emulated, "--link", str(link), "--sweep", "--sweep-s", "2.4")
+    try:
+        assert proc.stdout.readline().strip() == str(link)
+        done = subprocess.run(
+            [sys.executable, "-m", "robot_runtime.cli", "calibrate", "--robot", robot]
+            + ["--port", str(link), "--out", str(out), "--yes"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr and "so100" not in done.stdout + done.stderr
+        assert f"Calibrating {robot} on" in done.stdout
+        cal = json.loads(out.read_text())
+        assert list(cal) == SO101_MOTORS
+        config = ARMS[robot]
+        hand = HandSweep(tuple(range(1, 7)))
+        for m in config.motors:
+            entry = cal[m.name]
+            assert set(entry) == {"id", "drive_mode", "homing_offset", "range_min", "range_max"}
+            assert entry["id"] == m.id and entry["drive_mode"] == 0
+            if m.name in config.full_turn:
+                assert (entry["range_min"], entry["range_max"]) == (0, 4095)
+                continue
+            # the hand's ends, read through the homing offset that makes its middle read 2047
+            low, high = hand.extremes(m.id)
+            assert entry["range_max"] - entry["range_min"] == pytest.approx(high - low, abs=40)
+            assert entry["range_max"] - entry["range_min"] > 1500
+            assert entry["range_min"] < 2047 < entry["range_max"]
+        arm = ServoArm(config, str(link), out)
+        arm.connect()
+        try:
+            assert arm.read_joints().shape == (6,)
+        finally:
+            arm.disconnect()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+def test_calibrate_never_prompts_without_a_terminal(tmp_path, monkeypatch, capsys):
+    def no_input(prompt=""):
+        raise AssertionError("input() called without a terminal")
+
+    monkeypatch.setattr("builtins.input", no_input)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal
+    with VirtualBus("feetech", {i: "sts3215" for i in range(1, 7)}) as bus:
+        code = main(
+            ["calibrate", "--robot", "so101", "--port", bus.port, "--out", str(tmp_path / "c.json")]
+        )
+        assert bus.requests == 0, "the bus is not touched"
+    err = capsys.readouterr().err
+    assert code == 2 and "stdin is not a terminal: pass --yes" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_calibrate_yes_says_what_is_missing_when_nothing_moves(tmp_path, capsys):
+    with VirtualBus("feetech", {i: "sts3215" for i in range(1, 7)}) as bus:
+        code = main(
+            ["calibrate", "--robot", "so101", "--port", bus.port, "--out", str(tmp_path / "c.json")]
+            + ["--yes", "--still-s", "0.1", "--timeout-s", "0.5"]
+        )
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "moved through fewer than 200 ticks" in captured.err
+    assert "so100" not in captured.out + captured.err
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_calibrate_checks_the_file_before_it_touches_the_bus(tmp_path, capsys):
+    existing = tmp_path / "cal.json"
+    existing.write_text("{}")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with VirtualBus("feetech", {i: "sts3215" for i in range(1, 7)}) as bus:
+        base = ["calibrate", "--robot", "so101", "--port", bus.port, "--yes", "--out"]
+        cases = [
+            (str(existing), "exists; pass --overwrite"),
+            (str(tmp_path), "is a directory"),
+            (str(blocked / "cal.json"), "cannot write in"),
+        ]
+        for out, message in cases:
+            assert main([*base, out]) == 2
+            assert message in capsys.readouterr().err
+        assert main([*base, str(tmp_path / "x.json"), "--full-turn", "wrist"]) == 2
+        assert "so101 has no joint ['wrist']" in capsys.readouterr().err
+        assert bus.requests == 0
+    assert existing.read_text() == "{}"
+
+
+def test_calibrate_on_a_bus_of_other_servos_says_so_in_one_line(tmp_path, capsys):
+    with VirtualBus.for_arm(KOCH) as bus:
+        code = main(
+            ["calibrate", "--robot", "so101", "--port", bus.port, "--yes"]
+            + ["--out", str(tmp_path / "c.json")]
+        )
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "so101 on" in err and "none of its servos (ids 1, 2, 3, 4, 5, 6) answered" in err
+    assert f"kiwi scan --port {bus.port}" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--register", "Present_Positon"],
+            "unknown register 'Present_Positon' for sts3215; did you mean Present_Position? "
+            "valid: Acceleration,",
+        ),
+        (
+            ["--ids", "7"],
+            "no servo with id 7 answered on {port} (feetech, 1000000 baud); "
+            "try `kiwi scan --port {port}`",
+        ),  # fmt: skip
+        (["--ids", "1,7,9"], "no servo with id 7, 9 answered on {port}"),
+        (["--protocol", "dynamixel"], "no servo with id 1 answered on {port} (dynamixel"),
+        (["--baud", "12345"], "--baud: baud rate 12345 is not one feetech servos use"),
+        (["--model", "xl330"], "unknown servo model 'xl330'; did you mean xl330-m"),
+        (["--model", "xl330-m288"], "--model xl330-m288 speaks dynamixel, not feetech"),
+        (["--ids", "1,1"], "--ids names servo(s) [1] more than once"),
+        (["--ids", "1,x"], "--ids expects numbers"),
+    ],
+)
+def test_read_user_errors_are_one_line(args, message, capsys):
+    with VirtualBus("feetech", {1: "sts3215", 2: "sts3215"}) as bus:
+        base = {"--port": bus.port, "--protocol": "feetech", "--ids": "1"}
+        base.update(zip(args[::2], args[1::2]))
+        code = main(["read", *[x for kv in base.items() for x in kv]])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message.format(port=bus.port) in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_hardware_tools_say_in_one_line_that_a_port_is_not_a_serial_device(tmp_path, capsys):
+    regular = tmp_path / "notes.txt"
+    regular.write_text("")
+    cases = [
+        (str(regular), "not a serial device (a regular file)"),
+        (str(tmp_path), "not a serial device (a directory)"),
+        ("/dev/does-not-exist", "no such device"),
+    ]
+    for port, message in cases:
+        for argv in (
+            ["read", "--port", port, "--protocol", "feetech", "--ids", "1"],
+            ["scan", "--port", port, "--protocol", "feetech"],
+            ["calibrate", "--robot", "koch", "--port", port, "--yes"]
+            + ["--out", str(tmp_path / "c.json")],
+        ):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert f"cannot open {port}: {message}" in err and len(err.splitlines()) == 1
+
+
+def test_emulate_bus_refuses_a_bad_baud_sweep_or_link_directory(tmp_path, capsys):
+    for args, message in [
+        (["--baud", "12"], "--baud: baud rate 12 is not one feetech servos use"),
+        (["--sweep", "--sweep-s", "0"], "--sweep-s must be > 0"),
+        (["--link", str(tmp_path / "no" / "bus")], "is not a writable directory"),
+    ]:
+        assert main(["emulate-bus", "--protocol", "feetech", *args]) == 2
+        assert message in capsys.readouterr().err
