@@ -135,7 +135,7 @@ class CameraStats:
 
     def summary(self) -> dict:
         span = (self.last_t - self.first_t) if self.first_t is not None else 0.0
-        fps = (self.read + self.late - 1) / span if span > 0 else 0.0
+        fps = (self.read - 1) / span if span > 0 else 0.0  # frames the source delivered
         out = asdict(self)
         del out["first_t"], out["last_t"]
         return {**out, "dropped": self.dropped, "span_s": span, "fps_measured": fps}

@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
+CACHE_BYTES = 64 * 1024 * 1024  # a looping file up to this size replays from memory
 GIF_DEFAULT_FRAME_MS = 100.0  # browsers' reading of a GIF frame without a duration
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 RESERVED_NAMES = {"state"}  # the camera message's joint-state field
@@ -138,8 +139,8 @@ def import_cv2():
             "(or opencv-python-headless)"
         ) from None
     try:
-        cv2.setLogLevel(0)  # LOG_LEVEL_SILENT
-    except AttributeError:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # a build without the logging module: its warnings show
         pass
     return cv2
 
@@ -283,11 +284,31 @@ class VideoFileCamera:
         self._t0: float | None = None
         self.index = 0  # the schedule slot of the next frame (counts across loops)
         self.plays = 0  # times the file was started
+        self._cache: list[np.ndarray] | None = None  # a looping file's frames, when small
+
+    def _play(self) -> Iterator[np.ndarray]:
+        """One play of the file; the first one fills the cache a looping file replays from
+        (no decoder start-up at each loop) when its frames fit in ``CACHE_BYTES``."""
+        if self._cache is not None and self.plays > 1:
+            yield from self._cache
+            return
+        cache: list[np.ndarray] | None = [] if self.loop else None
+        size = 0
+        for frame in self._start():
+            if cache is not None:
+                size += frame.nbytes
+                if size > CACHE_BYTES:
+                    cache = None  # too large to hold: each loop decodes again
+                else:
+                    cache.append(frame)
+            yield frame
+        if cache:
+            self._cache = cache
 
     def _next_decoded(self) -> np.ndarray:
         for _ in range(2):  # at most one restart: a file with no frames must not spin
             if self._frames is None:
-                self._frames = self._start()
+                self._frames = self._play()
                 self.plays += 1
             try:
                 return next(self._frames)
@@ -301,19 +322,21 @@ class VideoFileCamera:
         raise EndOfStream(f"{self.path}: no frames")
 
     def read(self) -> tuple[np.ndarray, float]:
-        if self._t0 is None:
-            self._t0 = self.clock()
         period = 1.0 / self.fps
-        behind = int((self.clock() - self._t0) / period) - self.index
-        for _ in range(max(0, behind)):  # late reader: drop the frames already past
-            self._next_decoded()
-            self.index += 1
+        if self._t0 is not None:
+            behind = int((self.clock() - self._t0) / period) - self.index
+            for _ in range(max(0, behind)):  # late reader: drop the frames already past
+                self._next_decoded()
+                self.index += 1
         frame = self._next_decoded()
+        if self._t0 is None:  # the schedule starts when the first frame is ready (the
+            self._t0 = self.clock()  # decoder's start-up is not a late frame)
         wait = self._t0 + self.index * period - self.clock()
         if wait > 0:
             self.sleep(wait)
         self.index += 1
-        return fit_to_size(frame, self.size), self.clock()
+        t_capture = self.clock()  # the frame's moment; resizing it is processing, after
+        return fit_to_size(frame, self.size), t_capture
 
     def close(self) -> None:
         if self._frames is not None and hasattr(self._frames, "close"):
