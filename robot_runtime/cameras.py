@@ -176,8 +176,8 @@ class OpenCVCamera:
             self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, capture_size[1])
         if fps is not None:
             self.cap.set(cv2.CAP_PROP_FPS, fps)
-        reported = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.fps = float(fps or (reported if 0 < reported < 1000 else 30.0))
+        reported = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)  # what the driver chose
+        self.fps = reported if 0 < reported <= 1000 else float(fps or 30.0)
         native = (
             int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
             int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
@@ -270,7 +270,8 @@ class VideoFileCamera:
     ):
         self.path = Path(path)
         if not self.path.is_file():
-            raise CameraError(f"video file {self.path} does not exist")
+            what = "is not a file" if self.path.exists() else "does not exist"
+            raise CameraError(f"video file {self.path} {what}")
         opener = _gif_frames if self.path.suffix.lower() == ".gif" else _ffmpeg_frames
         native_fps, self.native_size, self._start = opener(self.path)
         if fps is not None and not (0 < fps <= 1000):

@@ -33,17 +33,12 @@ from robot_runtime.cameras import (
 from robot_runtime.dryrun import free_ports
 from robot_runtime.slow import SlowProcess, parse_frame
 
+from .camera_clips import write_gif, write_mp4
 from .runtime_helpers import grasp_job
 
 FRAMES, SIDE, FPS = 20, 64, 20.0
 # a pose whose wrist camera looks down at the table: the perception finds the square there
 LOOKING_DOWN = np.array([0.0, -30.0, 60.0, 60.0, 0.0, 50.0], np.float32)
-
-
-def moving_square(i: int) -> np.ndarray:
-    frame = np.zeros((SIDE, SIDE, 3), np.uint8)
-    frame[26:38, 2 + 2 * i : 14 + 2 * i] = (230, 20, 20)
-    return frame
 
 
 def square_x(frame: np.ndarray) -> float:
@@ -55,21 +50,11 @@ def square_x(frame: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    import imageio_ffmpeg
-    from PIL import Image
-
     folder = tmp_path_factory.mktemp("videos")
-    mp4, gif = folder / "clip.mp4", folder / "clip.gif"
-    writer = imageio_ffmpeg.write_frames(
-        str(mp4), (SIDE, SIDE), fps=FPS, macro_block_size=16, ffmpeg_log_level="error"
-    )
-    writer.send(None)
-    for i in range(FRAMES):
-        writer.send(moving_square(i).tobytes())
-    writer.close()
-    images = [Image.fromarray(moving_square(i)) for i in range(FRAMES)]
-    images[0].save(gif, save_all=True, append_images=images[1:], duration=1000 / FPS, loop=0)
-    return {"mp4": mp4, "gif": gif}
+    return {
+        "mp4": write_mp4(folder / "clip.mp4", FRAMES, SIDE, FPS),
+        "gif": write_gif(folder / "clip.gif", FRAMES, SIDE, FPS),
+    }
 
 
 class SteppedClock:
