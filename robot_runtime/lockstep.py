@@ -91,9 +91,10 @@ class GraspLockstep:
         from drivers.sim_arm import SimArm
         from sim.perception import PerceptionNoise
 
+        from .control import ControlStep
         from .controllers import GraspController, GraspPolicy
         from .perception import CubePerception
-        from .safety import SafetyConfig
+        from .safety import BusHealth, SafetyConfig
 
         self.job, self.wm, self.condition = job, wm, condition
         self.period = 1.0 / job.runtime.rate_hz
@@ -105,30 +106,36 @@ class GraspLockstep:
         self.arm = SimArm(seed=seed)
         self.arm.connect()
         self.env = self.arm.env
-        self.estimator = estimator_for(wm, self.period, condition, seed)
-        self.estimator.reset(0.0)
-        self.policy = policy or GraspPolicy(
-            GraspController(job.controller, aim=job.controller.aim),
-            max_belief_age_s=job.gate.max_belief_age_s,
+        sc, f = job.safety, job.runtime.faults
+        self.control = ControlStep(
+            wm,
+            estimator_for(wm, self.period, condition, seed),
+            policy
+            or GraspPolicy(
+                GraspController(job.controller, aim=job.controller.aim),
+                max_belief_age_s=job.gate.max_belief_age_s,
+            ),
+            self.arm,
+            SafetyConfig(sc.max_step_deg, sc.slow_after_s, sc.hold_after_s, sc.slow_factor),
+            BusHealth(f.max_consecutive_failures, f.max_failure_rate, f.window_ticks),
+            self.period,
         )
-        self.policy.reset(0.0)
-        sc = job.safety
-        self.safety = SafetyConfig(
-            sc.max_step_deg, sc.slow_after_s, sc.hold_after_s, sc.slow_factor
-        )
-        from .safety import Watchdog
-
-        self.watchdog = Watchdog(self.safety, 0.0)
+        self.control.start(0.0, self.arm.read_joints())
+        self.estimator, self.policy = self.control.estimator, self.control.policy
         self.line = DelayLine(condition)
-        self.command = self.arm.read_joints()
         self.tick = 0
         self.errors: list[float] = []
 
+    @property
+    def command(self) -> np.ndarray:
+        return self.control.command
+
     @torch.no_grad()
     def step(self) -> None:
-        from .safety import safe_targets
-
+        """One tick: the slow process's capture (every ``every`` ticks), the arrivals of the
+        delay line applied through the control step, then the control step itself."""
         tick, est, c = self.tick, self.estimator, self.condition
+        t = tick * self.period
         joints = self.arm.read_joints()
         if c.mode == ORACLE or tick % c.every_ticks == 0:
             image = self.env.render_camera(
@@ -137,23 +144,13 @@ class GraspLockstep:
             found = self.perception(image, joints)
             if found is not None:
                 self.line.capture(tick, {"state": joints.astype(np.float32), "object": found})
+        est.poll()
         for capture_tick, o in self.line.arrivals(tick):
-            if not est.correct(o, capture_tick * self.period).startswith("dropped"):
-                self.watchdog.observed(tick * self.period)
-        mode = self.watchdog.mode(tick * self.period)
-        targets = self.policy.act(tick * self.period, tick, joints, est, mode)
-        mode = self.policy.safety_mode(mode)
-        if targets is None:
-            targets = self.command
+            self.control.observe(o, capture_tick * self.period, t)
+        self.control(tick, t)
         if est.stats.applied:
             guess = est.decode()["object"]
             self.errors.append(float(np.linalg.norm(guess[:3] - self.env.true_object()[:3]) * 1e3))
-        self.command = safe_targets(
-            np.asarray(targets, float), self.command, self.arm.limits, mode, self.safety
-        )
-        self.arm.write_targets(self.command)
-        action = self.wm.normalize_action(torch.as_tensor(self.command, dtype=torch.float32)[None])
-        est.predict(action, (tick + 1) * self.period)
         self.tick += 1
 
     def run(self) -> dict:

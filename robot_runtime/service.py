@@ -25,12 +25,13 @@ from drivers.errors import BusError
 
 from . import link
 from .config import GraspJob
+from .control import ControlStep
 from .controllers import GraspController, GraspPolicy
 from .estimator import LatentEstimator
 from .gate import commit_plan
 from .loop import FastLoop, LoopStats
 from .messages import MessageLimits, Rejected, check_observation, check_plan
-from .safety import BusHealth, SafetyConfig, Watchdog, safe_targets
+from .safety import BusHealth, SafetyConfig
 
 
 class RemoteSimArm:
@@ -110,7 +111,8 @@ class Attempt:
 
 
 class Runtime:
-    """One fast loop: estimator + grasp controller + safety + link, on any Arm."""
+    """The runtime's I/O shell around one ``ControlStep``: the observation, query and telemetry
+    sockets, the attempt's bookkeeping, and the loop's stop when a fault demands it."""
 
     def __init__(
         self,
@@ -127,12 +129,19 @@ class Runtime:
         self.job, self.wm, self.arm, self.clock = job, wm, arm, clock
         rc = job.runtime
         self.period = 1.0 / rc.rate_hz
-        self.estimator = LatentEstimator(wm, self.period, rc.buffer_ticks, rc.mode, rc.seed)
-        s = job.safety
-        self.safety = SafetyConfig(s.max_step_deg, s.slow_after_s, s.hold_after_s, s.slow_factor)
-        self.policy = policy or GraspPolicy(
-            GraspController(job.controller, aim=job.controller.aim),
-            max_belief_age_s=job.gate.max_belief_age_s,
+        s, f = job.safety, rc.faults
+        self.control = ControlStep(
+            wm,
+            LatentEstimator(wm, self.period, rc.buffer_ticks, rc.mode, rc.seed),
+            policy
+            or GraspPolicy(
+                GraspController(job.controller, aim=job.controller.aim),
+                max_belief_age_s=job.gate.max_belief_age_s,
+            ),
+            arm,
+            SafetyConfig(s.max_step_deg, s.slow_after_s, s.hold_after_s, s.slow_factor),
+            BusHealth(f.max_consecutive_failures, f.max_failure_rate, f.window_ticks),
+            self.period,
         )
         lim = rc.limits
         self.limits = MessageLimits(
@@ -143,8 +152,6 @@ class Runtime:
             max_chunk_s=lim.max_chunk_s,
         )
         self.obs_dims = {k: wm.spec.vector_dims[k] for k in wm.obs_keys}
-        f = rc.faults
-        self.bus_health = BusHealth(f.max_consecutive_failures, f.max_failure_rate, f.window_ticks)
         self.ctx = ctx or link.Context()
         self.obs_sock = self.query_sock = self.telemetry_sock = None
         if bind_sockets:
@@ -156,9 +163,6 @@ class Runtime:
         self.rejections: dict[str, int] = {}  # by reason code, decodable but refused
         self.last_rejection = ""
         self.loop: FastLoop | None = None
-        self.watchdog: Watchdog | None = None
-        self.command: np.ndarray | None = None
-        self.joints: np.ndarray | None = None  # the last good reading
         self.attempt: Attempt | None = None
         self.stop_reason: str | None = None
         self.events_sent = 0
@@ -167,71 +171,50 @@ class Runtime:
         self._query: Future | None = None  # a grasp forecast for a client, on the gate's worker
         self._t_grasp_query = -math.inf
 
+    # the control step's state, read by queries, telemetry and tests
+    estimator = property(lambda self: self.control.estimator)
+    watchdog = property(lambda self: self.control.watchdog)
+    command = property(lambda self: self.control.command)
+    joints = property(lambda self: self.control.joints)
+    bus_health = property(lambda self: self.control.health)
+
+    @property
+    def policy(self):
+        return self.control.policy
+
+    @policy.setter
+    def policy(self, policy) -> None:
+        self.control.policy = policy
+
     # --- an attempt -------------------------------------------------------------------------
     def start_attempt(self, seed: int, joints: np.ndarray) -> None:
         t = self.clock()
-        self.estimator.reset(t)
-        self.watchdog = Watchdog(self.safety, t)
-        self.joints = np.asarray(joints, float).copy()
-        self.command = self.joints.copy()
+        self.control.start(t, joints)
         self.attempt = Attempt(seed, t)
-        self.policy.reset(t)
         self.events_sent = 0
         self.publish("event", {}, {"event": "attempt_start", "seed": seed})
 
     def tick(self, k: int, t: float) -> None:
-        est = self.estimator
-        est.poll()
+        self.estimator.poll()
         self.receive(t)
         self.answer_queries(t)
-        joints = self.read_joints()
-        mode, changed = self.watchdog.update(t)
-        if changed is not None:
-            self.publish("event", {}, {"event": "watchdog", "mode": mode, "was": changed})
-        targets = self.policy.act(t, k, joints, est, mode)
-        if targets is None:  # nothing to do yet: hold
-            targets = self.command
-        safe = safe_targets(
-            np.asarray(targets, float),
-            self.command,
-            self.arm.limits,
-            self.policy.safety_mode(mode),
-            self.safety,
-        )
-        self.write_targets(safe)
-        self.command = safe
-        action = self.wm.normalize_action(torch.as_tensor(safe, dtype=torch.float32)[None])
-        est.predict(action, t + self.period)
+        step = self.control(k, t)
+        if step.mode_changed_from is not None:
+            self.publish(
+                "event", {}, {"event": "watchdog", "mode": step.mode, "was": step.mode_changed_from}
+            )
+        if self.control.fault is not None and self.stop_reason is None:
+            self.stop(self.control.fault)
         self.flush_events()
         if k % self.telemetry_every == 0:
-            self.publish_telemetry(t, joints, mode)
+            self.publish_telemetry(t, step.joints, step.mode)
 
-    # --- the arm: a failed cycle holds, too many stop -----------------------------------------
     def read_joints(self) -> np.ndarray:
-        """The arm's joints, or the last good reading when this cycle's read failed."""
-        try:
-            joints = np.asarray(self.arm.read_joints(), float)
-            if joints.shape != self.joints.shape or not np.all(np.isfinite(joints)):
-                raise BusError(f"joint reading {joints!r} is not {len(self.joints)} numbers")
-        except BusError as e:
-            self._bus_cycle(False, f"read: {e}")
-            return self.joints
-        self._bus_cycle(True)
-        self.joints = joints
+        """The arm's joints through the control step (a failed read: the last good ones)."""
+        joints = self.control.read_joints()
+        if self.control.fault is not None and self.stop_reason is None:
+            self.stop(self.control.fault)
         return joints
-
-    def write_targets(self, targets: np.ndarray) -> None:
-        try:
-            self.arm.write_targets(targets)
-        except BusError as e:
-            self._bus_cycle(False, f"write: {e}")
-            return
-        self._bus_cycle(True)
-
-    def _bus_cycle(self, ok: bool, error: str = "") -> None:
-        reason = self.bus_health.record(ok, error[:300])
-        if reason is not None and self.stop_reason is None:
-            self.stop(f"servo bus: {reason}")
 
     def stop(self, reason: str) -> None:
         """Stops the loop (the caller's ``finally`` makes the arm safe) and says why."""
@@ -273,8 +256,7 @@ class Runtime:
             ):
                 newest_obs = (checked.t_capture, checked.obs)
         if newest_chunk is not None:
-            self.policy.on_chunk(newest_chunk[1], t)
-            self.watchdog.observed(t)
+            self.control.chunk(newest_chunk[1], t)
         if newest_obs is not None:
             self.apply_observation(newest_obs[1], newest_obs[0], t)
 
@@ -289,17 +271,15 @@ class Runtime:
             self.reject(e.reason, str(e))
             return
         if checked.chunk is not None:
-            self.policy.on_chunk(checked.chunk, t)
-            self.watchdog.observed(t)
+            self.control.chunk(checked.chunk, t)
         if checked.obs is not None:
             self.apply_observation(checked.obs, checked.t_capture, t)
 
     def apply_observation(self, obs: dict, t_capture: float, t: float) -> None:
-        result = self.estimator.correct(obs, t_capture)
+        result = self.control.observe(obs, t_capture, t)
         # the raw observation beside the latent's estimate: displays score perception with it
         self.publish("observation", obs, {"result": result, "t_received": t}, t_capture)
         if not result.startswith("dropped"):
-            self.watchdog.observed(t)
             if self.attempt is not None and self.attempt.t_first_obs is None:
                 self.attempt.t_first_obs = t
 

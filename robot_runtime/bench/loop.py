@@ -1,93 +1,141 @@
-"""`kiwi bench loop`: FastLoop tick jitter at 100 Hz and 200 Hz while a slow process posts
+"""`kiwi bench loop`: the runtime's real tick at 100 Hz and 200 Hz while a slow process posts
 observations.
 
-The slow process is the link benchmark's sender in its own process, posting 64x64x3 uint8 image
-messages at ~5 Hz to a PULL socket on tcp://127.0.0.1. Every tick does the fast loop's light work
-for real: drain the socket (decoding what arrived), keep the newest observation, fold its image
-into a small feature vector, one small matrix-vector step of a controller, the watchdog and the
-safety clamp. The loop runs on the monotonic clock with its sleep-then-spin wait, exactly as the
-service does. Jitter is how late a tick started; an overrun is a tick that ended after the next
-one was due.
+Each tick is ``service.Runtime.tick``, the one the service runs: drain and check the observation
+socket, apply the newest observation (posterior at its capture tick and replay, in the
+background when it is long), answer queries, then the control step (read the arm, the grasp
+policy on the shipped grasp model's decoded estimate, the watchdog, safety, write, the prior
+step) and telemetry. The arm is a fake that reaches its targets at once (named as such: the
+bus's own cost is `kiwi bench bus`). The slow process is its own process, posting observations
+(joints, the cube in the camera frame, and a 64x64x3 image the runtime decodes and ignores) at
+5 Hz, captured 150 ms before they are sent. Jitter is how late a tick started; an overrun is a
+tick that ended after the next one was due.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 
-from .. import link, safety
+from .. import link
 from ..loop import FastLoop
 from ..textui import format_table
 from .common import machine, verdict, write_json
-from .link import bind_receiver, load_note, start_sender, stop
+from .link import load_note
 
 RATES_HZ = (100, 200)
 SLOW_RATE_HZ = 5.0
+LATENCY_S = 0.15
 TARGETS = {"jitter_us_p99": 1000.0, "overruns": 0}
-JOINTS = 6
 
 
-class LightTick:
-    """One tick's work: what the runtime does around its model step, minus the model."""
+class EchoArmFake:
+    """A fake arm (named as such): it is where it was last told to be, at once."""
 
-    def __init__(self, sock, start_time: float):
-        rng = np.random.default_rng(0)
-        self.sock = sock
-        self.counter: dict = {}
-        self.observations = 0
-        self.gain = rng.normal(scale=0.1, size=(JOINTS, 64)).astype(np.float32)
-        self.feature = np.zeros(64, np.float32)
-        self.previous = np.zeros(JOINTS)
-        self.limits = np.tile([-90.0, 90.0], (JOINTS, 1))
-        self.config = safety.SafetyConfig()
-        self.watchdog = safety.Watchdog(self.config, start_time)
+    joint_names = (
+        "shoulder_pan",
+        "shoulder_lift",
+        "elbow_flex",
+        "wrist_flex",
+        "wrist_roll",
+        "gripper",
+    )
 
-    def __call__(self, k: int, scheduled: float) -> None:
-        msg = link.newest(link.drain(self.sock, self.counter))
-        if msg is not None:
-            self.observations += 1
-            self.watchdog.observed(scheduled)
-            image = msg.arrays["image"]  # [64, 64, 3] uint8
-            rows = image.mean(axis=(1, 2), dtype=np.float32) / 255.0  # [64]
-            self.feature = 0.8 * self.feature + 0.2 * rows
-        targets = self.gain @ self.feature * 90.0 + 5.0 * np.sin(0.01 * k)
-        mode, _ = self.watchdog.update(scheduled)
-        self.previous = safety.safe_targets(targets, self.previous, self.limits, mode, self.config)
+    def __init__(self):
+        from sim.kinematics import JOINT_LIMITS_DEG
+
+        self.limits = JOINT_LIMITS_DEG.astype(float)
+        self.joints = np.array([0.0, -70.0, 30.0, 90.0, 0.0, 100.0])
+
+    def read_joints(self) -> np.ndarray:
+        return self.joints.copy()
+
+    def write_targets(self, targets: np.ndarray) -> None:
+        self.joints = np.asarray(targets, float).copy()
 
 
-def wait_for_first(sock, timeout_s: float) -> None:
-    """Blocks until the sender's first message is queued (left for the loop to drain)."""
-    if not sock.poll(int(timeout_s * 1000)):
-        raise RuntimeError("no observation arrived from the slow process")
-
-
-def measure_rate(sock, rate_hz: int, seconds: float) -> dict:
-    tick = LightTick(sock, time.monotonic())
-    loop = FastLoop(rate_hz, tick, time.monotonic)
-    summary = loop.run(duration_s=seconds).summary()
-    return {
-        **summary,
-        "observations": tick.observations,
-        "rejected": tick.counter.get("rejected", 0),
-        "seconds": seconds,
-    }
-
-
-def measure(rates_hz: tuple[int, ...], seconds: float) -> dict[str, dict]:
+def post_observations(address: str, rate_hz: float) -> None:
+    """The slow process's stand-in (run as its own process): observations until killed."""
     import zmq
 
     ctx = link.Context()
-    sock, address = bind_receiver(ctx, zmq.PULL, hwm=4)
-    proc = start_sender(address, None, SLOW_RATE_HZ)
+    push = ctx.connect(zmq.PUSH, address, hwm=16)
+    rng = np.random.default_rng(0)
+    k = 0
     try:
-        wait_for_first(sock, 20.0)
-        return {str(rate): measure_rate(sock, rate, seconds) for rate in rates_hz}
+        while True:
+            cube = np.array([0.0, 0.02, 0.22, 10.0]) + rng.normal(0, [0.003, 0.003, 0.003, 3])
+            arrays = {
+                "state": np.array([0.0, -70.0, 30.0, 90.0, 0.0, 100.0], np.float32),
+                "object": cube.astype(np.float32),
+                "image": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+            }
+            msg = link.encode("obs", arrays, seq=k, t_capture=time.monotonic() - LATENCY_S)
+            push.send_multipart(msg, flags=zmq.NOBLOCK)
+            k += 1
+            time.sleep(1.0 / rate_hz)
+    except (KeyboardInterrupt, zmq.Again):
+        pass
     finally:
-        stop(proc)
-        sock.close()
         ctx.close()
+
+
+def make_runtime(rate_hz: int):
+    import torch
+
+    from ..config import GraspJob, load_config
+    from ..dryrun import free_ports
+    from ..service import Runtime, grasp_policy, load_world_model
+
+    obs, query, tele = free_ports(3)
+    job, _ = load_config(
+        "sim_grasp",
+        GraspJob,
+        [
+            f"runtime.rate_hz={rate_hz}",
+            f"link.obs=tcp://127.0.0.1:{obs}",
+            f"link.query=tcp://127.0.0.1:{query}",
+            f"link.telemetry=tcp://127.0.0.1:{tele}",
+        ],
+    )
+    torch.set_num_threads(job.runtime.threads)
+    wm = load_world_model(job.runtime.checkpoint)
+    policy, _ = grasp_policy(job, job.runtime.checkpoint, log=lambda *_: None)
+    arm = EchoArmFake()
+    runtime = Runtime(job, wm, arm, policy=policy)
+    runtime.start_attempt(0, arm.read_joints())
+    return runtime, job
+
+
+def measure_rate(rate_hz: int, seconds: float) -> dict:
+    runtime, job = make_runtime(rate_hz)
+    cmd = [sys.executable, "-m", "robot_runtime.bench.loop", job.link.obs, str(SLOW_RATE_HZ)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    try:
+        if not runtime.obs_sock.poll(20_000):
+            raise ChildProcessError("no observation arrived from the slow process")
+        loop = runtime.loop = FastLoop(rate_hz, runtime.tick, runtime.clock)
+        summary = loop.run(duration_s=seconds).summary()
+        return {
+            **summary,
+            "observations": runtime.estimator.stats.applied,
+            "background_replays": runtime.estimator.stats.background,
+            "rejected": runtime.rejected_total(),
+            "phase": runtime.policy.phase,
+            "seconds": seconds,
+        }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        runtime.close()
+
+
+def measure(rates_hz: tuple[int, ...], seconds: float) -> dict[str, dict]:
+    return {str(rate): measure_rate(rate, seconds) for rate in rates_hz}
 
 
 def run(args) -> int:
@@ -96,8 +144,8 @@ def run(args) -> int:
         raise ValueError(f"--seconds must be positive, got {seconds}")
     print(
         f"FastLoop at {' and '.join(map(str, RATES_HZ))} Hz, {seconds:g} s each, while a slow "
-        f"process posts 64x64x3 images at {SLOW_RATE_HZ:g} Hz (each tick: drain + decode, "
-        "image features, controller step, watchdog, safety clamp)"
+        f"process posts observations at {SLOW_RATE_HZ:g} Hz, {LATENCY_S * 1000:g} ms late (each "
+        "tick: the runtime's own tick on the shipped grasp model)"
     )
     results = measure(RATES_HZ, seconds)
     rows = [("rate", "ticks", "jitter p50 µs", "jitter p99 µs", "max µs", "overruns", "obs", "")]
@@ -133,3 +181,7 @@ def run(args) -> int:
         },
     )
     return 0
+
+
+if __name__ == "__main__":
+    post_observations(sys.argv[1], float(sys.argv[2]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -93,42 +94,42 @@ def calibration(config) -> dict:
     }
 
 
-def kiwi_run(tmp_path, robot, config, port, seconds, *extra) -> subprocess.CompletedProcess:
+def kiwi_run_command(tmp_path, robot, config, port, seconds, *extra) -> list[str]:
     cal = tmp_path / f"{robot}.json"
     cal.write_text(json.dumps(calibration(config)))
     ckpt = tiny_checkpoint(tmp_path / "wm.safetensors")
     from robot_runtime.dryrun import free_ports
 
     obs, query, tele = free_ports(3)
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "robot_runtime.cli",
-            "run",
-            "--robot",
-            robot,
-            "--port",
-            port,
-            "--calibration",
-            str(cal),
-            "--duration",
-            str(seconds),
-            "--json",
-            "--set",
-            f"runtime.checkpoint={ckpt}",
-            "--set",
-            f"link.obs=tcp://127.0.0.1:{obs}",
-            "--set",
-            f"link.query=tcp://127.0.0.1:{query}",
-            "--set",
-            f"link.telemetry=tcp://127.0.0.1:{tele}",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-    )
+    return [
+        sys.executable,
+        "-m",
+        "robot_runtime.cli",
+        "run",
+        "--robot",
+        robot,
+        "--port",
+        port,
+        "--calibration",
+        str(cal),
+        "--duration",
+        str(seconds),
+        "--json",
+        "--set",
+        f"runtime.checkpoint={ckpt}",
+        "--set",
+        f"link.obs=tcp://127.0.0.1:{obs}",
+        "--set",
+        f"link.query=tcp://127.0.0.1:{query}",
+        "--set",
+        f"link.telemetry=tcp://127.0.0.1:{tele}",
+        *extra,
+    ]
+
+
+def kiwi_run(tmp_path, robot, config, port, seconds, *extra) -> subprocess.CompletedProcess:
+    command = kiwi_run_command(tmp_path, robot, config, port, seconds, *extra)
+    return subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
 
 
 @pytest.mark.slow
@@ -152,14 +153,22 @@ def test_kiwi_run_rides_out_dropped_and_corrupted_replies(tmp_path, robot, confi
 @pytest.mark.slow
 def test_kiwi_run_stops_the_arm_and_says_why_when_the_bus_is_unplugged(tmp_path):
     with VirtualBus.for_arm(SO100) as bus:
-        import threading
-
-        threading.Timer(4.0, bus.unplug).start()
-        done = kiwi_run(tmp_path, "so101", SO100, bus.port, 30)
-    out = done.stdout + done.stderr
-    print(out)
-    assert done.returncode == 1, out
+        proc = subprocess.Popen(
+            kiwi_run_command(tmp_path, "so101", SO100, bus.port, 60),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip() == "ready":
+                break
+        time.sleep(0.5)
+        bus.unplug()  # mid-run
+        out = "".join(lines) + proc.communicate(timeout=60)[0]
+    assert proc.returncode == 1, out
     assert "the arm was stopped: servo bus: 25 bus cycles failed in a row" in out
     assert "Traceback" not in out
-    result = json.loads(done.stdout.strip().splitlines()[-2])
+    result = json.loads(out.strip().splitlines()[-2])
     assert result["bus"]["health"]["worst_consecutive"] >= 25
