@@ -219,9 +219,12 @@ def _ffmpeg_frames(path: Path) -> tuple[float, tuple[int, int], Callable[[], Ite
 
     def start() -> Iterator[np.ndarray]:
         reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-        meta = next(reader)
-        w, h = meta["size"]
-        return (np.frombuffer(raw, np.uint8).reshape(h, w, 3) for raw in reader)
+        try:
+            w, h = next(reader)["size"]
+            for raw in reader:
+                yield np.frombuffer(raw, np.uint8).reshape(h, w, 3)
+        finally:
+            reader.close()  # stops the ffmpeg process when a play is abandoned
 
     try:
         reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
@@ -340,8 +343,8 @@ class VideoFileCamera:
         return fit_to_size(frame, self.size), t_capture
 
     def close(self) -> None:
-        if self._frames is not None and hasattr(self._frames, "close"):
-            self._frames.close()
+        if self._frames is not None:
+            self._frames.close()  # a generator: closes the decoder it reads from
         self._frames = None
 
 
