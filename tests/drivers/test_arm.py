@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+from drivers.arm import ARMS as ARMS_BY_NAME
 from drivers.arm import KOCH, SO100, ArmConfig, ServoArm
 from drivers.bus import BusSettings
 from drivers.calibration import CalibrationError
@@ -199,15 +200,23 @@ def test_a_missing_servo_is_named_at_connect(config, make_virtual_bus, tmp_path)
 
 
 def test_servos_at_the_wrong_ids_are_all_named(make_virtual_bus, tmp_path):
+    """None answers: one short line with every id, the bus settings and what to run."""
     virtual = make_virtual_bus("feetech", {m.id + 10: m.model for m in SO100.motors})
     path = tmp_path / "cal.json"
     path.write_text(json.dumps(lerobot_calibration(SO100)))
     with pytest.raises(BusError) as caught:
         ServoArm(SO100, virtual.port, path, MISSING).connect()
     message = str(caught.value)
-    for m in SO100.motors:
-        assert f"{m.name} (id {m.id}): no answer" in message
-    assert "kiwi scan" in message
+    assert "none of its servos (ids 1, 2, 3, 4, 5, 6) answered" in message
+    assert "(feetech, 1000000 baud)" in message
+    assert f"kiwi scan --port {virtual.port}" in message
+
+
+def test_the_so101_is_named_as_itself():
+    assert ARMS_BY_NAME["so101"].name == "so101" and ARMS_BY_NAME["so100"].name == "so100"
+    assert ARMS_BY_NAME["so101"].motors == SO100.motors
+    assert KOCH.full_turn == ("shoulder_pan", "wrist_roll")
+    assert SO100.full_turn == ("wrist_roll",)
 
 
 def test_a_wrong_servo_model_is_named_at_connect(make_virtual_bus, tmp_path):
