@@ -65,7 +65,10 @@ def cmd_calibrate(args) -> int:
         print(f"Calibrating {config.name} on {args.port}. Torque is off.")
         step1 = "1/2: move the arm by hand to the MIDDLE of its range of motion"
         if unattended is None:
-            input(step1 + ", then press Enter ")
+            try:
+                input(step1 + ", then press Enter ")
+            except EOFError:  # Ctrl-D
+                raise ValueError("calibrate: input ended before step 1; nothing saved") from None
             middle = bus.sync_read(reg("Present_Position"), ids)
         else:
             print(f"{step1}; taken once it has been still for {args.still_s:g} s", flush=True)

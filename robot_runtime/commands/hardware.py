@@ -299,8 +299,9 @@ def cmd_read(args) -> int:
             if len(ids) > 1:
                 silent = [i for i in ids if _silent(bus, i)] or silent
             raise BusTimeout(
-                f"no servo with id {', '.join(map(str, silent))} answered on {args.port} "
-                f"({args.protocol}, {args.baud} baud); try `kiwi scan --port {args.port}`",
+                f"no servo with id {', '.join(map(str, silent))} answered on {args.port}; "
+                f"try `kiwi scan --port {args.port}` (asked in {args.protocol} at {args.baud} "
+                "baud)",
                 silent[0],
             ) from e
     if args.json:

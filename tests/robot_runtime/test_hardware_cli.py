@@ -445,11 +445,11 @@ def test_calibrate_on_a_bus_of_other_servos_says_so_in_one_line(tmp_path, capsys
         ),
         (
             ["--ids", "7"],
-            "no servo with id 7 answered on {port} (feetech, 1000000 baud); "
-            "try `kiwi scan --port {port}`",
-        ),  # fmt: skip
+            "no servo with id 7 answered on {port}; try `kiwi scan --port {port}` "
+            "(asked in feetech at 1000000 baud)",
+        ),
         (["--ids", "1,7,9"], "no servo with id 7, 9 answered on {port}"),
-        (["--protocol", "dynamixel"], "no servo with id 1 answered on {port} (dynamixel"),
+        (["--protocol", "dynamixel"], "no servo with id 1 answered on {port}; try"),
         (["--baud", "12345"], "--baud: baud rate 12345 is not one feetech servos use"),
         (["--model", "xl330"], "unknown servo model 'xl330'; did you mean xl330-m"),
         (["--model", "xl330-m288"], "--model xl330-m288 speaks dynamixel, not feetech"),
