@@ -18,9 +18,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# One joint's move as (fraction of its slot, offset from its middle in amplitudes): out to the
-# low end, held, across to the high end, held, back to the middle.
-KEYFRAMES = ((0.0, 0.0), (0.2, -1.0), (0.35, -1.0), (0.65, 1.0), (0.8, 1.0), (1.0, 0.0))
+# How long the hand holds each end: long enough for a 20 ms sampler to see it, short of the
+# second of stillness that ends a step of `kiwi calibrate --yes`, however slow the sweep.
+END_HOLD_S = 0.3
+
+
+def keyframes(slot_s: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """One joint's move in a slot of ``slot_s`` seconds, as (fractions of the slot, offsets from
+    its middle in amplitudes): out to the low end, held, across to the high end, held, back."""
+    hold = min(0.15, END_HOLD_S / slot_s)
+    ramp = (1.0 - 2 * hold) / 4  # out and back take one part each, across takes two
+    xs = (0.0, ramp, ramp + hold, 3 * ramp + hold, 3 * ramp + 2 * hold, 1.0)
+    return xs, (0.0, -1.0, -1.0, 1.0, 1.0, 0.0)
 
 
 def middle_ticks(servo_id: int) -> float:
@@ -56,7 +65,7 @@ class HandSweep:
         slot_s = self.sweep_s / len(self.ids)
         k = min(int(into_sweep // slot_s), len(self.ids) - 1)
         fraction = (into_sweep - k * slot_s) / slot_s
-        xs, ys = zip(*KEYFRAMES)
+        xs, ys = keyframes(slot_s)
         out[self.ids[k]] += self.amplitude(self.ids[k]) * float(np.interp(fraction, xs, ys))
         return out
 
