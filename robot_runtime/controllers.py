@@ -326,8 +326,8 @@ class GraspPolicy:
                 )
             return PENDING
         self._waiting_fresh = False
-        self.gate.estimator = self.estimator
-        verdict = self.gate(t, aim, roll_hint)
+        self.gate.estimator = self.estimator  # for gates that still read it (older callers)
+        verdict = self.gate(t, aim, roll_hint, self.estimator.state)
         if verdict == PENDING:
             return verdict
         d = self.gate.decisions[-1]

@@ -48,52 +48,76 @@ class Decision:
     p_success: float
     spread: float
     ms: float
-    verdict: str
+    verdict: str  # "commit" or "back_off"
+    aim: tuple | None = None  # (xy, yaw) the plan was made for
+    roll_hint: float = 0.0
 
 
 PENDING = "pending"
 
 
+def decide(forecast, threshold: float, t: float, aim=None, roll_hint: float = 0.0) -> Decision:
+    """The gate's rule, pure: commit when the forecast P(success) reaches the threshold."""
+    verdict = "commit" if forecast.p_success >= threshold else "back_off"
+    return Decision(t, forecast.p_success, forecast.spread, forecast.ms, verdict, aim, roll_hint)
+
+
+def copy_belief(state):
+    return type(state)(*(x.clone() for x in state))
+
+
 @dataclass
 class GraspGate:
-    """``gate(t, aim, roll_hint)`` -> "commit" or "back_off". With ``background``, the forecast
+    """``gate(t, aim, roll_hint, belief)`` -> "commit" or "back_off": the forecast of the commit
+    plan from ``belief`` against the threshold (``decide``). With ``background``, the forecast
     (K x H rollouts, ~15 ms here) runs on a worker thread from a copy of the belief, so it does
     not eat the tick it starts in: calls answer "pending" (the controller holds at DECIDE) until
-    it is done. Lockstep runs keep it inline, so their results do not depend on timing."""
+    it is done. Lockstep runs keep it inline, so their results do not depend on timing. Each
+    decision is kept in ``decisions`` and passed to every ``on_decision(decision, belief)``
+    callback (evaluations observe the gate this way)."""
 
     predictor: object  # world_model.grasp.GraspPredictor
     config: GraspControllerConfig
     rate_hz: float
     threshold: float = 0.5
-    estimator: object = None  # set by the policy before each tick
+    estimator: object = None  # older callers: the belief is read from here when not passed
     decisions: list[Decision] = field(default_factory=list)
     background: bool = False
-    _pending: Future | None = field(default=None, repr=False)
+    on_decision: list = field(default_factory=list)
+    _pending: tuple | None = field(default=None, repr=False)  # (future, belief copy)
     _worker: ThreadPoolExecutor | None = field(default=None, repr=False)
 
-    def forecast(self, aim: tuple[np.ndarray, float], roll_hint: float = 0.0, state=None):
+    def plan(self, aim: tuple[np.ndarray, float], roll_hint: float = 0.0) -> np.ndarray:
         xy, yaw = aim
-        plan = commit_plan(xy, yaw, roll_hint, self.config, self.rate_hz, self.predictor.horizon)
-        return self.predictor.forecast(self.estimator.state if state is None else state, plan)
+        return commit_plan(xy, yaw, roll_hint, self.config, self.rate_hz, self.predictor.horizon)
 
-    def __call__(self, t: float, aim: tuple[np.ndarray, float], roll_hint: float = 0.0) -> str:
+    def forecast(self, aim: tuple[np.ndarray, float], roll_hint: float = 0.0, state=None):
+        state = self.estimator.state if state is None else state
+        return self.predictor.forecast(state, self.plan(aim, roll_hint))
+
+    def __call__(
+        self, t: float, aim: tuple[np.ndarray, float], roll_hint: float = 0.0, belief=None
+    ) -> str:
+        belief = self.estimator.state if belief is None else belief
         if not self.background:
-            return self._decide(t, self.forecast(aim, roll_hint))
+            return self._decide(t, self.forecast(aim, roll_hint, belief), aim, roll_hint, belief)
         if self._pending is None:
-            if self._worker is None:
-                self._worker = ThreadPoolExecutor(1, thread_name_prefix="grasp-forecast")
-            belief = type(self.estimator.state)(*(x.clone() for x in self.estimator.state))
-            self._pending = self._worker.submit(self.forecast, aim, roll_hint, belief)
+            copy = copy_belief(belief)
+            self._pending = (self.submit(self.forecast, aim, roll_hint, copy), copy)
             return PENDING
-        if not self._pending.done():
+        future, copy = self._pending
+        if not future.done():
             return PENDING
-        future, self._pending = self._pending, None
-        return self._decide(t, future.result())  # a failed forecast raises here, in the tick
+        self._pending = None
+        # a failed forecast raises here, in the tick
+        return self._decide(t, future.result(), aim, roll_hint, copy)
 
-    def _decide(self, t: float, f) -> str:
-        verdict = "commit" if f.p_success >= self.threshold else "back_off"
-        self.decisions.append(Decision(t, f.p_success, f.spread, f.ms, verdict))
-        return verdict
+    def _decide(self, t: float, forecast, aim, roll_hint: float, belief) -> str:
+        d = decide(forecast, self.threshold, t, aim, roll_hint)
+        self.decisions.append(d)
+        for callback in self.on_decision:
+            callback(d, belief)
+        return d.verdict
 
     @property
     def in_flight(self) -> bool:

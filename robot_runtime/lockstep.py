@@ -92,8 +92,8 @@ class GraspLockstep:
         from sim.perception import PerceptionNoise
 
         from .control import ControlStep
-        from .controllers import GraspController, GraspPolicy
         from .perception import CubePerception
+        from .policies import build_policy
         from .safety import BusHealth, SafetyConfig
 
         self.job, self.wm, self.condition = job, wm, condition
@@ -110,11 +110,7 @@ class GraspLockstep:
         self.control = ControlStep(
             wm,
             estimator_for(wm, self.period, condition, seed),
-            policy
-            or GraspPolicy(
-                GraspController(job.controller, aim=job.controller.aim),
-                max_belief_age_s=job.gate.max_belief_age_s,
-            ),
+            policy or build_policy(job, "grasp", gated=False).policy,
             self.arm,
             SafetyConfig(sc.max_step_deg, sc.slow_after_s, sc.hold_after_s, sc.slow_factor),
             BusHealth(f.max_consecutive_failures, f.max_failure_rate, f.window_ticks),

@@ -26,11 +26,11 @@ from drivers.errors import BusError
 from . import link
 from .config import GraspJob
 from .control import ControlStep
-from .controllers import GraspController, GraspPolicy
 from .estimator import LatentEstimator
 from .gate import commit_plan
 from .loop import FastLoop, LoopStats
 from .messages import MessageLimits, Rejected, check_observation, check_plan
+from .policies import build_policy
 from .safety import BusHealth, SafetyConfig
 
 
@@ -133,11 +133,7 @@ class Runtime:
         self.control = ControlStep(
             wm,
             LatentEstimator(wm, self.period, rc.buffer_ticks, rc.mode, rc.seed),
-            policy
-            or GraspPolicy(
-                GraspController(job.controller, aim=job.controller.aim),
-                max_belief_age_s=job.gate.max_belief_age_s,
-            ),
+            policy or build_policy(job, "grasp", gated=False).policy,
             arm,
             SafetyConfig(s.max_step_deg, s.slow_after_s, s.hold_after_s, s.slow_factor),
             BusHealth(f.max_consecutive_failures, f.max_failure_rate, f.window_ticks),
@@ -581,31 +577,6 @@ def load_world_model(spec: str):
     return wm.eval()
 
 
-def grasp_policy(job: GraspJob, spec: str, log=print):
-    """The grasp policy, gated when the model file has a success head and the gate is on."""
-    from world_model.checkpoint import load_tensors
-
-    from .assets import resolve
-    from .gate import GraspGate
-    from .grasp_training import load_grasp_predictor
-
-    path = resolve(spec)
-    groups, meta = load_tensors(path)
-    controller = GraspController(
-        job.controller, max_retries=job.gate.retries, aim=job.controller.aim
-    )
-    belief_age_s = job.gate.max_belief_age_s
-    if not job.gate.enabled or "success_head" not in groups:
-        if job.gate.enabled:
-            log(f"{path.name} has no success head: grasps are not gated (`kiwi train grasp`)")
-        return GraspPolicy(controller, max_belief_age_s=belief_age_s), None
-    _, predictor, _, _ = load_grasp_predictor(path, job.gate.samples)
-    gate = GraspGate(
-        predictor, job.controller, job.runtime.rate_hz, job.gate.threshold, background=True
-    )
-    return GraspPolicy(controller, gate, max_belief_age_s=belief_age_s), predictor
-
-
 def main(argv: list[str] | None = None) -> int:
     """The runtime process of `kiwi sim`: grasp attempts on the simulated world's arm."""
     import argparse
@@ -620,7 +591,10 @@ def main(argv: list[str] | None = None) -> int:
     job, _ = load_config(args.config, GraspJob, args.overrides)
     torch.set_num_threads(job.runtime.threads)
     wm = load_world_model(job.runtime.checkpoint)
-    policy, predictor = grasp_policy(job, job.runtime.checkpoint)
+    built = build_policy(job, "grasp")
+    if built.note:
+        print(built.note, flush=True)
+    policy = built.policy
     ctx = link.Context()
     arm = RemoteSimArm(ctx, job)
     runtime = Runtime(job, wm, arm, ctx=ctx, policy=policy)

@@ -89,7 +89,8 @@ def make_runtime(rate_hz: int):
 
     from ..config import GraspJob, load_config
     from ..dryrun import free_ports
-    from ..service import Runtime, grasp_policy, load_world_model
+    from ..policies import build_policy
+    from ..service import Runtime, load_world_model
 
     obs, query, tele = free_ports(3)
     job, _ = load_config(
@@ -104,7 +105,7 @@ def make_runtime(rate_hz: int):
     )
     torch.set_num_threads(job.runtime.threads)
     wm = load_world_model(job.runtime.checkpoint)
-    policy, _ = grasp_policy(job, job.runtime.checkpoint, log=lambda *_: None)
+    policy = build_policy(job, "grasp").policy
     arm = EchoArmFake()
     runtime = Runtime(job, wm, arm, policy=policy)
     runtime.start_attempt(0, arm.read_joints())

@@ -36,6 +36,7 @@ class FixedBeliefFake:
             last_age_s = 0.15
 
         self.stats = Stats()
+        self.state = None  # the belief a gate would forecast from (the fake gates ignore it)
 
     def observe(self):
         self.stats.applied += 1
@@ -54,7 +55,7 @@ class CountingGate:
     def __init__(self):
         self.calls, self.decisions = 0, []
 
-    def __call__(self, t, aim, roll_hint):
+    def __call__(self, t, aim, roll_hint, belief=None):
         self.calls += 1
         self.decisions.append(Decision(t, 0.9, 0.0, 1.0, "commit"))
         return "commit"
