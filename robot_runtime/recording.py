@@ -1,15 +1,17 @@
 """A Rerun recording of a run (`kiwi sim --rerun run.rrd`, `kiwi run --rerun run.rrd`).
 
-Written by whoever reads the runtime's telemetry (the dry run's Recorder, or a thread beside
-``kiwi run``'s loop), never from the tick: ``RunRecording.message`` takes the same decoded link
-messages the Recorder sees and logs them on one ``time`` timeline (seconds since the first
-message, on the runtime's clock):
+Written by whoever reads the runtime's telemetry, never from the tick: in `kiwi sim` the dry
+run's Recorder (the parent process), in `kiwi run` a recorder process of its own
+(``python -m robot_runtime.recording``, started by ``RecorderProcess``), so that logging (about
+1 ms of Python per telemetry message) never takes the GIL from the loop. ``RunRecording.message``
+takes decoded link messages and logs them on one ``time`` timeline (seconds on the runtime's
+clock since ``t0``):
 
 - ``camera/wrist``: the wrist camera (JPEG, at most CAMERA_HZ frames per second)
-- ``joints/<name>``, ``command/<name>``: measured joints and the safe targets sent
-- ``cube/camera/<x|y|z|yaw>/<latent|perception|truth>``: the cube in the wrist-camera frame
-- ``cube/world/<...>`` and ``world/cube/<latent|perception|truth>`` (3-D points): world frame
-- ``phase`` and ``events`` (text), ``gate/p_success``, ``gate/decision``, ``gate/spread``
+- ``joints``, ``command``: measured joints and the safe targets sent (one series per joint)
+- ``cube/<camera|world>/<position|yaw>/<latent|perception|truth>``: the cube as the latent
+  decodes it, as the slow perception saw it and (sim) as it is; ``world/cube/<source>``: 3-D
+- ``phase``, ``events``, ``gate/decision`` (text); ``gate/p_success``, ``gate/spread``
 - ``loop/jitter_us_p99``, ``loop/overruns``, ``estimator/applied``, ``estimator/last_age_ms``
 
 rerun-sdk is optional (``pip install 'kiwi-runtime[rerun]'``); ``open_recording`` says so when
@@ -18,6 +20,10 @@ it is missing.
 
 from __future__ import annotations
 
+import argparse
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +34,26 @@ from .link import Message
 
 CAMERA_HZ = 5.0  # wrist frames logged per second (a 128 px JPEG each)
 TRUTH_HZ = 10.0  # the world publishes truth at 50 Hz
-AXES = ("x", "y", "z", "yaw")
+SOURCES = ("latent", "perception", "truth")
 COLORS = {"latent": (220, 40, 40), "perception": (40, 100, 220), "truth": (20, 20, 20)}
+STOP_WAIT_S = 10.0
 
 
-def open_recording(
-    path: Path, application_id: str = "kiwi", t0: float | None = None
-) -> RunRecording:
-    """A recording written to ``path``; a clear error when rerun-sdk is not installed."""
+def require_rerun() -> None:
+    """OSError (one line for `kiwi`) when rerun-sdk is not installed."""
     try:
         import rerun  # noqa: F401
     except ImportError as e:
         raise OSError(
             "--rerun needs rerun-sdk: pip install 'kiwi-runtime[rerun]' (or pip install rerun-sdk)"
         ) from e
+
+
+def open_recording(
+    path: Path, application_id: str = "kiwi", t0: float | None = None
+) -> RunRecording:
+    """A recording written to ``path``; a clear error when rerun-sdk is not installed."""
+    require_rerun()
     return RunRecording(path, application_id, t0)
 
 
@@ -58,40 +70,55 @@ class RunRecording:
         self._last_t = 0.0
         self._t_camera = self._t_truth = -np.inf
         self.phase = None
-        self.logged = 0
+        self._series_names()
+
+    def _series_names(self) -> None:
+        rr, log = self.rr, self.stream.log
+        for name in ("joints", "command"):
+            log(name, rr.SeriesLines(names=list(LEROBOT_JOINTS)), static=True)
+        for frame in ("camera", "world"):
+            for source in SOURCES:
+                base = f"cube/{frame}"
+                color = COLORS[source]
+                log(f"{base}/position/{source}",
+                    rr.SeriesLines(names=[f"{a} {source}" for a in "xyz"], colors=[color] * 3),
+                    static=True)  # fmt: skip
+                log(f"{base}/yaw/{source}", rr.SeriesLines(names=[f"yaw {source}"],
+                    colors=[color]), static=True)  # fmt: skip
 
     # --- one decoded link message --------------------------------------------------------
     def message(self, msg: Message) -> None:
-        """Logs a telemetry/event/observation (runtime), truth/camera (sim world) message;
+        """Logs a telemetry/event/observation (runtime) or truth/camera (sim world) message;
         other kinds are ignored."""
         handler = getattr(self, f"_on_{msg.kind}", None)
         if handler is not None:
-            self._at(msg.header.t_capture)
+            t = msg.header.t_capture
+            if self.t0 is None:
+                self.t0 = t
+            self._last_t = t
+            self.stream.set_time("time", duration=max(0.0, t - self.t0))
             handler(msg.header.meta, msg.arrays)
 
-    def _at(self, t: float) -> None:
-        if self.t0 is None:
-            self.t0 = t
-        self._last_t = t
-        self.stream.set_time("time", duration=max(0.0, t - self.t0))
+    def _scalars(self, path: str, values) -> None:
+        values = np.atleast_1d(np.asarray(values, float))
+        if np.all(np.isfinite(values)):
+            self.stream.log(path, self.rr.Scalars(values))
 
-    def _scalar(self, path: str, value) -> None:
-        if value is None or not np.isfinite(value):
-            return
-        self.stream.log(path, self.rr.Scalars(float(value)))
-        self.logged += 1
+    def _number(self, path: str, value) -> None:
+        if isinstance(value, (int, float)) and np.isfinite(value):
+            self.stream.log(path, self.rr.Scalars(float(value)))
 
     def _cube(self, source: str, object_cam, joints) -> None:
         from .sim_report import world_pose
 
-        obj = np.asarray(object_cam, float)
-        for axis, v in zip(AXES, obj[:4]):
-            self._scalar(f"cube/camera/{axis}/{source}", v)
+        obj = np.asarray(object_cam, float)[:4]
+        self._scalars(f"cube/camera/position/{source}", obj[:3])
+        self._scalars(f"cube/camera/yaw/{source}", obj[3])
         if joints is None:
             return
         world = world_pose(obj, joints)
-        for axis, v in zip(AXES, world):
-            self._scalar(f"cube/world/{axis}/{source}", v)
+        self._scalars(f"cube/world/position/{source}", world[:3])
+        self._scalars(f"cube/world/yaw/{source}", world[3])
         self.stream.log(
             f"world/cube/{source}",
             self.rr.Points3D([world[:3]], colors=[COLORS[source]], radii=[0.008]),
@@ -99,18 +126,16 @@ class RunRecording:
 
     # --- the runtime's telemetry ---------------------------------------------------------
     def _on_telemetry(self, meta: dict, arrays: dict) -> None:
-        joints = arrays.get("joints")
-        for name, key in (("joints", "joints"), ("command", "command")):
-            if key in arrays:
-                for joint, v in zip(LEROBOT_JOINTS, arrays[key]):
-                    self._scalar(f"{name}/{joint}", v)
+        for name in ("joints", "command"):
+            if name in arrays:
+                self._scalars(name, arrays[name])
         est = meta.get("estimator", {})
         if "object_estimate" in arrays and est.get("applied", 1) > 0:
-            self._cube("latent", arrays["object_estimate"], joints)
-        self._scalar("loop/jitter_us_p99", meta.get("jitter_us_p99"))
-        self._scalar("loop/overruns", meta.get("overruns"))
-        self._scalar("estimator/applied", est.get("applied"))
-        self._scalar("estimator/last_age_ms", est.get("last_age_ms"))
+            self._cube("latent", arrays["object_estimate"], arrays.get("joints"))
+        self._number("loop/jitter_us_p99", meta.get("jitter_us_p99"))
+        self._number("loop/overruns", meta.get("overruns"))
+        self._number("estimator/applied", est.get("applied"))
+        self._number("estimator/last_age_ms", est.get("last_age_ms"))
         phase = meta.get("phase")
         if phase != self.phase:
             self.stream.log("phase", self.rr.TextLog(str(phase)))
@@ -120,16 +145,17 @@ class RunRecording:
         kind = meta.get("event")
         if kind == "phase" and meta.get("phase") == "decision":
             p, verdict = meta.get("p_success"), meta.get("verdict")
-            self._scalar("gate/p_success", p)
-            self._scalar("gate/spread", meta.get("spread"))
-            self._scalar("gate/forecast_ms", meta.get("ms"))
+            self._number("gate/p_success", p)
+            self._number("gate/spread", meta.get("spread"))
+            self._number("gate/forecast_ms", meta.get("ms"))
             text = f"P={p:.2f} {verdict}" if isinstance(p, (int, float)) else str(verdict)
             self.stream.log("gate/decision", self.rr.TextLog(text))
             return
         if kind == "phase":
             return  # phase changes come with the telemetry
-        detail = ", ".join(f"{k}={v}" for k, v in meta.items() if k != "event" and
-                           not isinstance(v, dict))  # fmt: skip
+        detail = ", ".join(
+            f"{k}={v}" for k, v in meta.items() if k != "event" and not isinstance(v, dict)
+        )
         level = "WARN" if kind in ("fault", "watchdog") else "INFO"
         self.stream.log("events", self.rr.TextLog(f"{kind}: {detail}", level=level))
 
@@ -139,18 +165,16 @@ class RunRecording:
 
     # --- the simulated world ---------------------------------------------------------------
     def _on_truth(self, meta: dict, arrays: dict) -> None:
-        now = self._last_t
-        if now - self._t_truth < 1.0 / TRUTH_HZ:
+        if self._last_t - self._t_truth < 1.0 / TRUTH_HZ:
             return
-        self._t_truth = now
+        self._t_truth = self._last_t
         self._cube("truth", arrays["object_true"], arrays.get("state"))
-        self._scalar("world/lifted_m", meta.get("lifted_m"))
+        self._number("world/lifted_m", meta.get("lifted_m"))
 
     def _on_camera(self, meta: dict, arrays: dict) -> None:
-        now = self._last_t
-        if "wrist" not in arrays or now - self._t_camera < 1.0 / CAMERA_HZ:
+        if "wrist" not in arrays or self._last_t - self._t_camera < 1.0 / CAMERA_HZ:
             return
-        self._t_camera = now
+        self._t_camera = self._last_t
         image = self.rr.Image(np.ascontiguousarray(arrays["wrist"]), color_model="RGB")
         self.stream.log("camera/wrist", image.compress(jpeg_quality=80))
 
@@ -159,57 +183,71 @@ class RunRecording:
         self.stream.disconnect()
 
 
-class TelemetryRecordingThread:
-    """`kiwi run --rerun`: a thread that subscribes to the runtime's telemetry (and a camera
-    stream, if one publishes on ``camera``) and logs it; the loop only publishes, as always."""
+# --- `kiwi run --rerun`: the recorder as a process of its own --------------------------------
+class RecorderProcess:
+    """Starts ``python -m robot_runtime.recording`` (before the model loads, so that it listens
+    when the loop starts); ``stop()`` asks it to write what it has and waits."""
 
-    def __init__(self, recording: RunRecording, telemetry: str, camera: str | None = None):
-        import threading
+    def __init__(self, path: Path, telemetry: str, camera: str | None = None):
+        require_rerun()
+        args = [sys.executable, "-m", "robot_runtime.recording", "--out", str(path)]
+        args += ["--telemetry", telemetry] + (["--camera", camera] if camera else [])
+        self.proc = subprocess.Popen(args)
 
-        import zmq
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
 
-        from .link import Context
 
-        self.recording = recording
-        self.ctx = Context()
-        self.socks = [self.ctx.connect(zmq.SUB, telemetry, hwm=1000)]
-        if camera:
-            self.socks.append(self.ctx.connect(zmq.SUB, camera, hwm=4))
-        for s in self.socks:
-            s.setsockopt(zmq.SUBSCRIBE, b"")
-        self.counter: dict = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kiwi-rerun", daemon=True)
+def record(path: Path, telemetry: str, camera: str | None, stop) -> None:
+    """Subscribes to ``telemetry`` (and ``camera``) and logs every message until ``stop()``."""
+    import zmq
 
-    def start(self) -> TelemetryRecordingThread:
-        self._thread.start()
-        return self
+    from .link import Context, drain
 
-    def _run(self) -> None:
-        import zmq
-
-        from .link import drain
-
-        poller = zmq.Poller()
-        for s in self.socks:
-            poller.register(s, zmq.POLLIN)
-        while not self._stop.is_set():
-            if not poller.poll(100):
-                continue
-            for s in self.socks:
-                for msg in drain(s, self.counter, 200):
-                    self.recording.message(msg)
-
-    def stop(self) -> None:
-        """Stops after what is waiting now, and closes the recording."""
-        from .link import drain
-
-        self._stop.set()
-        self._thread.join(timeout=5.0)
-        for s in self.socks:
-            if not self._thread.is_alive():
-                for msg in drain(s, self.counter, 1000):  # the runtime's last events
-                    self.recording.message(msg)
+    recording = open_recording(path, "kiwi run")
+    ctx = Context()
+    socks = [ctx.connect(zmq.SUB, telemetry, hwm=1000)]
+    if camera:
+        socks.append(ctx.connect(zmq.SUB, camera, hwm=4))
+    poller, counter = zmq.Poller(), {}
+    for s in socks:
+        s.setsockopt(zmq.SUBSCRIBE, b"")
+        poller.register(s, zmq.POLLIN)
+    try:
+        while not stop():
+            poller.poll(100)
+            for s in socks:
+                for msg in drain(s, counter, 200):
+                    recording.message(msg)
+        for s in socks:  # the runtime's last events
+            for msg in drain(s, counter, 1000):
+                recording.message(msg)
+    finally:
+        for s in socks:
             s.close(0)
-        self.ctx.close()
-        self.recording.close()
+        ctx.close()
+        recording.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="`kiwi run --rerun`'s recorder process")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--telemetry", required=True)
+    parser.add_argument("--camera")
+    args = parser.parse_args(argv)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: kiwi run stops us
+    record(Path(args.out), args.telemetry, args.camera, lambda: bool(stopping))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

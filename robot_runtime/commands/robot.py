@@ -12,18 +12,30 @@ from . import add_config_args, command
 def cmd_run(args) -> int:
     import torch
 
-    from drivers.arm import ARMS, ServoArm
-    from drivers.ports import latency_warning
-
     from ..config import GraspJob, load_config
-    from ..controllers import ChunkPolicy, GraspController, GraspPolicy
-    from ..jsonout import dumps
-    from ..liveline import LiveLine, RunStatusThread
-    from ..recording import TelemetryRecordingThread, open_recording
-    from ..service import load_world_model, serve
+    from ..recording import RecorderProcess
 
     job, path = load_config(args.config, GraspJob, args.overrides)
     torch.set_num_threads(job.runtime.threads)
+    recorder = None
+    if args.rerun:  # a process of its own, listening before the loop starts
+        recorder = RecorderProcess(Path(args.rerun), job.link.telemetry, job.link.camera)
+    try:
+        return _run(args, job)
+    finally:
+        if recorder is not None and recorder.stop() == 0:
+            print(f"recording: {args.rerun} (view it: rerun {args.rerun})", flush=True)
+
+
+def _run(args, job) -> int:
+    from drivers.arm import ARMS, ServoArm
+    from drivers.ports import latency_warning
+
+    from ..controllers import ChunkPolicy, GraspController, GraspPolicy
+    from ..jsonout import dumps
+    from ..liveline import LiveLine, RunStatusThread
+    from ..service import load_world_model, serve
+
     warning = latency_warning(args.port)
     if warning:
         print(warning)
@@ -47,25 +59,18 @@ def cmd_run(args) -> int:
     watchers = []
 
     def ready(runtime) -> None:
-        """The loop is about to start: the status line and the recording run beside it."""
+        """The loop is about to start: the status line runs beside it."""
         print("ready", flush=True)
         live = args.live if args.live is not None else sys.stdout.isatty()
         watchers.append(
             RunStatusThread(runtime.status, job.link.obs, LiveLine() if live else None).start()
         )
-        if recording is not None:
-            watchers.append(
-                TelemetryRecordingThread(recording, job.link.telemetry, job.link.camera).start()
-            )
 
-    recording = open_recording(Path(args.rerun), "kiwi run") if args.rerun else None
     try:
         result = serve(job, wm, arm, policy, args.duration, ready=ready)
     finally:
         for watcher in watchers:
             watcher.stop()
-        if recording is not None and len(watchers) < 2:  # the loop never started
-            recording.close()
     loop, bus = result["loop"], result["bus"]
     print(
         f"stopped after {loop['ticks']} ticks ({result['stop_reason']}): jitter p50/p99 "

@@ -132,7 +132,7 @@ def test_kiwi_run_on_the_emulator_follows_holds_and_turns_torque_off(tmp_path):
         assert not any(bus.servo(i).torque for i in range(1, 7)), "torque off after exit"
         ctx.close()
     status = [line for line in out.split("\r") if "bus retries" in line]
-    assert status and "watchdog slow" in out, "the live line, with the bus and the watchdog"
+    assert status and "watchdog " in status[-1], "the live line, with the bus and the watchdog"
     assert (tmp_path / "run.rrd").stat().st_size > 1000, "the recording"
 
 
