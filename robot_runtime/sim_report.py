@@ -246,11 +246,11 @@ def _fmt(v, spec: str) -> str:
 
 
 def print_summary(summary: dict, out: Path) -> None:
-    header = ("attempt", "seed", "outcome", "final phase", "gate: P(success)", "obs applied",
-              "latent mm/deg", "perception mm/deg", "jitter p99 µs")  # fmt: skip
+    header = ("#", "seed", "outcome", "phase", "gate P(success)", "obs",
+              "latent mm/°", "raw mm/°", "p99 µs")  # fmt: skip
     rows = [header]
     for i, a in enumerate(summary["per_attempt"], 1):
-        gate = ", ".join(f"{p:.2f} {v}" for p, v in a["decisions"]) or "-"
+        gate = " ".join(f"{p:.2f}{'✓' if v == 'commit' else '✗'}" for p, v in a["decisions"])
         latent = (f"{_fmt(a.get('estimate_error_mm_median'), '.0f')}/"
                   f"{_fmt(a.get('estimate_error_deg_median'), '.0f')}")  # fmt: skip
         raw = (f"{_fmt(a.get('perception_error_mm_median'), '.0f')}/"
@@ -261,7 +261,7 @@ def print_summary(summary: dict, out: Path) -> None:
                 a["seed"],
                 a["outcome"],
                 a["phase"],
-                gate,
+                gate or "-",
                 a["estimator"]["applied"] if a["estimator"] else "-",
                 latent,
                 raw,
@@ -269,6 +269,7 @@ def print_summary(summary: dict, out: Path) -> None:
             )
         )
     print(format_table(rows))
+    print("gate: ✓ commit, ✗ back off; obs: observations applied; errors: medians, world frame")
     s = summary
     run = "" if s["outcome"] == "completed" else f" (run {s['outcome']})"
     counts = ", ".join(f"{k} {v}" for k, v in s.get("outcomes", {}).items() if v)
