@@ -81,6 +81,8 @@ def test_the_world_process_survives_hostile_commands_and_still_resets(tmp_path):
             while time.monotonic() < deadline:
                 for msg in link.drain(sub, None, 1000):
                     if msg.kind == "truth" and msg.header.meta["episode"] == episode:
+                        # the joints the camera-frame truth was seen from (world-frame displays)
+                        assert msg.arrays["state"].shape == (6,)
                         return msg.header.meta
                 time.sleep(0.02)
             raise AssertionError(f"no truth of episode {episode} ({proc.poll()=})")
