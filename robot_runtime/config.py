@@ -219,6 +219,23 @@ class GraspGateConfig(Frozen):
     )
 
 
+class RobotSection(Frozen):
+    """The real arm `kiwi run` drives (configs/so100.yaml, so101.yaml, koch.yaml); the command
+    line's --robot, --port and --calibration override these."""
+
+    type: Literal["so100", "so101", "koch"] | None = None
+    port: str | None = Field(None, description="serial port, e.g. /dev/ttyACM0")
+    calibration: str | None = Field(
+        None, description="LeRobot-layout calibration file; None: LeRobot's own file for `id`"
+    )
+    id: str = Field(
+        "kiwi", description="LeRobot's robot id: its calibration is robots/<type>_follower/<id>"
+    )
+    joints: tuple[str, ...] = Field(
+        (), description="joint names, checked against the arm's driver when given"
+    )
+
+
 class SimConfig(Frozen):
     """`kiwi sim`: the dry run."""
 
@@ -241,6 +258,7 @@ class GraspJob(Frozen):
     gate: GraspGateConfig = GraspGateConfig()
     link: LinkConfig = LinkConfig()
     sim: SimConfig = SimConfig()
+    robot: RobotSection = RobotSection()
 
 
 JOBS = {"pendulum": PendulumJob, "grasp": GraspJob}
@@ -284,6 +302,25 @@ def parse_override(text: str) -> dict:
     return node
 
 
+def read_with_base(path: Path, depth: int = 0) -> dict:
+    """A config file's mapping, laid over the file its ``base:`` key names (resolved beside it,
+    then in configs/), so a robot's file says only what differs from the job it extends."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if depth >= 4:
+        raise ConfigError(f"{path}: base files nest more than 4 deep (a loop?)")
+    beside = path.parent / str(base)
+    base_path = beside if beside.is_file() else resolve_path(str(base))
+    return deep_merge(read_with_base(base_path, depth + 1), raw)
+
+
 def load_config(
     path: str | Path,
     cls: type[Job],
@@ -291,12 +328,7 @@ def load_config(
     preset: str | None = None,
 ) -> tuple[Job, Path]:
     path = resolve_path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    raw = read_with_base(path)
     presets = raw.pop("presets", {}) or {}
     if preset is not None:
         if preset not in presets:
@@ -341,11 +373,8 @@ def load_job(
 ) -> tuple[BaseModel, Path]:
     """Any job file: its top-level ``task`` names the job (pendulum, grasp)."""
     resolved = resolve_path(path)
-    try:
-        raw = yaml.safe_load(resolved.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{resolved}: not valid YAML: {e}") from e
-    task = raw.get("task", "pendulum") if isinstance(raw, dict) else "pendulum"
+    raw = read_with_base(resolved)
+    task = raw.get("task", "pendulum")
     if task not in JOBS:
         raise ConfigError(f"{resolved}: task {task!r} is not one of {sorted(JOBS)}")
     return load_config(resolved, JOBS[task], overrides, preset)
