@@ -65,7 +65,7 @@ class RunRecording:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stream = rr.RecordingStream(application_id)
-        self.stream.save(str(self.path))
+        self.stream.save(str(self.path), default_blueprint=layout())
         self.t0 = t0  # the timeline's zero (the first message's time when None)
         self._last_t = 0.0
         self._t_camera = self._t_truth = -np.inf
@@ -181,6 +181,44 @@ class RunRecording:
     def close(self) -> None:
         self.stream.flush()
         self.stream.disconnect()
+
+
+def layout():
+    """The viewer's opening layout: camera and world on the left; the cube's position and yaw
+    (latent, perception, truth) in both frames, the gate and the loop on the right."""
+    import rerun.blueprint as rrb
+
+    def series(origin: str, name: str):
+        return rrb.TimeSeriesView(origin=origin, name=name)
+
+    return rrb.Blueprint(
+        rrb.Horizontal(
+            rrb.Vertical(
+                rrb.Spatial2DView(origin="camera", name="wrist camera"),
+                rrb.Spatial3DView(origin="world", name="the cube (world frame)"),
+                rrb.TextLogView(origin="/", name="phases, gate, events"),
+            ),
+            rrb.Vertical(
+                rrb.Tabs(
+                    series("cube/world/position", "cube position, world (m)"),
+                    series("cube/camera/position", "cube position, camera (m)"),
+                ),
+                rrb.Tabs(
+                    series("cube/world/yaw", "cube yaw, world (deg)"),
+                    series("cube/camera/yaw", "cube yaw, camera (deg)"),
+                ),
+                rrb.Tabs(
+                    series("joints", "joints"),
+                    series("command", "commands"),
+                    series("gate", "gate"),
+                    series("loop", "loop"),
+                    series("estimator", "estimator"),
+                ),
+            ),
+            column_shares=[1, 2],
+        ),
+        collapse_panels=True,
+    )
 
 
 # --- `kiwi run --rerun`: the recorder as a process of its own --------------------------------

@@ -40,6 +40,7 @@ def test_a_recording_holds_camera_joints_cube_phases_gate_and_timing(tmp_path):
     rec.message(message("event", {}, 101.1, event="attempt_end", seed=7, phase="done"))
     rec.close()
 
+    assert RrdReader(path).blueprints(), "the viewer's opening layout comes with it"
     rows = Counter()
     for chunk in RrdReader(path).stream():
         if not chunk.is_static:  # the series' names and colours are static
