@@ -136,8 +136,10 @@ class RunRecording:
         self._number("loop/overruns", meta.get("overruns"))
         self._number("estimator/applied", est.get("applied"))
         self._number("estimator/last_age_ms", est.get("last_age_ms"))
-        phase = meta.get("phase")
-        if phase != self.phase:
+        self._phase(meta.get("phase"))
+
+    def _phase(self, phase) -> None:
+        if phase is not None and phase != self.phase:
             self.stream.log("phase", self.rr.TextLog(str(phase)))
             self.phase = phase
 
@@ -151,8 +153,9 @@ class RunRecording:
             text = f"P={p:.2f} {verdict}" if isinstance(p, (int, float)) else str(verdict)
             self.stream.log("gate/decision", self.rr.TextLog(text))
             return
-        if kind == "phase":
-            return  # phase changes come with the telemetry
+        if kind == "phase":  # at the tick it happened (telemetry samples the phase at 10 Hz)
+            self._phase(meta.get("phase"))
+            return
         detail = ", ".join(
             f"{k}={v}" for k, v in meta.items() if k != "event" and not isinstance(v, dict)
         )

@@ -35,6 +35,7 @@ def test_a_recording_holds_camera_joints_cube_phases_gate_and_timing(tmp_path):
                                           "object_estimate": CUBE}, t, phase=phase,
                             estimator=est, jitter_us_p99=300.0, overruns=0))  # fmt: skip
         rec.message(message("observation", {"object": CUBE, "state": JOINTS}, t, result="applied"))
+    rec.message(message("event", {}, 100.95, event="phase", phase="decide"))  # between samples
     rec.message(message("event", {}, 101.0, event="phase", phase="decision", p_success=0.9,
                         verdict="commit", spread=0.05, ms=14.0))  # fmt: skip
     rec.message(message("event", {}, 101.1, event="attempt_end", seed=7, phase="done"))
@@ -52,6 +53,6 @@ def test_a_recording_holds_camera_joints_cube_phases_gate_and_timing(tmp_path):
             assert rows[f"cube/{frame}/position/{source}"] > 0, (frame, source)
             assert rows[f"cube/{frame}/yaw/{source}"] > 0, (frame, source)
         assert rows[f"world/cube/{source}"] > 0
-    assert rows["phase"] == 2, "approach, then descend"
+    assert rows["phase"] == 3, "approach, descend, then decide (an event between samples)"
     assert rows["gate/p_success"] == 1 and rows["gate/decision"] == 1
     assert rows["loop/jitter_us_p99"] == 10 and rows["events"] == 1
