@@ -96,3 +96,17 @@ def test_kiwi_run_live_line_shows_the_bus():
     watcher = RunStatusThread(lambda: STATUS, "tcp://x:1", LiveLine(out, width=lambda: 199))
     watcher.refresh()
     assert "bus retries 12 timeouts 3 corrupt 1 held 2" in out.getvalue()
+
+
+@pytest.mark.parametrize("columns", [80, 120, 200])
+def test_the_line_uses_the_terminal_less_one_column(monkeypatch, columns):
+    import os
+    import shutil
+
+    from robot_runtime.liveline import terminal_width
+
+    monkeypatch.setattr(
+        shutil, "get_terminal_size", lambda fallback: os.terminal_size((columns, 24))
+    )
+    line = fit_fields(sim_fields(12, 20, LAST, (11.5, 4.2), (0.83, "commit")), terminal_width())
+    assert len(line) < columns, "the cursor never reaches the last column: no wrap"
