@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from world_model.grasp import Calibration, auroc, brier, reliability
 
-from .controllers import GraspController, GraspPolicy
-from .gate import GraspGate, commit_plan
+from .gate import commit_plan
 from .lockstep import Condition, GraspLockstep
+from .policies import build_policy
 from .textui import format_table
 
 
@@ -38,59 +38,10 @@ class DecisionRecord:
     committed: bool
 
 
-class EvaluatingGate(GraspGate):
-    """The runtime's gate, plus what the evaluation needs at each decision: the no-rollout
-    forecast and the commit's true outcome (played out on a saved copy of the simulator)."""
-
-    def __init__(
-        self,
-        *args,
-        run: GraspLockstep | None = None,
-        head_now=None,
-        calibration_now=None,
-        seed: int = 0,
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self.run, self.head_now, self.calibration_now, self.seed = (
-            run,
-            head_now,
-            calibration_now or Calibration(),
-            seed,
-        )
-        self.records: list[DecisionRecord] = []
-
-    def __call__(self, t: float, aim, roll_hint: float = 0.0) -> str:
-        verdict = super().__call__(t, aim, roll_hint)
-        d = self.decisions[-1]
-        with torch.no_grad():
-            logit = float(self.head_now(self.estimator.state.feat())[0])
-        p_now = float(self.calibration_now(logit))
-        outcome = would_succeed(self.run, aim, roll_hint, self.config)
-        self.records.append(
-            DecisionRecord(
-                self.seed,
-                len(self.records),
-                d.p_success,
-                p_now,
-                d.spread,
-                d.ms,
-                outcome,
-                verdict == "commit",
-            )
-        )
-        return verdict
-
-
 def would_succeed(run: GraspLockstep, aim, roll_hint: float, config) -> bool:
     """Plays the commit out from here on a saved simulator state, then puts everything back."""
-    import mujoco
-
     env = run.env
-    m, d = env.model, env.data
-    state = np.empty(mujoco.mj_stateSize(m, mujoco.mjtState.mjSTATE_INTEGRATION))
-    mujoco.mj_getState(m, d, state, mujoco.mjtState.mjSTATE_INTEGRATION)
-    saved = (env._held_steps, env._success, env.np_random.bit_generator.state)
+    saved = env.snapshot()
     xy, yaw = aim
     rate = run.job.runtime.rate_hz
     ticks = int(round((config.close_s + config.lift_s + config.hold_s) * rate))
@@ -98,9 +49,7 @@ def would_succeed(run: GraspLockstep, aim, roll_hint: float, config) -> bool:
     for target in commit_plan(xy, yaw, roll_hint, config, rate, ticks):
         _, _, _, _, info = env.step(target)
     outcome = bool(info.get("is_success", False))
-    mujoco.mj_setState(m, d, state, mujoco.mjtState.mjSTATE_INTEGRATION)
-    mujoco.mj_forward(m, d)
-    env._held_steps, env._success, env.np_random.bit_generator.state = saved
+    env.restore(saved)
     return outcome
 
 
@@ -142,28 +91,43 @@ def run_decisions(
     for i in tqdm(
         range(episodes), desc=desc, unit="episode", disable=not progress, dynamic_ncols=True
     ):
-        gate = EvaluatingGate(
-            predictor,
-            job.controller,
-            job.runtime.rate_hz,
-            threshold,
-            head_now=head_now,
-            calibration_now=calibration_now,
-            seed=seed + i,
+        episode: list[DecisionRecord] = []
+        cell: list[GraspLockstep] = []  # the run, once built (decisions come after)
+
+        def record(d, belief, episode=episode, cell=cell, seed=seed + i) -> None:
+            with torch.no_grad():
+                logit = float(head_now(belief.feat())[0])
+            episode.append(
+                DecisionRecord(
+                    seed,
+                    len(episode),
+                    d.p_success,
+                    float((calibration_now or Calibration())(logit)),
+                    d.spread,
+                    d.ms,
+                    would_succeed(cell[0], d.aim, d.roll_hint, job.controller),
+                    d.verdict == "commit",
+                )
+            )
+
+        built = build_policy(
+            job,
+            "grasp",
+            background=False,
+            threshold=threshold,
+            predictor=predictor,
+            on_decision=record,
         )
-        controller = GraspController(
-            job.controller, max_retries=job.gate.retries, aim=job.controller.aim
-        )
-        run = GraspLockstep(job, wm, condition, seed + i, GraspPolicy(controller, gate))
-        gate.run = run
+        run = GraspLockstep(job, wm, condition, seed + i, built.policy)
+        cell.append(run)
         result = run.run()
-        records += gate.records
+        records += episode
         outcomes.append(
             {
                 "seed": seed + i,
                 "success": result["success"],
                 "phase": result["phase"],
-                "decisions": len(gate.records),
+                "decisions": len(episode),
             }
         )
     return summarize(records, outcomes, predictor, threshold, condition), records

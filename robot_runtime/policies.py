@@ -38,12 +38,14 @@ def build_policy(
     max_retries: int | None = None,
     aim_offset_m: tuple[float, float] = (0.0, 0.0),
     on_decision: Callable | None = None,
+    predictor=None,
 ) -> Built:
     """The configured policy. ``gated`` None: gated when the model file (``checkpoint``, by
     default ``job.runtime.checkpoint``) has a success head and ``job.gate.enabled``; True: a
     model without a head is an error; False: never. ``background``: forecasts on a worker
     thread (the realtime runtime); lockstep runs pass False so results do not depend on
-    timing. ``on_decision(decision, belief)`` observes every gate decision."""
+    timing. ``on_decision(decision, belief)`` observes every gate decision. ``predictor``: a
+    GraspPredictor already loaded (evaluations), instead of the checkpoint's."""
     if kind not in KINDS:
         raise ValueError(f"policy kind must be one of {KINDS}, got {kind!r}")
     if kind == "chunk":
@@ -57,22 +59,26 @@ def build_policy(
     want_gate = job.gate.enabled if gated is None else gated
     if not want_gate:
         return Built(GraspPolicy(controller, max_belief_age_s=job.gate.max_belief_age_s))
-    from world_model.checkpoint import load_tensors
-
-    from .assets import resolve
     from .gate import GraspGate
-    from .grasp_training import load_grasp_predictor
 
-    path = resolve(checkpoint or job.runtime.checkpoint)
-    groups, _ = load_tensors(path)
-    if "success_head" not in groups:
-        if gated:
-            raise ValueError(f"{path.name} has no success head to gate with (`kiwi train grasp`)")
-        return Built(
-            GraspPolicy(controller, max_belief_age_s=job.gate.max_belief_age_s),
-            note=f"{path.name} has no success head: grasps are not gated (`kiwi train grasp`)",
-        )
-    _, predictor, _, _ = load_grasp_predictor(path, samples or job.gate.samples)
+    if predictor is None:
+        from world_model.checkpoint import load_tensors
+
+        from .assets import resolve
+        from .grasp_training import load_grasp_predictor
+
+        path = resolve(checkpoint or job.runtime.checkpoint)
+        groups, _ = load_tensors(path)
+        if "success_head" not in groups:
+            if gated:
+                raise ValueError(
+                    f"{path.name} has no success head to gate with (`kiwi train grasp`)"
+                )
+            return Built(
+                GraspPolicy(controller, max_belief_age_s=job.gate.max_belief_age_s),
+                note=f"{path.name} has no success head: grasps are not gated (`kiwi train grasp`)",
+            )
+        _, predictor, _, _ = load_grasp_predictor(path, samples or job.gate.samples)
     gate = GraspGate(
         predictor,
         job.controller,

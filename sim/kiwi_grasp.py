@@ -231,6 +231,20 @@ class KiwiGraspEnv(gymnasium.Env):
             return self.render_camera("front", *self.render_size)
         return None
 
+    # --- what-if --------------------------------------------------------------------------------
+    def snapshot(self) -> tuple:
+        """Everything a step changes (the physics state, the success bookkeeping, the noise
+        generator), for ``restore``: evaluations play a future out and come back."""
+        state = np.empty(mujoco.mj_stateSize(self.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+        mujoco.mj_getState(self.model, self.data, state, mujoco.mjtState.mjSTATE_INTEGRATION)
+        return (state, self._held_steps, self._success, self.np_random.bit_generator.state)
+
+    def restore(self, snapshot: tuple) -> None:
+        state, self._held_steps, self._success, rng_state = snapshot
+        mujoco.mj_setState(self.model, self.data, state, mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(self.model, self.data)
+        self.np_random.bit_generator.state = rng_state
+
     # --- ground truth -----------------------------------------------------------------------
     def _cube_pos(self) -> np.ndarray:
         return self.data.xpos[self._cube_body].copy()
