@@ -149,9 +149,12 @@ class GraspLockstep:
             self.errors.append(float(np.linalg.norm(guess[:3] - self.env.true_object()[:3]) * 1e3))
         self.tick += 1
 
-    def run(self) -> dict:
+    def run(self, until=None) -> dict:
+        """Ticks to the end of the attempt (or until ``until()`` says so); the outcome."""
         max_ticks = int(self.job.sim.episode_s / self.period)
         while self.tick < max_ticks and not self.policy.finished:
+            if until is not None and until():
+                break
             self.step()
         info = self.arm.last_info or {}
         self.arm.disconnect()

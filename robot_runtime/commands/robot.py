@@ -88,82 +88,51 @@ def _run(args, job) -> int:
     return 0
 
 
-class _StopAtDecision(Exception):
-    pass
-
-
 def cmd_grasp_check(args) -> int:
     if args.connect:
         return _grasp_check_remote(args)
-    import numpy as np
     import torch
 
     from ..assets import resolve
     from ..config import GraspJob, load_config
-    from ..controllers import GraspController, GraspPolicy
-    from ..gate import GraspGate
+    from ..grasp_check import check_grasp
+    from ..grasp_eval import runtime_condition
     from ..grasp_training import load_grasp_predictor
-    from ..lockstep import Condition, GraspLockstep
 
     torch.set_num_threads(1)
     job, _ = load_config(args.config, GraspJob, args.overrides)
     path = resolve(args.checkpoint or job.runtime.checkpoint)
     wm, predictor, head_now, calibration_now = load_grasp_predictor(path, args.samples)
-    every = max(1, int(round(job.runtime.rate_hz / job.slow.rate_hz)))
-    delay = int(round(job.slow.latency_ms / 1000 * job.runtime.rate_hz))
-    report = {}
-
-    class CheckGate(GraspGate):
-        def __call__(self, t, aim, roll_hint=0.0):
-            super().__call__(t, aim, roll_hint)  # the runtime's forecast, recorded
-            d = self.decisions[-1]
-            with torch.no_grad():
-                logit = float(head_now(self.estimator.state.feat())[0])
-            truth = run.env.true_object()
-            guess = self.estimator.decode()["object"]
-            report.update(
-                p=d.p_success,
-                spread=d.spread,
-                ms=d.ms,
-                K=predictor.samples,
-                H=predictor.horizon,
-                p_now=float(calibration_now(logit)),
-                estimate_error_mm=float(np.linalg.norm(guess[:3] - truth[:3]) * 1e3),
-            )
-            if not args.execute:
-                raise _StopAtDecision
-            return "commit"
-
-    gate = CheckGate(predictor, job.controller, job.runtime.rate_hz, job.gate.threshold)
     offset = (args.offset_mm / 1000.0, args.offset_across_mm / 1000.0)
-    controller = GraspController(
-        job.controller, max_retries=0, aim=job.controller.aim, aim_offset_m=offset
+    check = check_grasp(
+        job,
+        wm,
+        predictor,
+        head_now,
+        calibration_now,
+        runtime_condition(job),
+        args.seed,
+        offset,
+        args.execute,
     )
-    run = GraspLockstep(
-        job, wm, Condition("compensated", delay, every), args.seed, GraspPolicy(controller, gate)
-    )
-    try:
-        result = run.run()
-    except _StopAtDecision:
-        result = None
-    if not report:
+    if check is None:
         print("the arm never reached the decision (no observation of the cube?)")
         return 1
-    verdict = "COMMIT" if report["p"] >= job.gate.threshold else "BACK OFF"
+    verdict = "COMMIT" if check.p_success >= job.gate.threshold else "BACK OFF"
     print(
         f"cube seed {args.seed}, aim offset {args.offset_mm:g} mm along / "
         f"{args.offset_across_mm:g} mm across the closing axis"
     )
     print(
-        f"P(success) = {report['p']:.2f} ± {report['spread']:.2f} (K={report['K']} rollouts of "
-        f"H={report['H']} ticks, {report['ms']:.1f} ms); no-rollout classifier "
-        f"{report['p_now']:.2f}; the belief's cube estimate is {report['estimate_error_mm']:.1f} "
-        f"mm off -> {verdict} (threshold {job.gate.threshold})"
+        f"P(success) = {check.p_success:.2f} ± {check.spread:.2f} (K={check.samples} rollouts "
+        f"of H={check.horizon} ticks, {check.ms:.1f} ms); no-rollout classifier "
+        f"{check.p_no_rollout:.2f}; the belief's cube estimate is "
+        f"{check.estimate_error_mm:.1f} mm off -> {verdict} (threshold {job.gate.threshold})"
     )
-    if result is not None:
+    if check.executed is not None:
         print(
-            f"executed: the grasp {'SUCCEEDED' if result['success'] else 'FAILED'} "
-            f"(final phase {result['phase']})"
+            f"executed: the grasp {'SUCCEEDED' if check.executed['success'] else 'FAILED'} "
+            f"(final phase {check.executed['phase']})"
         )
     return 0
 
