@@ -114,6 +114,60 @@ def open_loop_nmse(
 
 
 @torch.no_grad()
+def estimate_error_by_age(
+    wm: WorldModel,
+    episodes: list[dict[str, np.ndarray]],
+    key: str = "object",
+    truth_key: str = "object_true",
+    every: int = 20,
+    warmup: int = 20,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """How well the latent tracks a cube-like ``key`` ``[x, y, z (m), yaw (deg)]`` when it sees
+    an observation every ``every`` ticks (random phase per episode), as on the robot.
+
+    The decoded estimate at every tick after ``warmup`` is compared with ``truth_key`` (the
+    noiseless value), grouped by the ticks since the last observation (0: the posterior, k: the
+    prior k ticks on). Returns per age the median position error (mm) and yaw error (degrees,
+    modulo the periodic column's period), and ``raw``: the observations' own error (every
+    tick)."""
+    column, period, *_ = wm.config.periodic.get(key, (3, 360.0))
+    length = min(len(ep["action"]) for ep in episodes)
+    window = tensors(
+        {k: np.stack([ep[k][:length] for ep in episodes]) for k in (*wm.obs_keys, "action")}
+    )
+    truth = np.stack([ep[truth_key][:length] for ep in episodes])
+    gen = torch.Generator().manual_seed(seed)
+    n = len(episodes)
+    phase = torch.randint(0, every, (n, 1), generator=gen)
+    observed = (torch.arange(length)[None] - phase) % every == 0
+    action = wm.normalize_action(window["action"])
+    prev_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
+    is_first = torch.zeros(n, length, dtype=torch.bool)
+    is_first[:, 0] = True
+    obs = {k: window[k] for k in wm.obs_keys}
+    states, _ = wm.observe(obs, prev_action, is_first, generator=gen, observed=observed)
+    estimate = wm.decode(states)[key].numpy()
+    age = (torch.arange(length)[None] - phase) % every  # ticks since the last observation
+    age = age.numpy()
+    late = np.arange(length)[None].repeat(n, 0) >= warmup
+
+    def errors(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos_mm = np.linalg.norm(value[..., :column] - truth[..., :column], axis=-1) * 1000
+        yaw = value[..., column] - truth[..., column]
+        return pos_mm, np.abs((yaw + period / 2) % period - period / 2)
+
+    pos, yaw = errors(estimate)
+    raw_pos, raw_yaw = errors(window[key].numpy())
+    out = {"raw": [float(np.median(raw_pos[late])), float(np.median(raw_yaw[late]))]}
+    for a in range(every):
+        sel = late & (age == a)
+        out[f"age_{a}"] = [float(np.median(pos[sel])), float(np.median(yaw[sel]))]
+    out["all"] = [float(np.median(pos[late])), float(np.median(yaw[late]))]
+    return out
+
+
+@torch.no_grad()
 def reconstruct(
     wm: WorldModel, episode: dict[str, np.ndarray], seed: int = 0
 ) -> dict[str, np.ndarray]:
