@@ -56,6 +56,12 @@ def cmd_eval_grasp(args) -> int:
         job, path, episodes, args.seed, args.threshold, not args.no_progress
     )
     print_summary(summary)
+    if not records:
+        print(
+            "no grasp reached a decision (the model never found the cube well enough to aim): "
+            "nothing to score or plot"
+        )
+        return 1
     write(summary, records, args.json, Path(args.plot))
     return 0
 
