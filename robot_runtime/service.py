@@ -166,6 +166,7 @@ class Runtime:
         self.seq = 0
         self._query: Future | None = None  # a grasp forecast for a client, on the gate's worker
         self._t_grasp_query = -math.inf
+        self.on_joints = None  # called with (t, joints) every tick (a camera's joints at capture)
 
     # the control step's state, read by queries, telemetry and tests
     estimator = property(lambda self: self.control.estimator)
@@ -201,6 +202,8 @@ class Runtime:
             )
         if self.control.fault is not None and self.stop_reason is None:
             self.stop(self.control.fault)
+        if self.on_joints is not None:
+            self.on_joints(t, step.joints)
         self.flush_events()
         if k % self.telemetry_every == 0:
             self.publish_telemetry(t, step.joints, step.mode)
@@ -551,6 +554,9 @@ def serve(job: GraspJob, wm, arm, policy, duration_s: float | None = None, ready
         return {
             "stop_reason": reason,
             "fault": runtime.stop_reason,
+            "decisions": [
+                {"t": e.t, **e.detail} for e in runtime.policy.events if e.kind == "decision"
+            ],
             "loop": loop.stats.summary(),
             "estimator": runtime.estimator.stats.summary(),
             "phase": runtime.policy.phase,

@@ -103,6 +103,8 @@ def test_kiwi_run_on_the_emulated_bus_loads_no_mujoco_and_no_gymnasium(tmp_path)
                 str(tmp_path / "cal.json"),
                 "--duration",
                 "1",
+                "--out",
+                str(tmp_path / "run"),
                 "--set",
                 f"link.obs=tcp://127.0.0.1:{obs}",
                 "--set",

@@ -135,7 +135,8 @@ def emulated_run(
     with VirtualBus.for_arm(config, faults=faults) as bus:
         cmd = [sys.executable, "-m", "robot_runtime.cli", "run", "--robot", robot]
         cmd += ["--port", bus.port, "--calibration", str(cal), "--duration", str(seconds)]
-        cmd += ["--json"] + [a for o in overrides for a in ("--set", o)]
+        cmd += ["--json", "--controller", "chunk", "--out", str(tmp / "run")]
+        cmd += [a for o in overrides for a in ("--set", o)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines = []
         for line in proc.stdout:

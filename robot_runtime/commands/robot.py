@@ -28,38 +28,70 @@ def cmd_run(args) -> int:
 
 
 def _run(args, job) -> int:
+    import threading
+    import time
+
     from drivers.arm import ARMS, ServoArm
     from drivers.ports import latency_warning
 
-    from ..controllers import ChunkPolicy, GraspController, GraspPolicy
-    from ..jsonout import dumps
+    from .. import link
+    from ..config import dump_config
+    from ..jsonout import dumps, write_json
     from ..liveline import LiveLine, RunStatusThread
+    from ..policies import build_policy
+    from ..robots import check_joints, choose_robot
     from ..service import load_world_model, serve
 
-    warning = latency_warning(args.port)
+    robot = choose_robot(job.robot, args.robot, args.port, args.calibration)
+    config = ARMS[robot.type]
+    check_joints(job.robot, tuple(m.name for m in config.motors))
+    out = Path(args.out or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(job))
+    warning = latency_warning(robot.port)
     if warning:
         print(warning)
     wm = load_world_model(job.runtime.checkpoint)
-    arm = ServoArm(ARMS[args.robot], args.port, args.calibration)
-    policy = (
-        ChunkPolicy(1.0 / job.runtime.rate_hz)
-        if args.controller == "chunk"
-        else GraspPolicy(
-            GraspController(job.controller, aim=job.controller.aim),
-            max_belief_age_s=job.gate.max_belief_age_s,
+    arm = ServoArm(config, robot.port, robot.calibration)
+    built = build_policy(job, args.controller)  # the same policy and gate as `kiwi sim`
+    if built.note:
+        print(built.note)
+    camera = history = None
+    camera_stop = threading.Event()
+    if args.camera:
+        from ..camera_publisher import JointHistory, start_camera_thread
+
+        history = JointHistory(max_gap_s=2.0 / job.runtime.rate_hz)
+        curve = link.curve_keys(job.link.curve_secret, job.link.curve_clients)
+        camera = start_camera_thread(
+            args.camera,
+            job.link.camera,
+            history,
+            camera_stop,
+            image_size=job.slow.image_size,
+            loop=True,
+            curve=curve,
         )
+    gate = "gated" if built.gate is not None else "not gated"
+    print(
+        f"kiwi run: {robot.type} on {robot.port} (calibration {robot.calibration}), "
+        f"{args.controller} controller ({gate if args.controller == 'grasp' else 'VLA chunks'}) "
+        f"at {job.runtime.rate_hz:g} Hz -> {out}",
+        flush=True,
     )
     print(
-        f"kiwi run: {args.robot} on {args.port}, {args.controller} controller at "
-        f"{job.runtime.rate_hz:g} Hz; observations on {job.link.obs}, queries on "
-        f"{job.link.query}, telemetry on {job.link.telemetry}. Ctrl-C stops (torque "
-        f"{'off' if job.runtime.torque_off_on_exit else 'held'}).",
+        f"endpoints: observations {job.link.obs}, queries {job.link.query} (kiwi grasp-check "
+        f"--connect {job.link.query}), telemetry {job.link.telemetry}"
+        + (f", camera {job.link.camera} ({args.camera})" if camera else "")
+        + f". Ctrl-C stops (torque {'off' if job.runtime.torque_off_on_exit else 'held'}).",
         flush=True,
     )
     watchers = []
 
     def ready(runtime) -> None:
         """The loop is about to start: the status line runs beside it."""
+        if history is not None:
+            runtime.on_joints = history.add
         print("ready", flush=True)
         live = args.live if args.live is not None else sys.stdout.isatty()
         watchers.append(
@@ -67,11 +99,23 @@ def _run(args, job) -> int:
         )
 
     try:
-        result = serve(job, wm, arm, policy, args.duration, ready=ready)
+        result = serve(job, wm, arm, built.policy, args.duration, ready=ready)
     finally:
         for watcher in watchers:
             watcher.stop()
+        if camera is not None:
+            stats = camera.stop()
+            camera_summary = {**stats.summary(), "error": camera.error}
+    if camera is not None:
+        result["camera"] = camera_summary
+    result["robot"] = {
+        "type": robot.type,
+        "port": robot.port,
+        "calibration": str(robot.calibration),
+    }
+    write_json(out / "summary.json", result, indent=2)
     loop, bus = result["loop"], result["bus"]
+    decisions = result["decisions"]
     print(
         f"stopped after {loop['ticks']} ticks ({result['stop_reason']}): jitter p50/p99 "
         f"{loop['jitter_us_p50']:.0f}/{loop['jitter_us_p99']:.0f} µs, {loop['overruns']} "
@@ -80,6 +124,13 @@ def _run(args, job) -> int:
         f"{bus.get('timeouts', 0)} timeouts, {bus.get('corrupt', 0)} corrupt replies, "
         f"{bus['health']['failed']} cycles held"
     )
+    if decisions:
+        print(
+            "gate: "
+            + ", ".join(f"P={d['p_success']:.2f} {d['verdict']}" for d in decisions)
+            + f"; final phase {result['phase']}"
+        )
+    print(f"run folder: {out} (summary.json, config.yaml)")
     if args.json:
         print(dumps(result))
     if result["fault"]:
@@ -171,25 +222,42 @@ def register(sub) -> None:
         "run",
         cmd_run,
         "the runtime on a real arm (or the servo emulator)",
-        "Runs the fast loop on an SO-100/SO-101 (Feetech) or Koch (Dynamixel) arm through "
-        "the serial drivers: the latent estimator corrected by the slow process's "
-        "observations, a controller (VLA action chunks by default, or the grasp state "
-        "machine), joint limits from the calibration, a step clamp and the staleness "
-        "watchdog. The port may be one that `kiwi emulate-bus` made.",
-        "kiwi run --robot so100 --port /dev/ttyACM0 --calibration so100.json\n"
-        "kiwi emulate-bus --protocol feetech --link /tmp/so100 &\n"
-        "kiwi run --robot so100 --port /tmp/so100 --calibration so100.json --duration 30",
+        "The service of `kiwi sim` on an SO-100/SO-101 (Feetech) or Koch (Dynamixel) arm "
+        "through the serial drivers: the latent estimator corrected by the slow process's "
+        "observations, the grasp state machine with its commit gate (or a VLA's action "
+        "chunks), joint limits from the calibration, a step clamp, the staleness watchdog, "
+        "a flaky bus absorbed until it is not. Writes a run folder with summary.json. The "
+        "port may be one that `kiwi emulate-bus` made.",
+        "kiwi run --config configs/so101.yaml --calibration so101.json\n"
+        "kiwi run --robot so101 --port /dev/ttyACM0 --calibration so101.json --camera wrist=0\n"
+        "kiwi emulate-bus --robot so101 --link /tmp/so101 --sweep &\n"
+        "kiwi calibrate --robot so101 --port /tmp/so101 --out so101.json --yes\n"
+        "kiwi run --robot so101 --port /tmp/so101 --calibration so101.json --duration 30",
     )
-    p.add_argument("--robot", choices=["so100", "so101", "koch"], required=True)
-    p.add_argument("--port", required=True)
-    p.add_argument("--calibration", required=True, help="LeRobot-layout calibration JSON")
+    p.add_argument(
+        "--robot", choices=["so100", "so101", "koch"], help="the arm (default: the config's)"
+    )
+    p.add_argument("--port", help="its serial port (default: the config's)")
+    p.add_argument(
+        "--calibration",
+        help="LeRobot-layout calibration JSON (default: the config's, else LeRobot's own file "
+        "for robot.id under ~/.cache/huggingface/lerobot/calibration)",
+    )
     add_config_args(p, "sim_grasp", presets=False)
     p.add_argument(
         "--controller",
-        choices=["chunk", "grasp"],
-        default="chunk",
-        help="follow VLA action chunks, or run the grasp state machine",
+        choices=["grasp", "chunk"],
+        default="grasp",
+        help="the grasp state machine with its commit gate (what `kiwi sim` runs), or a "
+        "VLA's action chunks",
     )
+    p.add_argument(
+        "--camera",
+        metavar="NAME=SOURCE",
+        help="publish a camera for `kiwi slow` with the joints at capture: wrist=0, "
+        "wrist=/dev/video0 or wrist=clip.mp4 (a video file plays at its own rate, looping)",
+    )
+    p.add_argument("--out", help="run folder (default: runs/run-<date>-<time>)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print the final figures as JSON")
     p.add_argument(
