@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,6 +9,26 @@ import numpy as np
 from .errors import BusError
 
 SERVO_COUNTERS = ("timeouts", "corrupt", "failures")
+LATENCY_SAMPLES = 20000
+
+
+class LatencyRing:
+    """The last ``capacity`` latencies in seconds, in one array allocated up front: a bus that
+    runs for days holds the same memory after its first samples as before them."""
+
+    def __init__(self, capacity: int = LATENCY_SAMPLES):
+        self.buf = np.zeros(capacity)
+        self.count = 0
+
+    def append(self, value: float) -> None:
+        self.buf[self.count % len(self.buf)] = value
+        self.count += 1
+
+    def values(self) -> np.ndarray:
+        return self.buf[: min(self.count, len(self.buf))]
+
+    def __len__(self) -> int:
+        return min(self.count, len(self.buf))
 
 
 @dataclass
@@ -27,7 +46,7 @@ class BusStats:
     consecutive_failures: int = 0  # failed transactions in a row; a success resets it
     last_error: str = ""
     per_servo: dict[int, dict[str, int]] = field(default_factory=dict)
-    latency_s: deque = field(default_factory=lambda: deque(maxlen=20000))
+    latency_s: LatencyRing = field(default_factory=LatencyRing)
 
     def track(self, ids) -> None:
         """Makes room for ``ids`` (the servos addressed): the dict stays bounded by the bus."""
@@ -51,7 +70,7 @@ class BusStats:
 
     def summary(self) -> dict:
         """Plain JSON types only (str keys, ints, finite floats)."""
-        lat = np.asarray(self.latency_s) * 1e6 if self.latency_s else np.zeros(1)
+        lat = self.latency_s.values() * 1e6 if len(self.latency_s) else np.zeros(1)
         return {
             "cycles": self.cycles,
             "retries": self.retries,

@@ -102,6 +102,26 @@ class RemoteSimArm:
         self.state.close(0)
 
 
+TRIM_EVERY_S = 60.0
+
+
+def memory_trimmer():
+    """glibc's ``malloc_trim``, or None elsewhere. The allocator keeps memory freed in the
+    middle of its heap (the tick's small tensors and arrays fragment it); handing it back once a
+    minute keeps a service that runs for days at a flat resident size (`kiwi bench soak`
+    measured the creep without it: 3.4 MiB in 29 minutes, with the live heap flat)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
 @dataclass
 class Attempt:
     seed: int
@@ -167,6 +187,9 @@ class Runtime:
         self._query: Future | None = None  # a grasp forecast for a client, on the gate's worker
         self._t_grasp_query = -math.inf
         self.on_joints = None  # called with (t, joints) every tick (a camera's joints at capture)
+        self._trim = memory_trimmer()
+        self._t_trimmed = -math.inf
+        self.trim_ms_max = 0.0
 
     # the control step's state, read by queries, telemetry and tests
     estimator = property(lambda self: self.control.estimator)
@@ -207,6 +230,11 @@ class Runtime:
         self.flush_events()
         if k % self.telemetry_every == 0:
             self.publish_telemetry(t, step.joints, step.mode)
+        elif t - self._t_trimmed >= TRIM_EVERY_S and self._trim is not None:
+            t0 = time.perf_counter()
+            self._trim(0)
+            self._t_trimmed = t
+            self.trim_ms_max = max(self.trim_ms_max, (time.perf_counter() - t0) * 1e3)
 
     def read_joints(self) -> np.ndarray:
         """The arm's joints through the control step (a failed read: the last good ones)."""
@@ -389,6 +417,7 @@ class Runtime:
             "watchdog": self.watchdog.mode(self.clock()) if self.watchdog else None,
             "bus": self.bus_summary(),
             "stop_reason": self.stop_reason,
+            "memory_trim_ms_max": self.trim_ms_max,
         }
 
     def rejection_counts(self) -> dict[str, int]:
