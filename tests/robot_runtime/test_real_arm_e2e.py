@@ -45,6 +45,13 @@ def write_cube_clip(path, side: int = 128, frames: int = 40) -> None:
     writer.close()
 
 
+def wait_for_link(link, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not link.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert link.exists(), "the emulator made no link"
+
+
 def test_calibrate_slow_and_run_with_a_camera_reach_a_gate_decision(tmp_path):
     clip, cal, link = tmp_path / "clip.mp4", tmp_path / "cal.json", tmp_path / "so101"
     write_cube_clip(clip)
@@ -52,26 +59,36 @@ def test_calibrate_slow_and_run_with_a_camera_reach_a_gate_decision(tmp_path):
     sets = []
     for key, port in zip(("obs", "query", "telemetry", "camera"), ports):
         sets += ["--set", f"link.{key}=tcp://127.0.0.1:{port}"]
-    bus = subprocess.Popen(
+    hand = subprocess.Popen(
         [*KIWI, "emulate-bus", "--robot", "so101", "--link", str(link), "--sweep",
          "--sweep-s", "2.4"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    slow = None
     try:
-        deadline = time.monotonic() + 30
-        while not link.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for_link(link)
         done = subprocess.run(
             [*KIWI, "calibrate", "--robot", "so101", "--port", str(link), "--out", str(cal),
              "--yes"],
             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
-        layout = json.loads(cal.read_text())
-        assert sorted(layout) == sorted(
-            ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
-        )
+    finally:
+        hand.terminate()  # the emulator removes its link on SIGTERM
+        hand.wait(timeout=20)
+    assert not link.exists()
+    layout = json.loads(cal.read_text())
+    assert sorted(layout) == sorted(
+        ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
+    )
+    # The arm at rest where the hand left it (a fresh emulator: servos mid-range, still);
+    # `kiwi run` writes the calibration to the servos as it connects.
+    bus = subprocess.Popen(
+        [*KIWI, "emulate-bus", "--robot", "so101", "--link", str(link)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    slow = None
+    try:
+        wait_for_link(link)
         slow = subprocess.Popen(
             [*KIWI, "slow", "--config", "sim_grasp", *sets, "--duration", "60"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
