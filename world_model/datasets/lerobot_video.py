@@ -1,0 +1,167 @@
+"""Camera frames as mp4 through PyAV: encode an episode, append it to a shared file by stream copy
+(no re-encoding of what is already there), decode the frames of one episode by seeking to its
+``from_timestamp``.
+
+The encoder is AV1 (``libsvtav1``, lerobot's default) when this PyAV build has it, else H.264
+(``libx264``), else MPEG-4 part 2; ``info.json`` records which (``video.codec``: av1/h264/mpeg4).
+yuv420p, a keyframe every 2 frames (lerobot's ``g=2``) so seeking to any episode is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ..atomic import atomic_path
+from .lerobot_format import DatasetError
+
+# (encoder, codec name in info.json, options)
+ENCODERS = (
+    ("libsvtav1", "av1", {"g": "2", "crf": "30", "preset": "8"}),
+    ("libx264", "h264", {"g": "2", "crf": "23", "bf": "0", "preset": "veryfast"}),
+    ("mpeg4", "mpeg4", {"g": "2", "qscale": "3", "bf": "0"}),
+)
+
+
+def available_encoder(preferred: str | None = None) -> tuple[str, str, dict]:
+    """The first of ``ENCODERS`` this PyAV build can encode with (or ``preferred``: an encoder or
+    codec name such as ``av1``/``libx264``)."""
+    for encoder, codec, options in ENCODERS:
+        if preferred not in (None, encoder, codec):
+            continue
+        try:
+            av.codec.Codec(encoder, "w")
+        except Exception:  # av.codec.codec.UnknownCodecError and friends
+            continue
+        return encoder, codec, dict(options)
+    raise DatasetError(
+        f"no video encoder {preferred or ''} in this PyAV build (tried "
+        f"{[e for e, _, _ in ENCODERS]}); store cameras as images instead"
+    )
+
+
+def encode_video(
+    frames: np.ndarray, path: Path, fps: int, encoder: str | None = None
+) -> tuple[str, str]:
+    """Writes ``frames [T, H, W, 3]`` uint8 RGB to a new mp4 at ``path``, frame t at t/fps s.
+    Returns (encoder, codec)."""
+    enc, codec, options = available_encoder(encoder)
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration otherwise
+    frames = np.ascontiguousarray(frames)
+    t, h, w, _ = frames.shape
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream(enc, rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i in range(t):
+            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return enc, codec
+
+
+def _copy_packets(src: Path, out, out_stream, offset_s: float, until_s: float | None) -> None:
+    with av.open(str(src)) as container:
+        stream = container.streams.video[0]
+        tb = stream.time_base
+        offset = round(offset_s / tb)
+        for packet in container.demux(stream):
+            if packet.dts is None:  # the demuxer's empty flush packet
+                continue
+            if until_s is not None and packet.pts is not None and packet.pts * tb >= until_s:
+                continue
+            packet.pts = None if packet.pts is None else packet.pts + offset
+            packet.dts += offset
+            packet.stream = out_stream
+            if tb != out_stream.time_base:
+                packet.rescale_ts(tb, out_stream.time_base)
+            out.mux(packet)
+
+
+def append_video(target: Path, episode: Path, from_s: float) -> None:
+    """Puts the episode's mp4 after the ``from_s`` seconds of ``target`` (stream copy), replacing
+    ``target`` in one rename; without a ``target`` the episode's file becomes it."""
+    target = Path(target)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(episode, target)
+        return
+    with atomic_path(target) as tmp:
+        with av.open(str(target)) as first:
+            template = first.streams.video[0]
+            with av.open(str(tmp), "w", format="mp4") as out:
+                out_stream = out.add_stream_from_template(template, opaque=True)
+                _copy_packets(target, out, out_stream, 0.0, from_s - 1e-4)
+                _copy_packets(episode, out, out_stream, from_s, None)
+    Path(episode).unlink(missing_ok=True)
+
+
+def truncate_video(path: Path, until_s: float) -> None:
+    """Keeps the first ``until_s`` seconds of ``path`` (drops an episode that a crash left without
+    metadata)."""
+    with atomic_path(path) as tmp:
+        with av.open(str(path)) as src:
+            with av.open(str(tmp), "w", format="mp4") as out:
+                out_stream = out.add_stream_from_template(src.streams.video[0], opaque=True)
+                _copy_packets(path, out, out_stream, 0.0, until_s - 1e-4)
+
+
+def video_duration_s(path: Path) -> float:
+    """Seconds of video in ``path``: the last frame's time plus one frame."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        last = max((p.pts for p in container.demux(stream) if p.pts is not None), default=None)
+        if last is None:
+            return 0.0
+        rate = stream.average_rate or stream.guessed_rate
+        return float(last * stream.time_base + (1 / rate if rate else 0))
+
+
+class VideoReader:
+    """One open mp4; ``frames(from_s, times_s)`` decodes the frames at ``from_s + times_s``
+    (each within ``tolerance_s``), seeking first to the keyframe at or before ``from_s``."""
+
+    def __init__(self, path: Path, tolerance_s: float):
+        self.path = Path(path)
+        self.tolerance_s = tolerance_s
+        try:
+            self.container = av.open(str(self.path))
+        except (OSError, av.error.FFmpegError) as e:
+            raise DatasetError(f"cannot open video {self.path}: {e}") from e
+        self.stream = self.container.streams.video[0]
+
+    def iter_frames(self, from_s: float, times_s: np.ndarray) -> Iterator[np.ndarray]:
+        """Yields ``[H, W, 3]`` uint8 RGB frames, one per entry of ``times_s`` (seconds within the
+        episode), in order."""
+        wanted = from_s + np.asarray(times_s, dtype=np.float64)
+        if len(wanted) == 0:
+            return
+        tb = self.stream.time_base
+        self.container.seek(int(from_s / tb), stream=self.stream, backward=True, any_frame=False)
+        i = 0
+        for frame in self.container.decode(self.stream):
+            if frame.pts is None:
+                continue
+            t = float(frame.pts * tb)
+            if t > wanted[i] + self.tolerance_s:
+                raise DatasetError(
+                    f"{self.path}: no frame at {wanted[i]:.4f} s (next one at {t:.4f} s)"
+                )
+            if abs(t - wanted[i]) <= self.tolerance_s:
+                yield frame.to_ndarray(format="rgb24")
+                i += 1
+                if i == len(wanted):
+                    return
+        raise DatasetError(
+            f"{self.path} ends before {wanted[i]:.4f} s ({len(wanted) - i} frames missing)"
+        )
+
+    def close(self) -> None:
+        self.container.close()

@@ -1,0 +1,454 @@
+"""Writes LeRobotDataset v3.0 folders episode by episode, each episode atomically.
+
+Parquet and mp4 files cannot be appended in place, so adding an episode rewrites the file it goes
+into (existing row groups / packets copied, nothing re-encoded) to a temporary name and renames it
+over the old one. The order makes a crash lose at most the episode being written:
+
+1. each camera's mp4 (the episode appended to the current file, or a new file past the size limit);
+2. the data parquet (one row group per episode);
+3. ``meta/tasks.parquet`` (when the task is new), the episodes parquet, ``meta/stats.json``;
+4. ``meta/info.json`` last: its ``total_episodes``/``total_frames`` are the commit.
+
+Readers trust ``info.json`` and the episodes metadata, so frames or video a crash left after the
+last committed episode are never seen; ``LeRobotWriter.resume`` cuts them off before appending.
+Rewriting costs O(size of the current file) per episode, bounded by the rotation limits
+(``data_files_size_in_mb``, ``video_files_size_in_mb``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..atomic import TEMP_SUFFIX, atomic_path, atomic_write_text, remove_stale_temp_files
+from .lerobot_format import (
+    CHUNKS_SIZE,
+    CODEBASE_VERSION,
+    DATA_FILES_SIZE_IN_MB,
+    DATA_PATH,
+    DEFAULT_FEATURES,
+    EPISODES_PATH,
+    INFO_PATH,
+    STATS_PATH,
+    TASKS_PATH,
+    VIDEO_FILES_SIZE_IN_MB,
+    VIDEO_PATH,
+    DatasetError,
+    aggregate_stats,
+    arrow_type,
+    data_schema,
+    feature_stats,
+    next_chunk_file,
+    stats_to_json,
+    video_keys,
+)
+from .lerobot_video import (
+    append_video,
+    available_encoder,
+    encode_video,
+    truncate_video,
+    video_duration_s,
+)
+
+_MB = 1024 * 1024
+
+
+def video_feature(height: int, width: int, fps: int, codec: str) -> dict:
+    return {
+        "dtype": "video",
+        "shape": [height, width, 3],
+        "names": ["height", "width", "channels"],
+        "info": {
+            "video.height": height,
+            "video.width": width,
+            "video.codec": codec,
+            "video.pix_fmt": "yuv420p",
+            "video.is_depth_map": False,
+            "video.fps": fps,
+            "video.channels": 3,
+            "has_audio": False,
+        },
+    }
+
+
+def image_feature(height: int, width: int) -> dict:
+    return {"dtype": "image", "shape": [height, width, 3], "names": ["height", "width", "channels"]}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_parquet(path: Path, tables: list[pa.Table], schema: pa.Schema) -> None:
+    """``tables`` as one row group each, written to a temporary file and renamed over ``path``."""
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for table in tables:
+                writer.write_table(table.cast(schema))
+        _fsync(tmp)
+
+
+def _row_groups(path: Path) -> list[pa.Table]:
+    if not path.exists():
+        return []
+    pf = pq.ParquetFile(path)
+    return [pf.read_row_group(i) for i in range(pf.num_row_groups)]
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _tasks_table(tasks: list[str]) -> pa.Table:
+    """Task strings as the pandas index (``__index_level_0__``), as lerobot reads them."""
+    pandas_meta = {
+        "index_columns": ["__index_level_0__"],
+        "column_indexes": [
+            {
+                "name": None,
+                "field_name": None,
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": {"encoding": "UTF-8"},
+            }
+        ],
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {
+                "name": None,
+                "field_name": "__index_level_0__",
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": None,
+            },
+        ],
+        "attributes": {},
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.3",
+    }
+    schema = pa.schema(
+        [("task_index", pa.int64()), ("__index_level_0__", pa.large_string())],
+        metadata={b"pandas": json.dumps(pandas_meta).encode()},
+    )
+    return pa.table({"task_index": list(range(len(tasks))), "__index_level_0__": tasks}, schema)
+
+
+def _cut_video(path: Path, end_s: float) -> None:
+    if video_duration_s(path) > end_s + 1e-4:
+        truncate_video(path, end_s)
+
+
+class LeRobotWriter:
+    """Appends episodes to a v3.0 folder. ``create`` starts one; ``resume`` continues one (after
+    cutting off what a crash left beyond its last committed episode)."""
+
+    def __init__(self, root: Path, info: dict, video_encoder: str | None = None):
+        self.root = Path(root)
+        self.info = info
+        self.features: dict = info["features"]
+        self.fps = int(info["fps"])
+        self.video_keys = video_keys(self.features)
+        self.encoder = None
+        if self.video_keys:
+            codecs = {self.features[k]["info"]["video.codec"] for k in self.video_keys}
+            self.encoder = available_encoder(video_encoder or codecs.pop())[0]
+        self.tasks: list[str] = []
+        self.episodes: list[dict] = []  # the episodes parquet's rows (without stats)
+        self.episode_stats: list[dict] = []
+        self._episodes_schema: pa.Schema | None = None
+
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        fps: int,
+        features: dict,
+        robot_type: str | None = None,
+        data_files_size_in_mb: float = DATA_FILES_SIZE_IN_MB,
+        video_files_size_in_mb: float = VIDEO_FILES_SIZE_IN_MB,
+        video_encoder: str | None = None,
+    ) -> LeRobotWriter:
+        """A new dataset in ``root`` (absent or empty). ``features`` as in ``info.json`` without
+        the five index columns; a ``video`` feature's ``info`` is filled in (codec chosen here:
+        AV1 if this PyAV build encodes it)."""
+        root = Path(root)
+        if (root / INFO_PATH).exists() or (root.is_dir() and any(root.iterdir())):
+            raise DatasetError(f"{root} is not empty; write a new dataset into a new folder")
+        features = {k: dict(v) for k, v in features.items()}
+        clash = sorted(set(features) & set(DEFAULT_FEATURES))
+        if clash:
+            raise DatasetError(f"features {clash} are added by the writer; leave them out")
+        if any(f["dtype"] == "video" for f in features.values()):
+            codec = available_encoder(video_encoder)[1]
+            for k, f in features.items():
+                if f["dtype"] == "video":
+                    h, w = f["shape"][:2]
+                    features[k] = video_feature(int(h), int(w), int(fps), codec)
+        for f in features.values():
+            f["shape"] = list(f["shape"])
+            f.setdefault("names", None)
+            if f["dtype"] != "video":
+                arrow_type(f)  # refuses shapes the format cannot hold
+        info = {
+            "codebase_version": CODEBASE_VERSION,
+            "robot_type": robot_type,
+            "total_episodes": 0,
+            "total_frames": 0,
+            "total_tasks": 0,
+            "chunks_size": CHUNKS_SIZE,
+            "data_files_size_in_mb": data_files_size_in_mb,
+            "video_files_size_in_mb": video_files_size_in_mb,
+            "fps": int(fps),
+            "splits": {},
+            "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH
+            if any(f["dtype"] == "video" for f in features.values())
+            else None,
+            "features": {**features, **DEFAULT_FEATURES},
+        }
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root, info, video_encoder)
+
+    @classmethod
+    def resume(cls, root: Path, video_encoder: str | None = None) -> LeRobotWriter:
+        from .lerobot_reader import LeRobotReader
+
+        root = Path(root)
+        for folder in {p.parent for p in root.rglob(f"*{TEMP_SUFFIX}")}:
+            remove_stale_temp_files(folder)
+        with LeRobotReader(root) as reader:
+            writer = cls(root, dict(reader.info), video_encoder)
+            writer.tasks = list(reader.tasks)
+            writer.episodes = [dict(row) for row in reader.episode_rows]
+            writer.episode_stats = [reader.episode_stats(i) for i in range(reader.num_episodes)]
+        writer._cut_uncommitted()
+        return writer
+
+    # ---- one episode ----------------------------------------------------------------------
+
+    def add_episode(self, frames: dict[str, np.ndarray], task: str) -> int:
+        """Appends one episode: ``frames`` maps every feature to ``[T, ...]`` (``[T]`` or
+        ``[T, 1]`` for shape-(1,) features; cameras ``[T, H, W, 3]`` uint8 RGB). Returns its
+        index; on return it is committed."""
+        length = self._check(frames)
+        index = len(self.episodes)
+        start = int(self.info["total_frames"])
+        if task not in self.tasks:
+            self.tasks.append(task)
+        task_index = self.tasks.index(task)
+        own = {k: f for k, f in self.features.items() if k not in DEFAULT_FEATURES}
+        columns = {k: np.asarray(frames[k]) for k in own}
+        columns["timestamp"] = (np.arange(length) / self.fps).astype(np.float32)
+        columns["frame_index"] = np.arange(length, dtype=np.int64)
+        columns["episode_index"] = np.full(length, index, dtype=np.int64)
+        columns["index"] = np.arange(start, start + length, dtype=np.int64)
+        columns["task_index"] = np.full(length, task_index, dtype=np.int64)
+        stats = {
+            k: feature_stats(v, self.features[k]["dtype"] in ("image", "video"))
+            for k, v in columns.items()
+            if self.features[k]["dtype"] != "string"
+        }
+        row: dict = {"episode_index": index, "tasks": [task], "length": length}
+        row.update(self._write_data(columns, length))
+        row["dataset_from_index"], row["dataset_to_index"] = start, start + length
+        for key in self.video_keys:
+            row.update(self._write_video(key, columns[key]))
+        if len(self.tasks) > int(self.info["total_tasks"]):
+            _write_parquet(
+                self.root / TASKS_PATH, [_tasks_table(self.tasks)], _tasks_table(self.tasks).schema
+            )
+        self.episodes.append(row)
+        self.episode_stats.append(stats)
+        self._write_episodes()
+        atomic_write_text(
+            self.root / STATS_PATH,
+            json.dumps(stats_to_json(aggregate_stats(self.episode_stats)), indent=4),
+        )
+        self.info.update(
+            total_episodes=index + 1,
+            total_frames=start + length,
+            total_tasks=len(self.tasks),
+            splits={"train": f"0:{index + 1}"},
+        )
+        atomic_write_text(self.root / INFO_PATH, json.dumps(self.info, indent=4))
+        return index
+
+    def _check(self, frames: dict[str, np.ndarray]) -> int:
+        own = [k for k in self.features if k not in DEFAULT_FEATURES]
+        missing = [k for k in own if k not in frames]
+        extra = sorted(set(frames) - set(own))
+        if missing or extra:
+            raise DatasetError(f"episode: missing features {missing}, unknown {extra}")
+        lengths = {k: len(frames[k]) for k in own}
+        length = next(iter(lengths.values()), 0)
+        if length == 0 or any(n != length for n in lengths.values()):
+            raise DatasetError(f"episode: features of unequal or zero length: {lengths}")
+        for k in own:
+            f, shape = self.features[k], np.shape(frames[k])[1:]
+            want = tuple(f["shape"])
+            if f["dtype"] == "string" or shape == want or (want == (1,) and shape == ()):
+                continue
+            raise DatasetError(f"episode: {k} has frames of shape {shape}, the feature {want}")
+        return length
+
+    def _write_data(self, columns: dict[str, np.ndarray], length: int) -> dict:
+        schema = data_schema(self.features)
+        arrays = []
+        for field in schema:
+            f, values = self.features[field.name], columns[field.name]
+            if f["dtype"] == "image":
+                pngs = [_png(img) for img in values]
+                names = [f"frame-{i:06d}.png" for i in range(length)]
+                arrays.append(
+                    pa.array([{"bytes": b, "path": p} for b, p in zip(pngs, names)], field.type)
+                )
+            elif pa.types.is_fixed_size_list(field.type):
+                flat = pa.array(values.reshape(length, -1).reshape(-1).astype(f["dtype"]))
+                arrays.append(pa.FixedSizeListArray.from_arrays(flat, field.type.list_size))
+            else:
+                arrays.append(
+                    pa.array(
+                        values.reshape(length).tolist()
+                        if f["dtype"] == "string"
+                        else values.reshape(length),
+                        field.type,
+                    )
+                )
+        table = pa.Table.from_arrays(arrays, schema=schema)
+        chunk, file = self._current("data")
+        path = self.root / DATA_PATH.format(chunk_index=chunk, file_index=file)
+        limit = float(self.info["data_files_size_in_mb"]) * _MB
+        if path.exists() and path.stat().st_size + table.nbytes >= limit:
+            chunk, file = next_chunk_file(chunk, file, int(self.info["chunks_size"]))
+            path = self.root / DATA_PATH.format(chunk_index=chunk, file_index=file)
+        _write_parquet(path, _row_groups(path) + [table], schema)
+        return {"data/chunk_index": chunk, "data/file_index": file}
+
+    def _write_video(self, key: str, frames: np.ndarray) -> dict:
+        chunk, file = self._current(f"videos/{key}")
+        from_s = 0.0
+        if self.episodes and f"videos/{key}/to_timestamp" in self.episodes[-1]:
+            from_s = float(self.episodes[-1][f"videos/{key}/to_timestamp"])
+        target = self.root / VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{key}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            encode_video(frames, tmp, self.fps, self.encoder)
+            limit = float(self.info["video_files_size_in_mb"]) * _MB
+            if target.exists() and target.stat().st_size + tmp.stat().st_size >= limit:
+                chunk, file = next_chunk_file(chunk, file, int(self.info["chunks_size"]))
+                target = self.root / VIDEO_PATH.format(
+                    video_key=key, chunk_index=chunk, file_index=file
+                )
+                from_s = 0.0
+            append_video(target, tmp, from_s)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return {
+            f"videos/{key}/chunk_index": chunk,
+            f"videos/{key}/file_index": file,
+            f"videos/{key}/from_timestamp": from_s,
+            f"videos/{key}/to_timestamp": from_s + len(frames) / self.fps,
+        }
+
+    def _current(self, prefix: str) -> tuple[int, int]:
+        if not self.episodes:
+            return 0, 0
+        last = self.episodes[-1]
+        return int(last[f"{prefix}/chunk_index"]), int(last[f"{prefix}/file_index"])
+
+    def _episode_table(self, row: dict, stats: dict) -> pa.Table:
+        full = dict(row)
+        for key, s in stats.items():
+            for name, value in s.items():
+                full[f"stats/{key}/{name}"] = np.asarray(value).tolist()
+        return pa.Table.from_pylist([full])
+
+    def _write_episodes(self) -> None:
+        """Rewrites the episodes file the newest episode belongs in (rotated like data files)."""
+        row, stats = self.episodes[-1], self.episode_stats[-1]
+        if len(self.episodes) > 1:
+            prev = self.episodes[-2]
+            chunk, file = prev["meta/episodes/chunk_index"], prev["meta/episodes/file_index"]
+        else:
+            chunk, file = 0, 0
+        path = self.root / EPISODES_PATH.format(chunk_index=chunk, file_index=file)
+        limit = float(self.info["data_files_size_in_mb"]) * _MB
+        if path.exists() and path.stat().st_size >= limit:
+            chunk, file = next_chunk_file(chunk, file, int(self.info["chunks_size"]))
+            path = self.root / EPISODES_PATH.format(chunk_index=chunk, file_index=file)
+        row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = chunk, file
+        table = self._episode_table(row, stats)
+        old = _row_groups(path)
+        schema = old[0].schema if old else table.schema
+        _write_parquet(path, old + [table], schema)
+
+    # ---- after a crash --------------------------------------------------------------------
+
+    def _cut_uncommitted(self) -> None:
+        """Removes what lies beyond the last committed episode: episode rows, data rows, video
+        tails, and files that only hold those."""
+        total = int(self.info["total_frames"])
+        last = self.episodes[-1] if self.episodes else None
+        self._cut_files("data", DATA_PATH, {}, last, lambda p: self._cut_rows(p, "index", total))
+        self._cut_files(
+            "meta/episodes",
+            EPISODES_PATH,
+            {},
+            last,
+            lambda p: self._cut_rows(p, "episode_index", len(self.episodes)),
+        )
+        for key in self.video_keys:
+            end = float(last[f"videos/{key}/to_timestamp"]) if last else 0.0
+            self._cut_files(
+                f"videos/{key}",
+                VIDEO_PATH,
+                {"video_key": key},
+                last,
+                lambda p, end=end: _cut_video(p, end),
+            )
+
+    def _cut_files(self, prefix, template, extra, last, cut) -> None:
+        keep = (
+            (int(last[f"{prefix}/chunk_index"]), int(last[f"{prefix}/file_index"]))
+            if last
+            else None
+        )
+        pattern = template.format(chunk_index=0, file_index=0, **extra)
+        folder = (self.root / pattern).parent.parent
+        for path in sorted(folder.glob(f"chunk-*/file-*{Path(pattern).suffix}")):
+            at = (int(path.parent.name[6:]), int(path.stem[5:]))
+            if keep is None or at > keep:
+                path.unlink()
+            elif at == keep:
+                cut(path)
+
+    @staticmethod
+    def _cut_rows(path: Path, column: str, end: int) -> None:
+        groups = _row_groups(path)
+        kept = [g.filter(pc.less(g[column], end)) for g in groups]
+        kept = [g for g in kept if g.num_rows]
+        if sum(g.num_rows for g in kept) != sum(g.num_rows for g in groups):
+            _write_parquet(path, kept, groups[0].schema)
