@@ -17,7 +17,8 @@ class LatencyRing:
     runs for days holds the same memory after its first samples as before them."""
 
     def __init__(self, capacity: int = LATENCY_SAMPLES):
-        self.buf = np.zeros(capacity)
+        self.buf = np.full(capacity, 0.0)  # written now: np.zeros maps pages lazily, and RSS
+        # would grow as the ring fills
         self.count = 0
 
     def append(self, value: float) -> None:

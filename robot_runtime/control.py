@@ -26,8 +26,15 @@ from .safety import BusHealth, SafetyConfig, Watchdog, safe_targets
 class Policy(Protocol):
     """What the fast loop runs: joint targets from the belief, tick by tick."""
 
-    phase: str  # for people: what it is doing now
-    events: list  # GraspEvent-like records (phase changes, decisions), appended as they happen
+    @property
+    def phase(self) -> str:
+        """For people: what it is doing now."""
+        ...
+
+    @property
+    def events(self) -> list:
+        """GraspEvent-like records (phase changes, decisions), appended as they happen."""
+        ...
 
     @property
     def finished(self) -> bool: ...
@@ -79,9 +86,10 @@ class ControlStep:
     ):
         self.wm, self.estimator, self.policy, self.arm = wm, estimator, policy, arm
         self.safety, self.health, self.period = safety, health, period_s
-        self.watchdog: Watchdog | None = None
-        self.joints: np.ndarray | None = None
-        self.command: np.ndarray | None = None
+        # start() begins an attempt; until then the arm holds the (unknown) zero pose
+        self.watchdog = Watchdog(safety, 0.0)
+        self.joints = np.zeros(len(arm.joint_names))
+        self.command = self.joints.copy()
         self.fault: str | None = None
 
     def start(self, t: float, joints: np.ndarray) -> None:

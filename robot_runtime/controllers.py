@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -304,7 +305,7 @@ class GraspPolicy:
         self.gate = gate
         self.fresh_s = fresh_s
         self.max_belief_age_s = max_belief_age_s
-        self.estimator = None
+        self.estimator: Any = None  # the runtime's LatentEstimator, as of the last act()
         self._applied, self._t_observed = 0, -math.inf
         self._waiting_fresh = False
         if gate is not None:

@@ -115,6 +115,12 @@ class LatentEstimator:
         self._pending = None
         self.stats = EstimatorStats(step_s=self.stats.step_s)  # the step's cost carries over
 
+    def _action_at(self, index: int) -> torch.Tensor:
+        """The action taken at a tick inside the ring (one that has been predicted past)."""
+        tick = self._at(index)
+        assert tick is not None and tick.action is not None, f"no action at tick {index}"
+        return tick.action
+
     @property
     def state(self) -> State:
         return self.ring[-1].state
@@ -173,7 +179,7 @@ class LatentEstimator:
             obs,
             prev.state if prev else None,
             prev.action if prev else None,
-            [self._at(i).action for i in range(index, now.index)],
+            [self._action_at(i) for i in range(index, now.index)],
             t_capture,
         )
         self.last_observed_index = index
@@ -232,6 +238,7 @@ class LatentEstimator:
                 self.wm.initial(1), torch.zeros(1, self.wm.spec.action_dim), obs_t, first, gen
             )
         else:
+            assert prev_action is not None, "a tick with a state has the action taken there"
             post, _ = self.wm.obs_step(prev_state, prev_action, obs_t, None, gen)
         return post
 
@@ -254,11 +261,12 @@ class LatentEstimator:
     def _swap(self, job: _Job) -> None:
         """Catches up from the job's last tick to now, then replaces the ring's beliefs."""
         states = job.states
+        assert states is not None, "swapping a job that has not run"
         last = job.base + len(states) - 1
         state = states[-1]
         now = self.ring[-1].index
         for index in range(last, now):
-            state = self.wm.img_step(state, self._at(index).action, self._generator(index + 1))
+            state = self.wm.img_step(state, self._action_at(index), self._generator(index + 1))
             states.append(state)
         for offset, s in enumerate(states):
             tick = self._at(job.base + offset)

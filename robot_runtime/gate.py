@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -76,11 +77,11 @@ class GraspGate:
     decision is kept in ``decisions`` and passed to every ``on_decision(decision, belief)``
     callback (evaluations observe the gate this way)."""
 
-    predictor: object  # world_model.grasp.GraspPredictor
+    predictor: Any  # world_model.grasp.GraspPredictor
     config: GraspControllerConfig
     rate_hz: float
     threshold: float = 0.5
-    estimator: object = None  # older callers: the belief is read from here when not passed
+    estimator: Any = None  # older callers: the belief is read from here when not passed
     decisions: list[Decision] = field(default_factory=list)
     background: bool = False
     on_decision: list = field(default_factory=list)

@@ -23,7 +23,8 @@ class Ring:
     keeps the same memory after its first ``capacity`` samples as before them."""
 
     def __init__(self, capacity: int):
-        self.buf = np.zeros(capacity)
+        self.buf = np.full(capacity, 0.0)  # written now: np.zeros maps pages lazily, and RSS
+        # would grow as the ring fills
         self.count = 0  # samples ever appended
 
     def append(self, value: float) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import GraspJob
+from .control import Policy
 from .controllers import ChunkPolicy, GraspController, GraspPolicy
 
 KINDS = ("grasp", "chunk")
@@ -20,7 +21,7 @@ KINDS = ("grasp", "chunk")
 
 @dataclass
 class Built:
-    policy: object  # control.Policy
+    policy: Policy
     gate: object | None = None  # gate.GraspGate, when the grasp is gated
     predictor: object | None = None  # world_model.grasp.GraspPredictor behind the gate
     note: str = ""  # what a person should know (e.g. "not gated: no success head")

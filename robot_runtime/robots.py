@@ -10,6 +10,7 @@ apart from reading the environment and checking that files exist.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ class RobotChoice:
     calibration: Path
 
 
-def lerobot_calibration_dir(env: dict[str, str] | None = None) -> Path:
+def lerobot_calibration_dir(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     if env.get("HF_LEROBOT_CALIBRATION"):
         return Path(env["HF_LEROBOT_CALIBRATION"]).expanduser()
@@ -31,7 +32,9 @@ def lerobot_calibration_dir(env: dict[str, str] | None = None) -> Path:
     return Path(home).expanduser() / "calibration"
 
 
-def lerobot_calibration_path(robot_type: str, robot_id: str, env=None) -> Path:
+def lerobot_calibration_path(
+    robot_type: str, robot_id: str, env: Mapping[str, str] | None = None
+) -> Path:
     return lerobot_calibration_dir(env) / "robots" / f"{robot_type}_follower" / f"{robot_id}.json"
 
 
@@ -40,7 +43,7 @@ def choose_robot(
     robot: str | None = None,
     port: str | None = None,
     calibration: str | None = None,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> RobotChoice:
     """The arm to drive; a clear error naming what is missing and where it looked."""
     robot_type = robot or section.type
@@ -51,8 +54,9 @@ def choose_robot(
         raise ConfigError(
             f"which port is the {robot_type} on? pass --port (list them with `kiwi scan`)"
         )
-    if calibration or section.calibration:
-        path = Path(calibration or section.calibration).expanduser()
+    named = calibration or section.calibration
+    if named:
+        path = Path(named).expanduser()
         if not path.is_file():
             raise ConfigError(f"calibration file {path} does not exist")
         return RobotChoice(robot_type, port, path)

@@ -530,7 +530,7 @@ class Runtime:
 
     def _tick_until_done(self, k: int, t: float) -> None:
         self.tick(k, t)
-        if self.policy.finished:
+        if self.policy.finished and self.loop is not None:
             self.loop.stop("finished")
 
     def hold_on_stop(self) -> None:
@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = link.Context()
     arm = RemoteSimArm(ctx, job)
     runtime = Runtime(job, wm, arm, ctx=ctx, policy=policy)
-    stopping = {"reason": None}
+    stopping: dict[str, str | None] = {"reason": None}
 
     def on_signal(signum, frame):
         stopping["reason"] = signal.Signals(signum).name
