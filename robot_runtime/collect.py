@@ -205,3 +205,98 @@ def collect_grasps(
         "total_episodes_in_folder": len(episode_files(out)),
     }
     return summary
+
+
+LEROBOT_CAMERAS = ("wrist", "front")
+
+
+def collect_grasps_lerobot(
+    out: Path,
+    episodes: int,
+    seed: int,
+    cameras: tuple[str, ...] = LEROBOT_CAMERAS,
+    image_size: int = 64,
+    camera_dtype: str = "video",
+    task: str | None = None,
+    progress: bool = True,
+    make_env: Callable | None = None,
+    log: Callable[[str], None] = tqdm.write,
+) -> dict:
+    """Records scripted grasps as a LeRobotDataset v3.0 folder (``so101_follower``, 50 fps):
+    ``observation.state``/``action`` in LeRobot's units, the cameras as ``observation.images.*``
+    (AV1 video by default), ``next.reward``/``next.done``/``next.success`` and the episode's
+    ``seed``; frames aligned as world_model/datasets/replay_to_lerobot.py says. Appends to a
+    folder of the same features, skipping seeds already stored (a crash loses at most the
+    episode in progress; re-running resumes)."""
+    import gymnasium
+
+    import sim.envs  # noqa: F401  (registers kiwi/Grasp-v0)
+    from sim.kiwi_grasp import CONTROL_HZ
+    from sim.scripted import ScriptedGrasp
+    from world_model.datasets import DatasetError, LeRobotReader, LeRobotWriter
+    from world_model.datasets.replay_to_lerobot import (
+        GRASP_TASK,
+        lerobot_frames,
+        replay_features,
+    )
+
+    out = Path(out)
+    features = replay_features(
+        {"state": 6},
+        {c: (image_size, image_size) for c in cameras},
+        6,
+        camera_dtype=camera_dtype,
+        seed=True,
+    )
+    stored: set[int] = set()
+    if (out / "meta" / "info.json").is_file():
+        with LeRobotReader(out) as ds:
+            have = {k: (f["dtype"], list(f["shape"])) for k, f in ds.features.items()}
+            want = {k: (f["dtype"], list(f["shape"])) for k, f in features.items()}
+            if any(have.get(k) != v for k, v in want.items()) or ds.fps != CONTROL_HZ:
+                raise DatasetError(
+                    f"{out} holds a dataset of other features ({sorted(have)}); these would be "
+                    f"{sorted(want)} at {CONTROL_HZ} fps: collect into another folder"
+                )
+            stored = {int(ds.read_episode(i, ["seed"])["seed"][0]) for i in range(ds.num_episodes)}
+        writer = LeRobotWriter.resume(out)
+    else:
+        writer = LeRobotWriter.create(out, CONTROL_HZ, features, "so101_follower")
+    todo = [s for s in range(seed, seed + episodes) if s not in stored]
+    if len(todo) < episodes:
+        log(
+            f"{episodes - len(todo)} of these seeds already there, "
+            + (f"collecting seeds {format_seeds(todo)}" if todo else "nothing to collect")
+        )
+    env = (
+        make_env()
+        if make_env
+        else gymnasium.make(sim.ENV_ID, cameras=cameras, image_size=image_size)
+    )
+    policy = ScriptedGrasp()
+    successes, frames = 0, 0
+    outcomes = dict.fromkeys(OUTCOMES, 0)
+    t0 = time.perf_counter()
+    bar = tqdm(todo, desc="collect", unit="episode", disable=not progress, dynamic_ncols=True)
+    for i, episode_seed in enumerate(bar):
+        episode = record_grasp(env, policy, episode_seed)
+        converted = lerobot_frames(episode, ["state"], list(cameras), features)
+        writer.add_episode(converted, task or GRASP_TASK)
+        successes += bool(converted["next.success"][-1])
+        outcomes[classify(episode)] += 1
+        frames += len(converted["action"])
+        bar.set_postfix_str(f"success {successes / (i + 1):.0%}")
+    env.close()
+    return {
+        "episodes": len(todo),
+        "already_there": episodes - len(todo),
+        "successes": successes,
+        "success_rate": successes / len(todo) if todo else None,
+        "steps": frames,
+        "wall_s": time.perf_counter() - t0,
+        "outcomes": outcomes,
+        "seeds": [seed, seed + episodes - 1],
+        "out": str(out),
+        "format": "lerobot",
+        "total_episodes_in_folder": int(writer.info["total_episodes"]),
+    }

@@ -15,20 +15,37 @@ def cmd_collect(args) -> int:
     from .learning import remove_temp_files
 
     cameras = tuple(c for c in args.cameras.split(",") if c) if args.cameras else ()
+    lerobot = args.format == "lerobot"
     print(
         f"kiwi collect: {args.episodes} scripted grasps (seeds {args.seed}.."
         f"{args.seed + args.episodes - 1}) -> {args.out}"
+        + (" (LeRobotDataset v3.0)" if lerobot else "")
     )
-    remove_temp_files(Path(args.out))
-    summary = collect_grasps(
-        Path(args.out),
-        args.episodes,
-        args.seed,
-        cameras,
-        args.image_size,
-        progress=not args.no_progress,
-        log=print,
-    )
+    if lerobot:
+        from ..collect import LEROBOT_CAMERAS, collect_grasps_lerobot
+
+        summary = collect_grasps_lerobot(
+            Path(args.out),
+            args.episodes,
+            args.seed,
+            cameras or LEROBOT_CAMERAS,
+            args.image_size,
+            args.image_storage,
+            args.task,
+            progress=not args.no_progress,
+            log=print,
+        )
+    else:
+        remove_temp_files(Path(args.out))
+        summary = collect_grasps(
+            Path(args.out),
+            args.episodes,
+            args.seed,
+            cameras,
+            args.image_size,
+            progress=not args.no_progress,
+            log=print,
+        )
     rate = summary["success_rate"]
     print(
         format_table(
@@ -121,9 +138,12 @@ def register(sub) -> None:
         "per-step success labels and ground truth, plus spec.json. Prints the success "
         "rate. Appends to OUT; seeds are SEED .. SEED+N-1, so disjoint seed ranges give "
         "disjoint training and evaluation sets. Seeds already stored in OUT are skipped, so "
-        "re-running the same command after a crash resumes it.",
+        "re-running the same command after a crash resumes it. With --format lerobot the "
+        "episodes go into a LeRobotDataset v3.0 folder instead (`kiwi dataset info OUT` "
+        "shows it; lerobot's LeRobotDataset loads it).",
         "kiwi collect --env grasp --episodes 200 --out data/grasp --seed 0\n"
-        "kiwi collect --env grasp --episodes 20 --out data/grasp-img --cameras wrist",
+        "kiwi collect --env grasp --episodes 20 --out data/grasp-img --cameras wrist\n"
+        "kiwi collect --env grasp --format lerobot --episodes 50 --out data/grasp-lerobot",
     )
     p.add_argument("--env", choices=["grasp"], default="grasp", help="which simulated task")
     p.add_argument("--episodes", type=int, required=True, help="number of episodes")
@@ -133,8 +153,29 @@ def register(sub) -> None:
         help="folder of episodes (created; appended to, stored seeds skipped)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode")
-    p.add_argument("--cameras", default="", help="record images too: front,wrist")
+    p.add_argument(
+        "--format",
+        choices=["npz", "lerobot"],
+        default="npz",
+        help="npz: the world model's replay episodes; lerobot: a LeRobotDataset v3.0 folder "
+        "(so101_follower, 50 fps, observation.state/action in LeRobot's units, cameras as "
+        "video, next.reward/done/success, the task string)",
+    )
+    p.add_argument(
+        "--cameras",
+        default="",
+        help="record images too: front,wrist (--format lerobot records wrist,front unless told)",
+    )
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels")
+    p.add_argument(
+        "--image-storage",
+        choices=["video", "image"],
+        default="video",
+        help="--format lerobot: cameras as mp4 (AV1 when PyAV has it) or PNG in the parquet",
+    )
+    p.add_argument(
+        "--task", default=None, help="--format lerobot: the task string (pick up the red cube)"
+    )
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

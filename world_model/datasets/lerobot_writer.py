@@ -12,7 +12,8 @@ over the old one. The order makes a crash lose at most the episode being written
 Readers trust ``info.json`` and the episodes metadata, so frames or video a crash left after the
 last committed episode are never seen; ``LeRobotWriter.resume`` cuts them off before appending.
 Rewriting costs O(size of the current file) per episode, bounded by the rotation limits
-(``data_files_size_in_mb``, ``video_files_size_in_mb``).
+(``data_files_size_in_mb``, ``video_files_size_in_mb``, and for mp4 files also
+``video_file_max_frames``: copying packets is per packet, not per byte).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from .lerobot_video import (
 )
 
 _MB = 1024 * 1024
+VIDEO_FILE_MAX_FRAMES = 10_000
 
 
 def video_feature(height: int, width: int, fps: int, codec: str) -> dict:
@@ -174,6 +176,9 @@ class LeRobotWriter:
         if self.video_keys:
             codecs = {self.features[k]["info"]["video.codec"] for k in self.video_keys}
             self.encoder = available_encoder(video_encoder or codecs.pop())[0]
+        # appending an episode to an mp4 copies the packets already there (~15 us each in
+        # PyAV): files also roll over past this many frames, so the copy stays under ~0.2 s
+        self.video_file_max_frames = VIDEO_FILE_MAX_FRAMES
         self.tasks: list[str] = []
         self.episodes: list[dict] = []  # the episodes parquet's rows (without stats)
         self.episode_stats: list[dict] = []
@@ -189,6 +194,7 @@ class LeRobotWriter:
         data_files_size_in_mb: float = DATA_FILES_SIZE_IN_MB,
         video_files_size_in_mb: float = VIDEO_FILES_SIZE_IN_MB,
         video_encoder: str | None = None,
+        video_file_max_frames: int = VIDEO_FILE_MAX_FRAMES,
     ) -> LeRobotWriter:
         """A new dataset in ``root`` (absent or empty). ``features`` as in ``info.json`` without
         the five index columns; a ``video`` feature's ``info`` is filled in (codec chosen here:
@@ -229,7 +235,9 @@ class LeRobotWriter:
             "features": {**features, **DEFAULT_FEATURES},
         }
         root.mkdir(parents=True, exist_ok=True)
-        return cls(root, info, video_encoder)
+        writer = cls(root, info, video_encoder)
+        writer.video_file_max_frames = video_file_max_frames
+        return writer
 
     @classmethod
     def resume(cls, root: Path, video_encoder: str | None = None) -> LeRobotWriter:
@@ -357,7 +365,10 @@ class LeRobotWriter:
         try:
             encode_video(frames, tmp, self.fps, self.encoder)
             limit = float(self.info["video_files_size_in_mb"]) * _MB
-            if target.exists() and target.stat().st_size + tmp.stat().st_size >= limit:
+            too_long = round(from_s * self.fps) + len(frames) > self.video_file_max_frames
+            if target.exists() and (
+                too_long or target.stat().st_size + tmp.stat().st_size >= limit
+            ):
                 chunk, file = next_chunk_file(chunk, file, int(self.info["chunks_size"]))
                 target = self.root / VIDEO_PATH.format(
                     video_key=key, chunk_index=chunk, file_index=file
@@ -401,9 +412,10 @@ class LeRobotWriter:
             path = self.root / EPISODES_PATH.format(chunk_index=chunk, file_index=file)
         row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = chunk, file
         table = self._episode_table(row, stats)
-        old = _row_groups(path)
-        schema = old[0].schema if old else table.schema
-        _write_parquet(path, old + [table], schema)
+        if path.exists():  # one row group: ~150 columns of metadata per group add up otherwise
+            old = pq.read_table(path)
+            table = pa.concat_tables([old, table.cast(old.schema)])
+        _write_parquet(path, [table], table.schema)
 
     # ---- after a crash --------------------------------------------------------------------
 
