@@ -12,6 +12,7 @@ from .commands import (
     Formatter,
     benchmarks,
     camera,
+    dataset,
     evaluation,
     hardware,
     learning,
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (learning, simulation, robot, evaluation, hardware, runtime_tools, benchmarks):
         module.register(sub)
     camera.register(sub)  # `kiwi camera`: a real camera or a video file for `kiwi slow`
+    dataset.register(sub)  # `kiwi dataset`: LeRobotDataset v3.0 folders
     return parser
 
 

@@ -247,6 +247,61 @@ class LeRobotReader:
             frame["task"] = task
             yield frame
 
+    def describe(self) -> dict:
+        """What the folder holds, for ``kiwi dataset info``: counts, fps, features with shapes
+        and dtypes, cameras and their codec, tasks with their episode counts, episode lengths,
+        files on disk, and the success rate when ``next.success`` labels the episodes (an
+        episode succeeded when its last frame says so)."""
+        lengths = np.array([r["length"] for r in self._rows], dtype=np.int64)
+        per_task: dict[str, int] = {}
+        for r in self._rows:
+            for task in r.get("tasks") or []:
+                per_task[task] = per_task.get(task, 0) + 1
+        cameras = {}
+        for key in self.camera_keys:
+            f = self.features[key]
+            extra = f.get("info") or {}
+            cameras[key] = {
+                "storage": f["dtype"],
+                "shape": list(f["shape"]),
+                "codec": extra.get("video.codec", "png" if f["dtype"] == "image" else None),
+                "pix_fmt": extra.get("video.pix_fmt"),
+            }
+        success = None
+        if "next.success" in self.features and self._rows:
+            last = [
+                bool(self.read_episode(i, ["next.success"])["next.success"][-1])
+                for i in range(self.num_episodes)
+            ]
+            success = {"episodes": len(last), "succeeded": sum(last), "rate": sum(last) / len(last)}
+        files = [p for p in self.root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        return {
+            "root": str(self.root),
+            "codebase_version": self.info["codebase_version"],
+            "robot_type": self.robot_type,
+            "fps": self.fps,
+            "episodes": self.num_episodes,
+            "frames": self.num_frames,
+            "duration_s": self.num_frames / self.fps,
+            "episode_length": {
+                "min": int(lengths.min()) if len(lengths) else None,
+                "mean": float(lengths.mean()) if len(lengths) else None,
+                "max": int(lengths.max()) if len(lengths) else None,
+            },
+            "features": {
+                k: {"dtype": f["dtype"], "shape": list(f["shape"]), "names": f.get("names")}
+                for k, f in self.features.items()
+            },
+            "cameras": cameras,
+            "tasks": per_task or {t: 0 for t in self.tasks},
+            "success": success,
+            "files": {
+                "data": len([p for p in files if p.relative_to(self.root).parts[0] == "data"]),
+                "video": len([p for p in files if p.suffix == ".mp4"]),
+                "size_mb": sum(p.stat().st_size for p in files) / 1e6,
+            },
+        }
+
 
 def open_dataset(root: Path) -> LeRobotReader:
     return LeRobotReader(root)

@@ -1,0 +1,135 @@
+"""kiwi dataset info / convert: LeRobotDataset v3.0 folders (world_model/datasets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import jsonout
+from ..textui import format_table
+from . import command
+
+
+def cmd_dataset_info(args) -> int:
+    from world_model.datasets import LeRobotReader
+
+    with LeRobotReader(Path(args.dir)) as ds:
+        info = ds.describe()
+    if args.json:
+        print(jsonout.dumps(info))
+        return 0
+    length = info["episode_length"]
+    print(
+        f"{info['root']}: LeRobotDataset {info['codebase_version']}, robot "
+        f"{info['robot_type'] or '-'}, {info['fps']} fps"
+    )
+    print(
+        f"{info['episodes']} episodes, {info['frames']} frames ({info['duration_s']:.1f} s); "
+        f"episode length {length['min']}..{length['max']} (mean {length['mean'] or 0:.1f})"
+    )
+    rows = [("feature", "dtype", "shape", "names")]
+    for key, f in info["features"].items():
+        names = f["names"]
+        if isinstance(names, dict):  # lerobot writes {"motors": [...]} in places
+            names = next(iter(names.values()), None)
+        text = ", ".join(map(str, names)) if isinstance(names, list) else "-"
+        if len(text) > 60:
+            text = text[:57] + "..."
+        rows.append((key, f["dtype"], "x".join(map(str, f["shape"])), text))
+    print(format_table(rows))
+    for key, cam in info["cameras"].items():
+        h, w = cam["shape"][:2]
+        how = f"{cam['codec']} video" if cam["storage"] == "video" else "PNG images in the parquet"
+        print(f"camera {key}: {w}x{h}, {how}")
+    for task, n in info["tasks"].items():
+        print(f"task {task!r}: {n} episodes")
+    success = info["success"]
+    if success:
+        print(
+            f"success (next.success on the last frame): {success['succeeded']} of "
+            f"{success['episodes']} ({success['rate']:.1%})"
+        )
+    else:
+        print("success: not labelled (no next.success)")
+    files = info["files"]
+    print(f"files: {files['data']} data, {files['video']} video, {files['size_mb']:.1f} MB")
+    return 0
+
+
+def cmd_dataset_convert(args) -> int:
+    from world_model.datasets.replay_to_lerobot import convert_replay_folder
+
+    print(f"kiwi dataset convert: {args.npz_dir} -> {args.out} (LeRobotDataset v3.0)")
+    summary = convert_replay_folder(
+        Path(args.npz_dir),
+        Path(args.out),
+        task=args.task,
+        robot_type=args.robot_type or None,
+        fps=args.fps,
+        camera_dtype=args.image_storage,
+    )
+    successes = summary["successes"]
+    print(
+        f"{summary['episodes']} episodes, {summary['frames']} frames"
+        + (f", {successes} succeeded" if successes is not None else "")
+        + (
+            f"; {summary['skipped_one_step_episodes']} one-step episodes skipped"
+            if summary["skipped_one_step_episodes"]
+            else ""
+        )
+    )
+    if args.json:
+        print(jsonout.dumps(summary))
+    return 0
+
+
+def register(sub) -> None:
+    dataset = command(
+        sub,
+        "dataset",
+        lambda args: dataset.print_help() or 0,
+        "LeRobotDataset v3.0 folders: what one holds, and the project's episodes moved into one",
+        "Reads and writes LeRobot's dataset format (v3.0: parquet frames, one mp4 per camera "
+        "holding many episodes) without lerobot installed. `info` describes a folder; "
+        "`convert` writes the project's .npz replay episodes as a new one.",
+        "kiwi dataset info data/grasp-lerobot\nkiwi dataset convert data/grasp data/grasp-lerobot",
+    )
+    dataset_sub = dataset.add_subparsers(dest="dataset_command", metavar="ACTION")
+    p = command(
+        dataset_sub,
+        "info",
+        cmd_dataset_info,
+        "what a LeRobotDataset folder holds",
+        "Prints episodes, frames, fps, the robot type, every feature with its dtype and "
+        "shape, the cameras (video codec or PNG), the tasks and, when the episodes are "
+        "labelled with next.success, the success rate. A v2.1 folder gets the command that "
+        "converts it.",
+        "kiwi dataset info data/grasp-lerobot\nkiwi dataset info data/grasp-lerobot --json",
+    )
+    p.add_argument("dir", help="the dataset folder (holds meta/info.json)")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p = command(
+        dataset_sub,
+        "convert",
+        cmd_dataset_convert,
+        "the project's .npz episodes as a LeRobotDataset v3.0 folder",
+        "Writes every episode of NPZ_DIR (world_model/replay.py's format, with its "
+        "spec.json) into a new LeRobotDataset folder OUT: `state` becomes observation.state "
+        "(named by the SO-arm joints), other vectors observation.<key>, cameras (only if the "
+        "episodes were collected with --cameras) observation.images.<key>; next.reward, "
+        "next.done and next.success from the replay's rewards and labels. A replay episode of "
+        "T steps gives T-1 frames (its last observation has no action).",
+        "kiwi dataset convert data/grasp data/grasp-lerobot\n"
+        "kiwi dataset convert data/grasp-img data/grasp-img-lerobot --image-storage image",
+    )
+    p.add_argument("npz_dir", help="folder of .npz episodes (from `kiwi collect`)")
+    p.add_argument("out", help="new dataset folder (must be absent or empty)")
+    p.add_argument("--task", default="pick up the red cube", help="the task string")
+    p.add_argument("--robot-type", default="so101_follower", help="info.json's robot_type")
+    p.add_argument("--fps", type=int, default=50, help="frames per second of the episodes")
+    p.add_argument(
+        "--image-storage",
+        choices=["video", "image"],
+        default="video",
+        help="cameras as mp4 (AV1 when PyAV has it) or PNG in the parquet",
+    )
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
