@@ -19,6 +19,7 @@ if it were fresh: what a loop without replay does).
 from __future__ import annotations
 
 import math
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,6 +79,23 @@ class _Job:
     error: BaseException | None = None
 
 
+class _Worker:
+    """One daemon thread running submitted calls in order (a daemon: a robot's service must
+    be able to exit with a replay in flight; the loop waits for it in ``reset``)."""
+
+    def __init__(self):
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, daemon=True, name="estimator-replay").start()
+
+    def submit(self, fn, *args) -> None:
+        self._calls.put((fn, args))
+
+    def _serve(self) -> None:
+        while True:
+            fn, args = self._calls.get()
+            fn(*args)
+
+
 class LatentEstimator:
     def __init__(
         self,
@@ -99,6 +117,10 @@ class LatentEstimator:
         self._job: _Job | None = None
         self._pending: tuple[dict, float] | None = None
         self.ring: list[Tick] = []
+        # Long replays run on one thread of their own, made once: a thread per replay would
+        # give the allocator a new arena now and then, and resident memory would creep.
+        self._worker: _Worker | None = None
+        self._worker_gen = torch.Generator()  # drawn from only on the worker (reseeded per tick)
         self.t_episode = -math.inf
         self.last_observed_index = -1
 
@@ -189,7 +211,9 @@ class LatentEstimator:
             return "applied"
         self._job = job
         self.stats.background += 1
-        threading.Thread(target=self._run_job, args=(job, torch.Generator()), daemon=True).start()
+        if self._worker is None:
+            self._worker = _Worker()
+        self._worker.submit(self._run_job, job, self._worker_gen)
         return "scheduled"
 
     def poll(self) -> bool:

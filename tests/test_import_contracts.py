@@ -74,18 +74,10 @@ def test_kiwi_run_on_the_emulated_bus_loads_no_mujoco_and_no_gymnasium(tmp_path)
     lists every module the process imported)."""
     from drivers.arm import SO100
     from drivers.virtual_bus import VirtualBus
+    from robot_runtime.bench.endurance import emulated_calibration
     from robot_runtime.dryrun import free_ports
 
-    cal = {
-        m.name: {
-            "id": m.id,
-            "drive_mode": 0,
-            "homing_offset": 0,
-            "range_min": 1024,
-            "range_max": 3072,
-        }
-        for m in SO100.motors
-    }
+    cal = emulated_calibration(SO100)
     (tmp_path / "cal.json").write_text(json.dumps(cal))
     obs, query, tele = free_ports(3)
     with VirtualBus.for_arm(SO100) as bus:

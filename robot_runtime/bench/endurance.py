@@ -47,7 +47,9 @@ class Sample:
     retries: int
 
 
-def _calibration(config) -> dict:
+def emulated_calibration(config) -> dict:
+    """A LeRobot-layout calibration for an emulated arm: every joint centred, a range of
+    half a turn."""
     return {
         m.name: {
             "id": m.id,
@@ -126,7 +128,7 @@ def emulated_run(
     config = ARMS[robot]
     tmp = Path(tempfile.mkdtemp(prefix="kiwi-endurance-"))
     cal = tmp / f"{robot}.json"
-    cal.write_text(json.dumps(_calibration(config)))
+    cal.write_text(json.dumps(emulated_calibration(config)))
     obs, query, tele = (f"tcp://127.0.0.1:{p}" for p in free_ports(3))
     overrides = [f"link.obs={obs}", f"link.query={query}", f"link.telemetry={tele}"]
     if checkpoint:

@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from drivers.arm import LEROBOT_JOINTS
+
 from .. import link
 from ..loop import FastLoop
 from ..textui import format_table
@@ -36,14 +38,7 @@ TARGETS = {"jitter_us_p99": 1000.0, "overruns": 0}
 class EchoArmFake:
     """A fake arm (named as such): it is where it was last told to be, at once."""
 
-    joint_names = (
-        "shoulder_pan",
-        "shoulder_lift",
-        "elbow_flex",
-        "wrist_flex",
-        "wrist_roll",
-        "gripper",
-    )
+    joint_names = LEROBOT_JOINTS
 
     def __init__(self):
         from sim.kinematics import JOINT_LIMITS_DEG

@@ -19,6 +19,7 @@ from drivers.arm import KOCH, SO100
 from drivers.errors import BusTimeout, ChecksumError
 from drivers.sim_arm import SimArm
 from drivers.virtual_bus import Faults, VirtualBus
+from robot_runtime.bench.endurance import emulated_calibration
 from robot_runtime.safety import BusHealth
 from robot_runtime.service import Runtime
 
@@ -81,22 +82,9 @@ def test_a_failed_read_holds_the_last_good_joints_and_is_counted():
     rt.close()
 
 
-def calibration(config) -> dict:
-    return {
-        m.name: {
-            "id": m.id,
-            "drive_mode": 0,
-            "homing_offset": 0,
-            "range_min": 1000,
-            "range_max": 3000,
-        }
-        for m in config.motors
-    }
-
-
 def kiwi_run_command(tmp_path, robot, config, port, seconds, *extra) -> list[str]:
     cal = tmp_path / f"{robot}.json"
-    cal.write_text(json.dumps(calibration(config)))
+    cal.write_text(json.dumps(emulated_calibration(config)))
     ckpt = tiny_checkpoint(tmp_path / "wm.safetensors")
     from robot_runtime.dryrun import free_ports
 
