@@ -82,6 +82,51 @@ def cmd_dataset_convert(args) -> int:
     return 0
 
 
+def cmd_dataset_bench(args) -> int:
+    import time
+
+    from world_model.datasets import LeRobotReader
+
+    with LeRobotReader(Path(args.dir)) as ds:
+        episodes = range(min(args.episodes or ds.num_episodes, ds.num_episodes))
+        keys = [k for k in ds.features if k not in ds.camera_keys] + ds.camera_keys
+        t0 = time.perf_counter()
+        frames = 0
+        for i in episodes:
+            if args.iterate:
+                frames += sum(1 for _ in ds.iter_frames(i, keys))
+            else:
+                frames += ds.read_episode(i, keys).length
+        wall = time.perf_counter() - t0
+    result = {
+        "episodes": len(episodes),
+        "frames": frames,
+        "cameras": ds.camera_keys,
+        "wall_s": wall,
+        "frames_per_s": frames / wall if wall > 0 else None,
+        "camera_frames_per_s": frames * len(ds.camera_keys) / wall if wall > 0 else None,
+        "mode": "iter_frames" if args.iterate else "read_episode",
+    }
+    print(
+        f"read {frames} frames of {len(episodes)} episodes ({len(ds.camera_keys)} cameras "
+        f"decoded) in {wall:.2f} s: {result['frames_per_s']:.0f} frames/s "
+        f"({result['mode']}, one thread)"
+    )
+    if args.json:
+        print(jsonout.dumps(result))
+    return 0
+
+
+CONVERT_DESCRIPTION = (
+    "Writes every episode of NPZ_DIR (world_model/replay.py's format, with its "
+    "spec.json) into a new LeRobotDataset folder OUT: `state` becomes observation.state "
+    "(named by the SO-arm joints), other vectors observation.<key>, cameras (only if the "
+    "episodes were collected with --cameras) observation.images.<key>; next.reward, "
+    "next.done and next.success from the replay's rewards and labels. A replay episode of "
+    "T steps gives T-1 frames (its last observation has no action)."
+)
+
+
 def register(sub) -> None:
     dataset = command(
         sub,
@@ -109,15 +154,24 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p = command(
         dataset_sub,
+        "bench",
+        cmd_dataset_bench,
+        "read throughput: frames/s with every camera decoded",
+        "Reads every feature of the first N episodes (video decoded, PNG images decoded) "
+        "and prints frames per second; --iterate goes frame by frame (iter_frames) instead "
+        "of whole episodes (read_episode).",
+        "kiwi dataset bench data/grasp-lerobot --json",
+    )
+    p.add_argument("dir", help="the dataset folder")
+    p.add_argument("--episodes", type=int, default=None, help="read only the first N")
+    p.add_argument("--iterate", action="store_true", help="frame by frame (iter_frames)")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p = command(
+        dataset_sub,
         "convert",
         cmd_dataset_convert,
         "the project's .npz episodes as a LeRobotDataset v3.0 folder",
-        "Writes every episode of NPZ_DIR (world_model/replay.py's format, with its "
-        "spec.json) into a new LeRobotDataset folder OUT: `state` becomes observation.state "
-        "(named by the SO-arm joints), other vectors observation.<key>, cameras (only if the "
-        "episodes were collected with --cameras) observation.images.<key>; next.reward, "
-        "next.done and next.success from the replay's rewards and labels. A replay episode of "
-        "T steps gives T-1 frames (its last observation has no action).",
+        CONVERT_DESCRIPTION,
         "kiwi dataset convert data/grasp data/grasp-lerobot\n"
         "kiwi dataset convert data/grasp-img data/grasp-img-lerobot --image-storage image",
     )

@@ -228,8 +228,10 @@ def test_frames_that_do_not_fit_the_features_are_refused(tmp_path):
 def test_lerobot_itself_loads_a_dataset_written_here(tmp_path, monkeypatch):
     """Runs only where lerobot is installed (a scratch environment; see
     ../shared/notes/lerobot_dataset.md); never a dependency of the project."""
-    pytest.importorskip("lerobot")
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    try:
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    except Exception as e:  # not installed, or a broken torchvision beside it (see the note)
+        pytest.skip(f"lerobot not importable: {' '.join(str(e).split())[:120]}")
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

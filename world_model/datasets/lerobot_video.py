@@ -16,6 +16,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from ..atomic import atomic_path
 from .lerobot_format import DatasetError
@@ -67,6 +68,12 @@ def encode_video(
     return enc, codec
 
 
+def _copy_stream(out, template):
+    stream = out.add_stream_from_template(template, opaque=True)
+    stream.time_base = template.time_base  # PyAV < 16 leaves it unset until the header
+    return stream
+
+
 def _copy_packets(src: Path, out, out_stream, offset_s: float, until_s: float | None) -> None:
     with av.open(str(src)) as container:
         stream = container.streams.video[0]
@@ -77,11 +84,10 @@ def _copy_packets(src: Path, out, out_stream, offset_s: float, until_s: float | 
                 continue
             if until_s is not None and packet.pts is not None and packet.pts * tb >= until_s:
                 continue
-            packet.pts = None if packet.pts is None else packet.pts + offset
+            if packet.pts is not None:
+                packet.pts += offset
             packet.dts += offset
-            packet.stream = out_stream
-            if tb != out_stream.time_base:
-                packet.rescale_ts(tb, out_stream.time_base)
+            packet.stream = out_stream  # PyAV rescales from the packet's time base on mux
             out.mux(packet)
 
 
@@ -97,7 +103,7 @@ def append_video(target: Path, episode: Path, from_s: float) -> None:
         with av.open(str(target)) as first:
             template = first.streams.video[0]
             with av.open(str(tmp), "w", format="mp4") as out:
-                out_stream = out.add_stream_from_template(template, opaque=True)
+                out_stream = _copy_stream(out, template)
                 _copy_packets(target, out, out_stream, 0.0, from_s - 1e-4)
                 _copy_packets(episode, out, out_stream, from_s, None)
     Path(episode).unlink(missing_ok=True)
@@ -109,7 +115,7 @@ def truncate_video(path: Path, until_s: float) -> None:
     with atomic_path(path) as tmp:
         with av.open(str(path)) as src:
             with av.open(str(tmp), "w", format="mp4") as out:
-                out_stream = out.add_stream_from_template(src.streams.video[0], opaque=True)
+                out_stream = _copy_stream(out, src.streams.video[0])
                 _copy_packets(path, out, out_stream, 0.0, until_s - 1e-4)
 
 
@@ -136,6 +142,9 @@ class VideoReader:
         except (OSError, av.error.FFmpegError) as e:
             raise DatasetError(f"cannot open video {self.path}: {e}") from e
         self.stream = self.container.streams.video[0]
+        # one reformatter for every frame: ``frame.to_ndarray(format=...)`` builds a new swscale
+        # context per call (2 ms for a 64x64 frame, against 0.1 ms reused; same pixels)
+        self._rgb = VideoReformatter()
 
     def iter_frames(self, from_s: float, times_s: np.ndarray) -> Iterator[np.ndarray]:
         """Yields ``[H, W, 3]`` uint8 RGB frames, one per entry of ``times_s`` (seconds within the
@@ -155,7 +164,7 @@ class VideoReader:
                     f"{self.path}: no frame at {wanted[i]:.4f} s (next one at {t:.4f} s)"
                 )
             if abs(t - wanted[i]) <= self.tolerance_s:
-                yield frame.to_ndarray(format="rgb24")
+                yield self._rgb.reformat(frame, format="rgb24").to_ndarray()
                 i += 1
                 if i == len(wanted):
                     return
