@@ -116,6 +116,16 @@ def test_convert_moves_npz_episodes_into_the_format(tmp_path, capsys):
     assert "1 of 3 (33.3%)" in capsys.readouterr().out
 
 
+def test_bench_reads_every_frame_and_reports_frames_per_second(tmp_path, capsys):
+    tiny_npz_folder(tmp_path / "npz")
+    assert kiwi("dataset", "convert", tmp_path / "npz", tmp_path / "out") == 0
+    capsys.readouterr()
+    for extra in ([], ["--iterate"]):
+        assert kiwi("dataset", "bench", tmp_path / "out", "--json", *extra) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["frames"] == 18 and result["frames_per_s"] > 0
+
+
 def test_convert_with_png_images_is_exact(tmp_path):
     made = tiny_npz_folder(tmp_path / "npz", episodes=1)
     out = tmp_path / "out"

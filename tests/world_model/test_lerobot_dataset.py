@@ -161,6 +161,17 @@ def test_iter_frames_gives_the_same_frames_as_read_episode(tmp_path):
         np.testing.assert_array_equal(np.stack([f[key] for f in frames]), whole[key])
 
 
+def test_episodes_read_in_any_order_seek_to_their_own_frames(tmp_path):
+    write(tmp_path / "ds", 4)
+    with LeRobotReader(tmp_path / "ds") as ds:
+        in_order = [ds.read_episode(e)["observation.images.wrist"] for e in range(4)]
+    with LeRobotReader(tmp_path / "ds") as ds:
+        for e in (3, 0, 2, 1, 3):
+            np.testing.assert_array_equal(
+                ds.read_episode(e)["observation.images.wrist"], in_order[e]
+            )
+
+
 def test_files_roll_over_past_the_size_limit(tmp_path):
     written = write(tmp_path / "ds", 4, data_files_size_in_mb=0.001, video_files_size_in_mb=0.001)
     data = sorted((tmp_path / "ds" / "data" / "chunk-000").glob("file-*.parquet"))
