@@ -161,6 +161,68 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array, feature: dict) -> np.nda
     return np.stack(array).astype(feature["dtype"], copy=False)  # a variable-size list column
 
 
+def video_feature(height: int, width: int, fps: int, codec: str) -> dict:
+    return {
+        "dtype": "video",
+        "shape": [height, width, 3],
+        "names": ["height", "width", "channels"],
+        "info": {
+            "video.height": height,
+            "video.width": width,
+            "video.codec": codec,
+            "video.pix_fmt": "yuv420p",
+            "video.is_depth_map": False,
+            "video.fps": fps,
+            "video.channels": 3,
+            "has_audio": False,
+        },
+    }
+
+
+def image_feature(height: int, width: int) -> dict:
+    return {"dtype": "image", "shape": [height, width, 3], "names": ["height", "width", "channels"]}
+
+
+def tasks_table(tasks: list[str]) -> pa.Table:
+    """Task strings as the pandas index (``__index_level_0__``), as lerobot reads them."""
+    pandas_meta = {
+        "index_columns": ["__index_level_0__"],
+        "column_indexes": [
+            {
+                "name": None,
+                "field_name": None,
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": {"encoding": "UTF-8"},
+            }
+        ],
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {
+                "name": None,
+                "field_name": "__index_level_0__",
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": None,
+            },
+        ],
+        "attributes": {},
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.3",
+    }
+    schema = pa.schema(
+        [("task_index", pa.int64()), ("__index_level_0__", pa.large_string())],
+        metadata={b"pandas": json.dumps(pandas_meta).encode()},
+    )
+    return pa.table({"task_index": list(range(len(tasks))), "__index_level_0__": tasks}, schema)
+
+
 # ---- statistics -------------------------------------------------------------------------------
 
 

@@ -49,6 +49,8 @@ from .lerobot_format import (
     feature_stats,
     next_chunk_file,
     stats_to_json,
+    tasks_table,
+    video_feature,
     video_keys,
 )
 from .lerobot_video import (
@@ -61,28 +63,6 @@ from .lerobot_video import (
 
 _MB = 1024 * 1024
 VIDEO_FILE_MAX_FRAMES = 10_000
-
-
-def video_feature(height: int, width: int, fps: int, codec: str) -> dict:
-    return {
-        "dtype": "video",
-        "shape": [height, width, 3],
-        "names": ["height", "width", "channels"],
-        "info": {
-            "video.height": height,
-            "video.width": width,
-            "video.codec": codec,
-            "video.pix_fmt": "yuv420p",
-            "video.is_depth_map": False,
-            "video.fps": fps,
-            "video.channels": 3,
-            "has_audio": False,
-        },
-    }
-
-
-def image_feature(height: int, width: int) -> dict:
-    return {"dtype": "image", "shape": [height, width, 3], "names": ["height", "width", "channels"]}
 
 
 def _fsync(path: Path) -> None:
@@ -115,46 +95,6 @@ def _png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _tasks_table(tasks: list[str]) -> pa.Table:
-    """Task strings as the pandas index (``__index_level_0__``), as lerobot reads them."""
-    pandas_meta = {
-        "index_columns": ["__index_level_0__"],
-        "column_indexes": [
-            {
-                "name": None,
-                "field_name": None,
-                "pandas_type": "unicode",
-                "numpy_type": "object",
-                "metadata": {"encoding": "UTF-8"},
-            }
-        ],
-        "columns": [
-            {
-                "name": "task_index",
-                "field_name": "task_index",
-                "pandas_type": "int64",
-                "numpy_type": "int64",
-                "metadata": None,
-            },
-            {
-                "name": None,
-                "field_name": "__index_level_0__",
-                "pandas_type": "unicode",
-                "numpy_type": "object",
-                "metadata": None,
-            },
-        ],
-        "attributes": {},
-        "creator": {"library": "pyarrow", "version": pa.__version__},
-        "pandas_version": "2.2.3",
-    }
-    schema = pa.schema(
-        [("task_index", pa.int64()), ("__index_level_0__", pa.large_string())],
-        metadata={b"pandas": json.dumps(pandas_meta).encode()},
-    )
-    return pa.table({"task_index": list(range(len(tasks))), "__index_level_0__": tasks}, schema)
 
 
 def _cut_video(path: Path, end_s: float) -> None:
@@ -285,7 +225,7 @@ class LeRobotWriter:
             row.update(self._write_video(key, columns[key]))
         if len(self.tasks) > int(self.info["total_tasks"]):
             _write_parquet(
-                self.root / TASKS_PATH, [_tasks_table(self.tasks)], _tasks_table(self.tasks).schema
+                self.root / TASKS_PATH, [tasks_table(self.tasks)], tasks_table(self.tasks).schema
             )
         self.episodes.append(row)
         self.episode_stats.append(stats)

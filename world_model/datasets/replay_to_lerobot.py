@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..replay import episode_files, load_episode, load_spec
-from .lerobot_format import SO_JOINT_NAMES, DatasetError
-from .lerobot_writer import LeRobotWriter, image_feature
+from .lerobot_format import SO_JOINT_NAMES, DatasetError, image_feature
+from .lerobot_writer import LeRobotWriter
 
 GRASP_TASK = "pick up the red cube"
 
