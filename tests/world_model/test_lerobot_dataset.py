@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,23 @@ def test_a_crash_mid_episode_loses_only_that_episode(tmp_path, monkeypatch):
         assert ds.episode_rows[2]["videos/observation.images.wrist/from_timestamp"] == (
             pytest.approx(20 / 30)
         )
+
+
+def test_episodes_append_to_a_dataset_lerobot_wrote(tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(FIXTURES / "so101_sample_video", root)
+    LeRobotWriter.resume(root).add_episode(sample_frames(4, 14), "pick up the cube")
+    with LeRobotReader(root) as ds:
+        assert ds.num_episodes == 5 and ds.num_frames == 72 + 14
+        for e in (0, 4):  # one of lerobot's, then ours after it in the same mp4
+            ep = ds.read_episode(e)
+            truth = sample_frames(e, ep.length)
+            np.testing.assert_array_equal(ep["action"], truth["action"])
+            for cam in ("observation.images.wrist", "observation.images.front"):
+                assert mean_abs_error(ep[cam], truth[cam]) < VIDEO_MEAN_ABS_ERROR
+        row = ds.episode_rows[4]
+    assert row["videos/observation.images.front/file_index"] == 0
+    assert row["videos/observation.images.front/from_timestamp"] == pytest.approx(72 / 30)
 
 
 def test_frames_that_do_not_fit_the_features_are_refused(tmp_path):

@@ -331,10 +331,12 @@ class LeRobotWriter:
         return int(last[f"{prefix}/chunk_index"]), int(last[f"{prefix}/file_index"])
 
     def _episode_table(self, row: dict, stats: dict) -> pa.Table:
-        full = dict(row)
+        """One row in lerobot's column order: the episode, its stats, then where the row is."""
+        full = {k: v for k, v in row.items() if not k.startswith("meta/")}
         for key, s in stats.items():
             for name, value in s.items():
                 full[f"stats/{key}/{name}"] = np.asarray(value).tolist()
+        full.update({k: v for k, v in row.items() if k.startswith("meta/")})
         return pa.Table.from_pylist([full])
 
     def _write_episodes(self) -> None:
@@ -354,7 +356,12 @@ class LeRobotWriter:
         table = self._episode_table(row, stats)
         if path.exists():  # one row group: ~150 columns of metadata per group add up otherwise
             old = pq.read_table(path)
-            table = pa.concat_tables([old, table.cast(old.schema)])
+            if set(old.column_names) != set(table.column_names):
+                raise DatasetError(
+                    f"{path} has other columns than this episode's row would "
+                    f"({sorted(set(old.column_names) ^ set(table.column_names))[:6]})"
+                )
+            table = pa.concat_tables([old, table.select(old.column_names).cast(old.schema)])
         _write_parquet(path, [table], table.schema)
 
     # ---- after a crash --------------------------------------------------------------------
