@@ -286,7 +286,8 @@ def test_floods_are_bounded_and_a_valid_chunk_still_moves_the_arm(live):
     # The arm still follows a valid chunk: pan to +20 degrees.
     target = np.array([20.0, 0, 0, 0, 0, 50.0], np.float32)
     start = live.bus.servo(1).get("Goal_Position")
-    for _ in range(5):
+    deadline = time.monotonic() + 15  # a loaded machine may lag; the arm must move in the end
+    while live.bus.servo(1).get("Goal_Position") == start and time.monotonic() < deadline:
         live.push.send_multipart(
             link.encode(
                 "obs",
