@@ -8,7 +8,6 @@ gripper 0..100); none touches a socket or a clock.
   DECIDE.
 - ``ChunkFollower``: executes action chunks from a VLA, aggregated the way LeRobot's async client
   does (by timestep; overlapping steps blended old/new).
-- ``LatentActor``: a Dreamer actor reading the latent (Pendulum).
 """
 
 from __future__ import annotations
@@ -327,7 +326,6 @@ class GraspPolicy:
                 )
             return PENDING
         self._waiting_fresh = False
-        self.gate.estimator = self.estimator  # for gates that still read it (older callers)
         verdict = self.gate(t, aim, roll_hint, self.estimator.state)
         if verdict == PENDING:
             return verdict
@@ -451,18 +449,4 @@ class ChunkPolicy:
     ) -> np.ndarray | None:
         action = self.follower.act(tick)
         self.phase = "following" if action is not None else "waiting"
-        return action
-
-
-class LatentActor:
-    """A Dreamer actor on the latent state: deterministic (its mode)."""
-
-    def __init__(self, behavior, world_model):
-        self.behavior, self.wm = behavior, world_model
-
-    def __call__(self, state) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            action = self.behavior.policy(state, sample=False)  # [-1, 1], model units
         return action

@@ -340,7 +340,7 @@ def run_sim(job: GraspJob, out: Path, live: bool = True, rerun: Path | None = No
                 time.sleep(0.5)
                 children.start(
                     "runtime",
-                    ["robot_runtime.service", "--config", str(config)],
+                    ["robot_runtime.runtime_process", "--config", str(config)],
                     out / "runtime.log",
                 )
                 hold_wait_s = job.safety.hold_after_s + HOLD_MARGIN_S

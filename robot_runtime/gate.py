@@ -81,7 +81,6 @@ class GraspGate:
     config: GraspControllerConfig
     rate_hz: float
     threshold: float = 0.5
-    estimator: Any = None  # older callers: the belief is read from here when not passed
     decisions: list[Decision] = field(default_factory=list)
     background: bool = False
     on_decision: list = field(default_factory=list)
@@ -92,14 +91,10 @@ class GraspGate:
         xy, yaw = aim
         return commit_plan(xy, yaw, roll_hint, self.config, self.rate_hz, self.predictor.horizon)
 
-    def forecast(self, aim: tuple[np.ndarray, float], roll_hint: float = 0.0, state=None):
-        state = self.estimator.state if state is None else state
+    def forecast(self, aim: tuple[np.ndarray, float], roll_hint: float, state):
         return self.predictor.forecast(state, self.plan(aim, roll_hint))
 
-    def __call__(
-        self, t: float, aim: tuple[np.ndarray, float], roll_hint: float = 0.0, belief=None
-    ) -> str:
-        belief = self.estimator.state if belief is None else belief
+    def __call__(self, t: float, aim: tuple[np.ndarray, float], roll_hint: float, belief) -> str:
         if not self.background:
             return self._decide(t, self.forecast(aim, roll_hint, belief), aim, roll_hint, belief)
         if self._pending is None:

@@ -1,13 +1,10 @@
-"""The runtime: the fast loop on the world model's latent, corrected by the slow process.
+"""The runtime's I/O shell around the control step (control.py).
 
-Per tick: swap in finished corrections; drain the observation socket (keep-newest) into the
-estimator; read the joints; let the controller choose targets from the latent; pass them through
-safety (limits, step clamp, staleness watchdog); write them to the arm; advance the latent with
-the prior and the action sent; answer queries; publish telemetry. A malformed message is counted
-and dropped; the loop never waits for the slow process.
-
-Run: ``python -m robot_runtime.service --config configs/sim_grasp.yaml`` (what `kiwi sim`
-starts), or through ``kiwi run`` on a real arm.
+Per tick: swap in finished corrections; drain the observation socket within its budget, check
+every message (messages.py) and apply the newest observation and chunk; answer queries; run the
+control step (read, estimate, policy, safety, write, predict); publish telemetry. A bad message
+is counted and dropped; the loop never waits for the slow process. ``serve`` runs it on any arm
+(`kiwi run`); robot_runtime/runtime_process.py is the runtime process of `kiwi sim`.
 """
 
 from __future__ import annotations
@@ -18,9 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from drivers.arm import LEROBOT_JOINTS
 from drivers.errors import BusError
 
 from . import link
@@ -32,75 +27,6 @@ from .loop import FastLoop, LoopStats
 from .messages import MessageLimits, Rejected, check_observation, check_plan
 from .policies import build_policy
 from .safety import BusHealth, SafetyConfig
-
-
-class RemoteSimArm:
-    """The simulated world's arm over ZeroMQ (same interface as drivers.arm.Arm): targets go
-    out on the command socket, joints come back on the state socket."""
-
-    joint_names = LEROBOT_JOINTS
-
-    def __init__(self, ctx: link.Context, job: GraspJob):
-        import zmq
-
-        from sim.kinematics import JOINT_LIMITS_DEG
-
-        self.commands = ctx.connect(zmq.PUSH, job.link.command, hwm=16)
-        self.state = ctx.connect(zmq.SUB, job.link.sim_state, hwm=64)
-        self.state.setsockopt(zmq.SUBSCRIBE, b"")
-        self._limits = JOINT_LIMITS_DEG.astype(float)
-        self.joints: np.ndarray | None = None
-        self.truth: link.Message | None = None
-        self.counter: dict = {}
-
-    @property
-    def limits(self) -> np.ndarray:
-        return self._limits
-
-    def connect(self) -> None:
-        pass
-
-    def reset(self, seed: int, timeout_s: float = 5.0) -> np.ndarray:
-        """Starts an episode in the simulated world; returns its first joint state."""
-        self.joints, deadline = None, time.monotonic() + timeout_s
-        self.commands.send_multipart(link.encode("reset", meta={"seed": seed}))
-        while time.monotonic() < deadline:
-            self._drain()
-            if self.joints is not None:
-                return self.joints
-            time.sleep(0.005)
-        raise TimeoutError("the simulated world did not answer a reset (is it running?)")
-
-    def _drain(self) -> None:
-        for msg in link.drain(self.state, self.counter, max_messages=256):
-            if msg.kind == "sim_state":
-                self.joints = np.asarray(msg.arrays["state"], float)
-            elif msg.kind == "truth":
-                self.truth = msg
-
-    def read_joints(self) -> np.ndarray:
-        self._drain()
-        if self.joints is None:
-            raise BusError("no joint state from the simulated world yet")
-        return self.joints.copy()
-
-    def write_targets(self, targets: np.ndarray) -> None:
-        """Sends without blocking; a world that has stopped reading (gone) is a failed bus
-        cycle for the runtime to count, like a servo that does not answer."""
-        import zmq
-
-        try:
-            self.commands.send_multipart(
-                link.encode("targets", {"targets": np.asarray(targets, np.float64)}),
-                flags=zmq.NOBLOCK,
-            )
-        except zmq.Again:
-            raise BusError("the simulated world takes no commands (gone?)") from None
-
-    def disconnect(self, torque_off: bool = True) -> None:
-        self.commands.close(0)
-        self.state.close(0)
-
 
 TRIM_EVERY_S = 60.0
 
@@ -610,63 +536,3 @@ def load_world_model(spec: str):
 
     wm, _, _ = WorldModel.load(resolve(spec))
     return wm.eval()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The runtime process of `kiwi sim`: grasp attempts on the simulated world's arm."""
-    import argparse
-    import signal
-
-    from .config import load_config
-
-    parser = argparse.ArgumentParser(description="the runtime process of `kiwi sim`")
-    parser.add_argument("--config", default="sim_grasp")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args(argv)
-    job, _ = load_config(args.config, GraspJob, args.overrides)
-    torch.set_num_threads(job.runtime.threads)
-    wm = load_world_model(job.runtime.checkpoint)
-    built = build_policy(job, "grasp")
-    if built.note:
-        print(built.note, flush=True)
-    policy = built.policy
-    ctx = link.Context()
-    arm = RemoteSimArm(ctx, job)
-    runtime = Runtime(job, wm, arm, ctx=ctx, policy=policy)
-    stopping: dict[str, str | None] = {"reason": None}
-
-    def on_signal(signum, frame):
-        stopping["reason"] = signal.Signals(signum).name
-        if runtime.loop is not None:
-            runtime.loop.stop(stopping["reason"])
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    print("runtime ready", flush=True)
-    time.sleep(0.3)  # let subscribers connect before the first events
-    code = 0
-    try:
-        for i in range(job.sim.attempts):
-            if stopping["reason"] or runtime.stop_reason:
-                break
-            runtime.run_attempt(
-                job.sim.seed + i, job.sim.episode_s, lambda: stopping["reason"] is not None
-            )
-    except TimeoutError as e:  # the world is gone: nothing to hold
-        stopping["reason"] = str(e)
-        print(f"runtime: {e}", flush=True)
-        code = 1
-    finally:
-        runtime.hold_on_stop()
-        reason = stopping["reason"] or runtime.stop_reason or "finished"
-        runtime.publish("event", {}, {"event": "done", "reason": reason})
-        time.sleep(0.1)
-        arm.disconnect()
-        runtime.close()
-    return 1 if runtime.stop_reason else code
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -194,7 +194,7 @@ def child_pids(pid: int) -> dict[str, int]:
     roles = {
         "robot_runtime.sim_world": "sim world",
         "slow": "slow",
-        "robot_runtime.service": "runtime",
+        "robot_runtime.runtime_process": "runtime",
     }
     out = {}
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()

@@ -145,8 +145,9 @@ def test_a_background_gate_holds_at_decide_until_its_forecast_is_in():
     predictor = FakeSlowPredictor(0.2, p=0.9)
     gate = GraspGate(predictor, GraspControllerConfig(), 50.0, 0.5, background=True)
     belief = Belief(model)
-    gate.estimator = belief
-    controller = GraspController(GraspControllerConfig(), gate)
+    controller = GraspController(
+        GraspControllerConfig(), lambda t, aim, roll: gate(t, aim, roll, belief.state)
+    )
     joints = np.array([0.0, -70.0, 30.0, 90.0, 0.0, 100.0])
     controller.reset(0.0, joints)
     estimate = np.array([0.0, 0.02, 0.22, 10.0])
@@ -174,9 +175,8 @@ def test_a_new_attempt_discards_the_forecast_of_the_one_before():
     gate = GraspGate(
         FakeSlowPredictor(0.05, p=0.9), GraspControllerConfig(), 50.0, 0.5, background=True
     )
-    gate.estimator = Belief(model)
     policy = GraspPolicy(GraspController(GraspControllerConfig()), gate)
-    policy.estimator = gate.estimator
+    policy.estimator = Belief(model)
     policy._t_observed = 0.0  # a fresh belief: the gate starts a forecast
     assert policy._decide(0.0, (np.array([0.19, 0.0]), 0.0), 0.0) == PENDING
     assert gate.in_flight
@@ -193,10 +193,10 @@ def test_background_and_inline_gates_give_the_same_forecast():
     for background in (False, True):
         predictor = GraspPredictor(model, head, 5, 8, seed=3)
         gate = GraspGate(predictor, GraspControllerConfig(), 50.0, 0.5, background=background)
-        gate.estimator = Belief(model)
-        verdict = gate(0.0, aim)
+        belief = Belief(model).state
+        verdict = gate(0.0, aim, 0.0, belief)
         while verdict == PENDING:
-            verdict = gate(0.0, aim)
+            verdict = gate(0.0, aim, 0.0, belief)
         answers.append((verdict, gate.decisions[-1].p_success))
         gate.close()
     assert answers[0] == answers[1]
