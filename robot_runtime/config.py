@@ -123,6 +123,14 @@ class FaultConfig(Frozen):
         0.2, gt=0, le=1, description="share of failed cycles over the window before stopping"
     )
     window_ticks: int = Field(500, ge=10, description="the window for max_failure_rate")
+    bus_timeout_ms: float = Field(
+        20.0,
+        gt=0,
+        description="a whole reply's wait; 20 ms tolerates a USB adapter's 16 ms latency timer",
+    )
+    bus_retries: int = Field(
+        2, ge=0, description="extra attempts at a transaction before the cycle counts as failed"
+    )
 
 
 class RuntimeConfig(Frozen):

@@ -114,6 +114,7 @@ def emulated_run(
     faults=None,
     checkpoint: str | None = None,
     progress=None,
+    overrides_extra: list[str] | tuple[str, ...] = (),
 ) -> dict:
     """`kiwi run` for ``seconds`` on an emulated arm with a poster; samples as it goes."""
     import zmq
@@ -133,6 +134,7 @@ def emulated_run(
     overrides = [f"link.obs={obs}", f"link.query={query}", f"link.telemetry={tele}"]
     if checkpoint:
         overrides.append(f"runtime.checkpoint={checkpoint}")
+    overrides += list(overrides_extra)
     samples: list[Sample] = []
     with VirtualBus.for_arm(config, faults=faults) as bus:
         cmd = [sys.executable, "-m", "robot_runtime.cli", "run", "--robot", robot]
@@ -249,7 +251,14 @@ def run_faults(args) -> int:
             f"{protocol}: {args.drop:.0%} dropped + {args.corrupt:.0%} corrupted replies, "
             f"{args.stall:.0%} of cycles stalled {args.stall_ms:g} ms, {args.minutes:g} min"
         )
-        run = emulated_run(protocol, seconds, args.sample_s, faults, progress=_print_samples)
+        run = emulated_run(
+            protocol,
+            seconds,
+            args.sample_s,
+            faults,
+            progress=_print_samples,
+            overrides_extra=args.overrides,
+        )
         r = run["result"]
         bus = r.get("bus", {})
         row = {

@@ -194,5 +194,13 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample-s", type=float, default=30.0, help="seconds between samples")
     p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for `kiwi run`, e.g. runtime.faults.bus_timeout_ms=8",
+    )
+    p.add_argument(
         "--json", nargs="?", const="bench-faults.json", metavar="FILE", help="write JSON"
     )

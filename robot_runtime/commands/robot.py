@@ -32,6 +32,7 @@ def _run(args, job) -> int:
     import time
 
     from drivers.arm import ARMS, ServoArm
+    from drivers.bus import BusSettings
     from drivers.ports import latency_warning
 
     from .. import link
@@ -52,7 +53,9 @@ def _run(args, job) -> int:
     if warning:
         print(warning)
     wm = load_world_model(job.runtime.checkpoint)
-    arm = ServoArm(config, robot.port, robot.calibration)
+    faults = job.runtime.faults
+    settings = BusSettings(timeout_s=faults.bus_timeout_ms / 1000, retries=faults.bus_retries)
+    arm = ServoArm(config, robot.port, robot.calibration, settings)
     built = build_policy(job, args.controller)  # the same policy and gate as `kiwi sim`
     if built.note:
         print(built.note)
