@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from sim.grasp_plan import smoothstep, wrap_quarter_rad
 from sim.kinematics import Unreachable, forward, reach_top_down
 from sim.perception import camera_to_world
 
@@ -40,11 +41,6 @@ WAIT, SEARCH = "wait", "search"
 COMMITTED = (CLOSE, LIFT, HOLD)  # the approved plan, played from the aim fixed at DECIDE
 
 
-def smoothstep(s: float) -> float:
-    s = min(max(s, 0.0), 1.0)
-    return s * s * (3.0 - 2.0 * s)
-
-
 def cube_in_world(object_cam: np.ndarray, joints_deg: np.ndarray) -> tuple[np.ndarray, float]:
     """(cube xy, closing yaw in radians) from a camera-frame estimate and the measured joints."""
     pose = forward(np.radians(np.asarray(joints_deg[:5], float)))
@@ -62,7 +58,7 @@ class GraspEvent:
 def blend_aim(old, new, gain: float):
     """``gain`` of the way from aim ``old`` to ``new``; yaw the short way round (a cube looks
     the same every 90 degrees)."""
-    d_yaw = (new[1] - old[1] + math.pi / 4) % (math.pi / 2) - math.pi / 4
+    d_yaw = wrap_quarter_rad(new[1] - old[1])
     return old[0] + gain * (np.asarray(new[0]) - old[0]), old[1] + gain * d_yaw
 
 

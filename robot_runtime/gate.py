@@ -10,37 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from sim.kinematics import reach_top_down
+from sim.grasp_plan import commit_plan
 
 from .config import GraspControllerConfig
-
-
-def commit_plan(
-    xy: np.ndarray,
-    yaw: float,
-    roll_hint: float,
-    c: GraspControllerConfig,
-    rate_hz: float,
-    horizon: int,
-) -> np.ndarray:
-    """``[horizon, 6]`` targets (degrees, gripper): hold the grasp pose and close the gripper
-    over ``close_s``, then start to lift (what COMMIT does)."""
-    close_ticks = max(1, int(round(c.close_s * rate_hz)))
-    lift_ticks = max(1, int(round(c.lift_s * rate_hz)))
-    rows = []
-    for k in range(horizon):
-        if k < close_ticks:
-            s = (k + 1) / close_ticks
-            z, grip = c.grasp_height_m, 100.0 * (1.0 - s * s * (3 - 2 * s))
-        else:
-            s = min(1.0, (k - close_ticks + 1) / lift_ticks)
-            z, grip = (
-                c.grasp_height_m + s * s * (3 - 2 * s) * (c.lift_height_m - c.grasp_height_m),
-                0.0,
-            )
-        q = reach_top_down(xy, z, yaw, roll_hint)
-        rows.append(np.append(np.degrees(q), grip))
-    return np.array(rows, np.float32)
 
 
 @dataclass

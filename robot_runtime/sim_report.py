@@ -75,7 +75,9 @@ def world_pose(object_cam: np.ndarray, joints_deg: np.ndarray | None) -> np.ndar
 
 def yaw_error_deg(a_deg: float, b_deg: float) -> float:
     """Yaw difference of a cube (the same every 90 degrees), 0..45."""
-    return abs((a_deg - b_deg + 45.0) % 90.0 - 45.0)
+    from sim.perception import wrap_quarter_deg
+
+    return abs(wrap_quarter_deg(a_deg - b_deg))
 
 
 def nearest(times: np.ndarray, t: float) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .grasp_plan import smoothstep
 from .kinematics import forward, reach_top_down
 from .perception import camera_to_world
 
@@ -47,11 +48,6 @@ class GraspTiming:
             + self.lift_s
             + self.hold_s
         )
-
-
-def smoothstep(s: float) -> float:
-    s = min(max(s, 0.0), 1.0)
-    return s * s * (3.0 - 2.0 * s)
 
 
 class ScriptedGrasp:
