@@ -105,3 +105,18 @@ def test_keys_adds_another_client(tmp_path, capsys):
         "laptop.key",
     ]
     assert main(["keys", "--out", str(out), "--role", "client", "--name", "server"]) == 2
+
+
+@pytest.mark.slow
+def test_bench_faults_and_soak_short_runs_write_their_figures(tmp_path, capsys):
+    """`kiwi run` on a flaky emulated bus for a few seconds, then on a clean one: the runs end
+    by themselves (no stop), and the figures are written."""
+    out = tmp_path / "faults.json"
+    args = ["bench", "faults", "--minutes", "0.1", "--protocols", "dynamixel"]
+    assert main([*args, "--sample-s", "2", "--json", str(out)]) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["stopped"] is None and run["ticks"] > 100 and run["retries"] > 0
+    out = tmp_path / "soak.json"
+    assert main(["bench", "soak", "--minutes", "0.1", "--sample-s", "2", "--json", str(out)]) == 0
+    soak = json.loads(out.read_text())
+    assert soak["samples"] and soak["returncode"] == 0
