@@ -17,7 +17,7 @@ from drivers.errors import BusError
 from . import link
 from .config import GraspJob
 from .policies import build_policy
-from .service import Runtime, load_world_model
+from .service import Runtime, load_world_model, tune_allocator
 
 
 class RemoteSimArm:
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if built.note:
         print(built.note, flush=True)
     policy = built.policy
+    tune_allocator()
     ctx = link.Context()
     arm = RemoteSimArm(ctx, job)
     runtime = Runtime(job, wm, arm, ctx=ctx, policy=policy)
