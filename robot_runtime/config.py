@@ -210,7 +210,7 @@ class GraspGateConfig(Frozen):
     samples: int = Field(64, ge=1, description="K rollouts per forecast")
     horizon: int = Field(20, ge=1, description="H ticks of the commit plan rolled out")
     max_belief_age_s: float = Field(
-        0.5,
+        0.8,
         gt=0,
         description="never decide on a belief whose newest observation is older: wait for one",
     )

@@ -90,6 +90,7 @@ class GraspController:
         self.config, self.gate, self.max_retries, self.aim_mode = config, gate, max_retries, aim
         self.aim_offset = np.asarray(aim_offset_m, float)
         self._fresh = True
+        self.seen_from: np.ndarray | None = None  # SEARCH: joints the cube was seen from
         self.events: list[GraspEvent] = []
         self.phase = DONE
 
@@ -177,11 +178,20 @@ class GraspController:
                 self.start_q = np.radians(np.asarray(joints_deg[:5], float))
                 self.aim = self._aim_at(object_estimate, joints_deg)
                 self._enter(APPROACH, t, replanned=True)
-        elif self.phase == SEARCH:  # blind: look down at where the cube was, then from higher
-            s_search = t - self.t_phase
-            z = c.pregrasp_height_m if s_search < 0.5 * c.lost_after_s else c.search_height_m
-            q = reach_top_down(xy, z, yaw, self.roll_hint)
+        elif self.phase == SEARCH:  # blind: back to where the camera last saw the cube, then
+            s_search = t - self.t_phase  # look down from above the aim, then from higher
             grip = self.search_grip
+            if self.seen_from is not None and s_search < c.lost_after_s / 3:
+                q = self.seen_from
+            elif s_search < 2 * c.lost_after_s / 3:
+                q = reach_top_down(xy, c.pregrasp_height_m, yaw, self.roll_hint)
+            else:  # a wider view, where the arm can reach it; else where it saw the cube
+                try:
+                    q = reach_top_down(xy, c.search_height_m, yaw, self.roll_hint)
+                except Unreachable:
+                    if self.seen_from is None:
+                        raise
+                    q = self.seen_from
         elif self.phase == CLOSE:
             q = reach_top_down(xy, c.grasp_height_m, yaw, self.roll_hint)
             grip = 100.0 * (1.0 - smoothstep(s / c.close_s))
@@ -200,10 +210,14 @@ class GraspController:
             return np.asarray(joints_deg, float).copy()
         return np.append(np.degrees(q), grip)
 
-    def search(self, t: float, joints_deg: np.ndarray, **detail) -> None:
-        """Observations stopped: look for the cube from above where it was last believed to be
-        (pre-grasp height, then ``search_height_m``), gripper as it is."""
+    def search(
+        self, t: float, joints_deg: np.ndarray, seen_from: np.ndarray | None = None, **detail
+    ) -> None:
+        """Observations stopped: look for the cube, gripper as it is: first from ``seen_from``
+        (the joints of the last observation: the camera saw the cube from there), then from
+        above where it is believed to be (pre-grasp height, then ``search_height_m``)."""
         self.search_grip = float(joints_deg[5])
+        self.seen_from = None if seen_from is None else np.radians(np.asarray(seen_from[:5]))
         self._enter(SEARCH, t, **detail)
 
     def replan(self, t: float, joints_deg: np.ndarray, object_estimate: np.ndarray) -> None:
@@ -294,7 +308,7 @@ class GraspPolicy:
         controller: GraspController,
         gate=None,
         fresh_s: float = 0.5,
-        max_belief_age_s: float = 0.5,
+        max_belief_age_s: float = 0.8,
     ):
         self.controller = controller
         self.gate = gate
@@ -303,6 +317,7 @@ class GraspPolicy:
         self.estimator: Any = None  # the runtime's LatentEstimator, as of the last act()
         self._applied, self._t_observed = 0, -math.inf
         self._waiting_fresh = False
+        self._seen_from: np.ndarray | None = None
         if gate is not None:
             controller.gate = self._decide
         self.waiting = True
@@ -349,6 +364,7 @@ class GraspPolicy:
         self.waiting = True
         self._applied, self._t_observed = 0, -math.inf
         self._waiting_fresh = False
+        self._seen_from = None
         self.controller.phase = WAIT
         self.controller.events.clear()
 
@@ -366,6 +382,7 @@ class GraspPolicy:
         self.estimator = estimator
         if estimator.stats.applied != self._applied:
             self._applied, self._t_observed = estimator.stats.applied, t
+            self._seen_from = np.asarray(joints, float).copy()
         c = self.controller
         if self.waiting:
             if estimator.stats.applied == 0:
@@ -384,7 +401,7 @@ class GraspPolicy:
         elif blind and c.phase not in COMMITTED:
             if c.phase == DECIDE and self.gate is not None:
                 self.gate.discard()  # a forecast from a belief about to go stale
-            c.search(t, joints, was=c.phase, watchdog=mode)
+            c.search(t, joints, self._seen_from, was=c.phase, watchdog=mode)
         fresh = t - self._t_observed <= self.fresh_s
         return c.act(t, joints, estimator.decode()["object"], fresh)
 

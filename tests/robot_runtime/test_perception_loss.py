@@ -107,17 +107,19 @@ def test_a_search_that_finds_nothing_ends_the_attempt_as_lost():
     assert search.detail["was"] == APPROACH
 
 
-def test_the_search_looks_from_higher_after_half_its_time():
+def test_the_search_goes_back_to_where_the_cube_was_seen_then_looks_down_at_the_aim():
     from sim.kinematics import forward
 
     c = GraspControllerConfig(lost_after_s=4.0)
     policy = GraspPolicy(GraspController(c))
     policy.reset(0.0)
-    run(policy, [NORMAL] * 30)
+    run(policy, [NORMAL] * 30)  # the last observation came while the arm was at JOINTS
     _, targets = run(policy, [HOLD] * 190, t0=0.6)
-    first = forward(np.radians(targets[10][:5])).camera_pos[2]
-    late = forward(np.radians(targets[-1][:5])).camera_pos[2]
-    assert late - first > 0.04, "the second half of the search looks from higher up"
+    assert np.allclose(targets[10], np.append(JOINTS[:5], JOINTS[5]))  # back where it saw it
+    seen = forward(np.radians(targets[10][:5])).camera_pos[2]
+    down = forward(np.radians(targets[100][:5])).camera_pos[2]  # 2 s in: above the aim
+    assert seen - down > 0.04, "the second stage looks down from pre-grasp height"
+    assert all(t is not None for t in targets)
 
 
 def test_the_gate_waits_for_a_fresh_belief_before_deciding():
