@@ -23,6 +23,7 @@ from .bus import BusSettings, MotorBus
 from .errors import BusError
 from .tables import MODELS
 
+CONNECT_RETRIES = 5  # per transaction while connecting
 LEROBOT_JOINTS = (
     "shoulder_pan",
     "shoulder_lift",
@@ -176,6 +177,12 @@ class ServoArm:
         cal.validate(self.calibration, self._cal_source, self._expected, self._model)
         self._cal = [self.calibration[m.name] for m in self.config.motors]
         self.bus.open()
+        # Setting up is not time-critical: a reply lost then is asked for again more often than
+        # in the loop (LeRobot's calibration uses five retries too).
+        loop_settings = self.bus.settings
+        self.bus.settings = replace(
+            loop_settings, retries=max(loop_settings.retries, CONNECT_RETRIES)
+        )
         try:
             self._check_servos()
             self._torque(False)  # EEPROM (offsets, limits, modes) is writable only with torque off
@@ -186,6 +193,8 @@ class ServoArm:
         except BaseException:
             self.bus.close()
             raise
+        finally:
+            self.bus.settings = loop_settings
         self.connected = True
 
     def _check_servos(self) -> None:

@@ -85,11 +85,13 @@ def test_kiwi_run_on_the_emulator_follows_holds_and_turns_torque_off(tmp_path):
             env={**os.environ, "COLUMNS": "160"},  # the width the live line fits (a pipe has none)
         )
         try:
+            started = []
             for line in proc.stdout:
+                started.append(line)
                 if line.strip() == "ready":
                     break
             else:
-                raise AssertionError("kiwi run did not start")
+                raise AssertionError("kiwi run did not start:\n" + "".join(started))
             assert all(bus.servo(i).torque for i in range(1, 7)), "torque on after connect"
             ctx = link.Context()
             push = ctx.connect(zmq.PUSH, f"tcp://127.0.0.1:{obs_port}")
