@@ -375,8 +375,9 @@ class GraspPolicy:
         self, t: float, tick: int, joints: np.ndarray, estimator, mode: str = "normal"
     ) -> np.ndarray | None:
         """Targets for this tick, or None to hold. ``mode`` is the watchdog's. While it is not
-        normal (observations are late or gone) the controller searches (SEARCH: looks from above
-        where the cube was) instead of acting on a stale belief, and no commit happens; fresh
+        normal (observations are late or gone) the controller searches (SEARCH: back to the joints
+        it last saw the cube from, then from above where it believes the cube is) instead of
+        acting on a stale belief, and no commit happens; fresh
         observations bring a new approach from the belief they made; a search longer than
         ``lost_after_s`` ends the attempt as ``lost``. A committed grasp finishes regardless."""
         self.estimator = estimator
