@@ -61,9 +61,16 @@ class LoopStats:
     jitter_s: Ring = field(default_factory=lambda: Ring(100_000))
     tick_s: Ring = field(default_factory=lambda: Ring(100_000))
 
-    def summary(self) -> dict:
-        j = self.jitter_s.values() * 1e6 if len(self.jitter_s) else np.zeros(1)
-        d = self.tick_s.values() * 1e6 if len(self.tick_s) else np.zeros(1)
+    def summary(self, recent: int | None = None) -> dict:
+        """Counts since the start; percentiles over the whole ring, or over the ``recent`` last
+        ticks (a status reply asked for in a tick must not sort 100,000 samples)."""
+
+        def samples(ring: Ring) -> np.ndarray:
+            if not len(ring):
+                return np.zeros(1)
+            return (ring.last(recent) if recent else ring.values()) * 1e6
+
+        j, d = samples(self.jitter_s), samples(self.tick_s)
         return {
             "ticks": self.ticks,
             "overruns": self.overruns,

@@ -29,6 +29,7 @@ from .policies import build_policy
 from .safety import BusHealth, SafetyConfig
 
 TRIM_EVERY_S = 60.0
+STATUS_TICKS = 3000
 
 
 MMAP_THRESHOLD_BYTES = 16 * 1024
@@ -351,7 +352,8 @@ class Runtime:
         return gate.submit(forecast)
 
     def status(self) -> dict:
-        stats = self.loop.stats.summary() if self.loop else LoopStats().summary()
+        # the last ~minute at 50 Hz: answered inside a tick, and twice a second for the live line
+        stats = (self.loop.stats if self.loop else LoopStats()).summary(recent=STATUS_TICKS)
         return {
             "loop": stats,
             "estimator": self.estimator.stats.summary(),
