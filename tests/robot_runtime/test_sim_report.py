@@ -102,8 +102,8 @@ def test_the_summary_holds_outcomes_totals_and_both_errors():
     assert summary["observations_applied"] == 70, "the sum of each attempt's own count"
     assert math.isclose(summary["estimate_error_mm_median"], 4.0, abs_tol=0.05)
     assert math.isclose(summary["perception_error_mm_median"], 10.0, abs_tol=0.05)
-    # 300 estimates 40 deg off (more than the scored ones) before the first observation would move the median (2 deg in
-    # the camera frame is 1.8 in the world frame, the camera tilted)
+    # 300 estimates 40 deg off before the first observation (more than the scored ones) would
+    # move the median; 2 deg in the camera frame is 1.8 in the world frame (the camera tilts)
     assert math.isclose(summary["estimate_error_deg_median"], 1.80, abs_tol=0.05), "not scored"
     assert 4.0 < summary["perception_error_deg_median"] < 8.0
     first = summary["per_attempt"][0]
