@@ -64,9 +64,9 @@ def build_policy(
 
     if predictor is None:
         from world_model.checkpoint import load_tensors
+        from world_model.grasp import load_grasp_predictor
 
         from .assets import resolve
-        from .grasp_training import load_grasp_predictor
 
         path = resolve(checkpoint or job.runtime.checkpoint)
         groups, _ = load_tensors(path)

@@ -26,7 +26,7 @@ from .gate import commit_plan
 from .loop import FastLoop, LoopStats
 from .messages import MessageLimits, Rejected, check_observation, check_plan
 from .policies import build_policy
-from .safety import BusHealth, SafetyConfig
+from .safety import BusHealth
 
 TRIM_EVERY_S = 60.0
 STATUS_TICKS = 3000
@@ -101,7 +101,7 @@ class Runtime:
             LatentEstimator(wm, self.period, rc.buffer_ticks, rc.mode, rc.seed),
             policy or build_policy(job, "grasp", gated=False).policy,
             arm,
-            SafetyConfig(s.max_step_deg, s.slow_after_s, s.hold_after_s, s.slow_factor),
+            s,
             BusHealth(f.max_consecutive_failures, f.max_failure_rate, f.window_ticks),
             self.period,
         )
