@@ -47,8 +47,13 @@ class Forecast:
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T minimising the NLL of sigmoid(logit / T) (golden-section on log T)."""
+    """The temperature T minimising the NLL of sigmoid(logit / T) (golden-section on log T);
+    1 (no change) when there is nothing to fit: no finite logit."""
     logits, labels = np.asarray(logits, float), np.asarray(labels, float)
+    keep = np.isfinite(logits) & np.isfinite(labels)
+    logits, labels = logits[keep], labels[keep]
+    if len(logits) == 0:
+        return 1.0
 
     def nll(log_t: float) -> float:
         z = logits / np.exp(log_t)
@@ -85,6 +90,10 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, l2: float = 1e-3) -> Calib
     under-confident on one side, which a temperature alone cannot; where the fit would flip
     the ranking (a <= 0) it falls back to the temperature."""
     z, y = np.asarray(logits, float), np.asarray(labels, float)
+    keep = np.isfinite(z) & np.isfinite(y)
+    z, y = z[keep], y[keep]
+    if len(y) < 2 or y.min() == y.max():  # one class (or none): a bias would run off to infinity
+        return Calibration(fit_temperature(z, y), 0.0)
     x = np.stack([z, np.ones_like(z)], 1)
 
     def nll(w: np.ndarray) -> float:
