@@ -296,11 +296,18 @@ def watch_run(
         sleep(POLL_S)
 
 
-def run_sim(job: GraspJob, out: Path, live: bool = True, rerun: Path | None = None) -> dict:
+def run_sim(
+    job: GraspJob,
+    out: Path,
+    live: bool = True,
+    rerun: Path | None = None,
+    record: Path | None = None,
+) -> dict:
     """Runs `kiwi sim` into ``out`` and returns the summary; ``rerun``: also write a Rerun
-    recording there. A run that did not complete still writes its summary and plot, prints the
-    summary, and then raises: ChildProcessError (one line: what died) or KeyboardInterrupt
-    (Ctrl-C or SIGTERM)."""
+    recording there; ``record``: the runtime writes each attempt into this LeRobot dataset
+    folder (attempt_recording.py). A run that did not complete still writes its summary and
+    plot, prints the summary, and then raises: ChildProcessError (one line: what died) or
+    KeyboardInterrupt (Ctrl-C or SIGTERM)."""
     out.mkdir(parents=True, exist_ok=True)
     ports = free_ports(len(LINK_KEYS))
     addresses = {k: f"tcp://127.0.0.1:{p}" for k, p in zip(LINK_KEYS, ports)}
@@ -338,9 +345,10 @@ def run_sim(job: GraspJob, out: Path, live: bool = True, rerun: Path | None = No
                     "slow", ["robot_runtime.cli", "slow", "--config", str(config)], out / "slow.log"
                 )
                 time.sleep(0.5)
+                record_args = ["--record", str(Path(record).resolve())] if record else []
                 children.start(
                     "runtime",
-                    ["robot_runtime.runtime_process", "--config", str(config)],
+                    ["robot_runtime.runtime_process", "--config", str(config), *record_args],
                     out / "runtime.log",
                 )
                 hold_wait_s = job.safety.hold_after_s + HOLD_MARGIN_S
@@ -364,6 +372,8 @@ def run_sim(job: GraspJob, out: Path, live: bool = True, rerun: Path | None = No
     if recording is not None:
         recording.close()
         summary["rerun"] = str(rerun)
+    if record is not None:
+        summary["record"] = str(record)
     jsonout.write_json(out / "summary.json", summary, indent=2)
     plot_estimate(rec, out / "estimate_vs_truth.png", summary["per_attempt"])
     if end.outcome == "completed":

@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="the runtime process of `kiwi sim`")
     parser.add_argument("--config", default="sim_grasp")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--record", help="LeRobot dataset folder: each attempt an episode")
     args = parser.parse_args(argv)
     job, _ = load_config(args.config, GraspJob, args.overrides)
     torch.set_num_threads(job.runtime.threads)
@@ -110,6 +111,20 @@ def main(argv: list[str] | None = None) -> int:
     ctx = link.Context()
     arm = RemoteSimArm(ctx, job)
     runtime = Runtime(job, wm, arm, ctx=ctx, policy=policy)
+    recorder = None
+    if args.record:
+        from .attempt_recording import AttemptRecorder
+
+        size = job.slow.image_size
+        recorder = runtime.recorder = AttemptRecorder(
+            args.record,
+            int(round(job.runtime.rate_hz)),
+            len(arm.joint_names),
+            cameras={"wrist": (size, size)},
+            camera_address=job.link.camera,
+            ctx=ctx,
+            seed=True,
+        )
     stopping: dict[str, str | None] = {"reason": None}
 
     def on_signal(signum, frame):
@@ -129,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             runtime.run_attempt(
                 job.sim.seed + i, job.sim.episode_s, lambda: stopping["reason"] is not None
             )
+            if recorder is not None and not (stopping["reason"] or runtime.stop_reason):
+                # the outcome by the simulated world's truth, as `kiwi sim` scores it
+                truth = arm.truth.header.meta if arm.truth is not None else {}
+                recorder.end(bool(truth.get("is_success")), runtime.policy.events)
     except TimeoutError as e:  # the world is gone: nothing to hold
         stopping["reason"] = str(e)
         print(f"runtime: {e}", flush=True)
@@ -139,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         runtime.publish("event", {}, {"event": "done", "reason": reason})
         time.sleep(0.1)
         arm.disconnect()
+        if recorder is not None:  # the episodes already queued are written first
+            record = recorder.close()
+            print(
+                f"recorded {record['episodes_written']} episode(s) into {record['dir']}"
+                + (f"; skipped: {'; '.join(record['skipped'])}" if record["skipped"] else "")
+                + (f"; error: {record['error']}" if record["error"] else ""),
+                flush=True,
+            )
         runtime.close()
     return 1 if runtime.stop_reason else code
 

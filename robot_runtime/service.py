@@ -133,6 +133,7 @@ class Runtime:
         self._query: Future | None = None  # a grasp forecast for a client, on the gate's worker
         self._t_grasp_query = -math.inf
         self.on_joints = None  # called with (t, joints) every tick (a camera's joints at capture)
+        self.recorder = None  # attempt_recording.AttemptRecorder: each tick's joints and command
         self._trim = memory_trimmer()
         self._t_trimmed = -math.inf
         self.trim_ms_max = 0.0
@@ -157,6 +158,8 @@ class Runtime:
         t = self.clock()
         self.control.start(t, joints)
         self.attempt = Attempt(seed, t)
+        if self.recorder is not None:
+            self.recorder.begin(seed, t)
         self.events_sent = 0
         self.publish("event", {}, {"event": "attempt_start", "seed": seed})
 
@@ -173,6 +176,8 @@ class Runtime:
             self.stop(self.control.fault)
         if self.on_joints is not None:
             self.on_joints(t, step.joints)
+        if self.recorder is not None:
+            self.recorder.tick(t, step.joints, step.command)
         self.flush_events()
         if k % self.telemetry_every == 0:
             self.publish_telemetry(t, step.joints, step.mode)
@@ -510,23 +515,46 @@ def first_joints(arm, attempts: int) -> np.ndarray:
     raise AssertionError("unreachable")
 
 
-def serve(job: GraspJob, wm, arm, policy, duration_s: float | None = None, ready=None) -> dict:
+def serve(
+    job: GraspJob,
+    wm,
+    arm,
+    policy,
+    duration_s: float | None = None,
+    ready=None,
+    recorder=None,
+) -> dict:
     """Runs the service on ``arm`` until SIGINT/SIGTERM (or ``duration_s``, or a fault that
     safety says must stop the arm); the arm is made safe on the way out (torque off, or
-    holding, as configured). Returns the run's figures, with ``stop_reason``."""
+    holding, as configured). Returns the run's figures, with ``stop_reason``. ``recorder``
+    (attempt_recording.AttemptRecorder) records the attempt as a LeRobot episode, ended when
+    the policy finishes or the run stops, labelled by ``gripper_holds`` (no truth here)."""
+    from .attempt_recording import gripper_holds
     from .loop import StopOnSignals
 
     tune_allocator()
     runtime = Runtime(job, wm, arm, policy=policy)
+    runtime.recorder = recorder
+
+    def end_recording() -> None:
+        if recorder is not None and recorder.recording:
+            recorder.end(gripper_holds(runtime.joints, runtime.command), runtime.policy.events)
+
+    def tick(k: int, t: float) -> None:
+        runtime.tick(k, t)
+        if runtime.policy.finished:
+            end_recording()
+
     arm.connect()
     try:
         runtime.start_attempt(0, first_joints(arm, job.runtime.faults.max_consecutive_failures))
-        runtime.loop = loop = FastLoop(job.runtime.rate_hz, runtime.tick, runtime.clock)
+        runtime.loop = loop = FastLoop(job.runtime.rate_hz, tick, runtime.clock)
         if ready is not None:
             ready(runtime)
         with StopOnSignals(loop):
             loop.run(duration_s=duration_s)
         reason = loop.stop_reason or "finished"
+        end_recording()
         runtime.publish("event", {}, {"event": "done", "reason": reason})
         return {
             "stop_reason": reason,

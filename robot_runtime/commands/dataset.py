@@ -14,6 +14,8 @@ def cmd_dataset_info(args) -> int:
 
     with LeRobotReader(Path(args.dir)) as ds:
         info = ds.describe()
+        if "gate.p_success" in ds.features:  # recorded by `kiwi sim/run --record`
+            info["gate"] = gate_decisions(ds)
     if args.json:
         print(jsonout.dumps(info))
         return 0
@@ -50,9 +52,37 @@ def cmd_dataset_info(args) -> int:
         )
     else:
         print("success: not labelled (no next.success)")
+    gate = info.get("gate")
+    if gate:
+        print(
+            f"gate decisions (gate.p_success): {gate['decisions']} in {gate['episodes']} "
+            f"episodes, {gate['commits']} commits; P mean {gate['p_mean']:.2f}"
+            if gate["decisions"]
+            else "gate decisions (gate.p_success): none"
+        )
     files = info["files"]
     print(f"files: {files['data']} data, {files['video']} video, {files['size_mb']:.1f} MB")
     return 0
+
+
+def gate_decisions(ds) -> dict:
+    """The commit gate's decisions a `--record` dataset holds (``gate.p_success`` and
+    ``gate.commit`` at decision frames, NaN elsewhere)."""
+    import numpy as np
+
+    ps, commits, episodes = [], 0, 0
+    for i in range(ds.num_episodes):
+        ep = ds.read_episode(i, ["gate.p_success", "gate.commit"])
+        at = np.isfinite(ep["gate.p_success"])
+        ps.extend(ep["gate.p_success"][at].tolist())
+        commits += int(np.sum(ep["gate.commit"][at] == 1))
+        episodes += bool(at.any())
+    return {
+        "decisions": len(ps),
+        "episodes": episodes,
+        "commits": commits,
+        "p_mean": float(np.mean(ps)) if ps else None,
+    }
 
 
 def cmd_dataset_convert(args) -> int:

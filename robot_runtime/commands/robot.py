@@ -75,6 +75,9 @@ def _run(args, job) -> int:
             loop=True,
             curve=curve,
         )
+    recorder, record_ctx = None, None
+    if args.record:
+        recorder, record_ctx = _recorder(args, job, robot.type, len(config.motors))
     gate = "gated" if built.gate is not None else "not gated"
     print(
         f"kiwi run: {robot.type} on {robot.port} (calibration {robot.calibration}), "
@@ -102,15 +105,25 @@ def _run(args, job) -> int:
         )
 
     try:
-        result = serve(job, wm, arm, built.policy, args.duration, ready=ready)
+        result = serve(job, wm, arm, built.policy, args.duration, ready=ready, recorder=recorder)
     finally:
         for watcher in watchers:
             watcher.stop()
+        record = recorder.close() if recorder is not None else None
+        if record_ctx is not None:
+            record_ctx.close()
         if camera is not None:
             stats = camera.stop()
             camera_summary = {**stats.summary(), "error": camera.error}
     if camera is not None:
         result["camera"] = camera_summary
+    if record is not None:
+        result["record"] = record
+        print(
+            f"recorded {record['episodes_written']} episode(s) into {record['dir']} "
+            f"(kiwi dataset info {record['dir']})"
+            + (f"; not written: {record['error']}" if record["error"] else "")
+        )
     result["robot"] = {
         "type": robot.type,
         "port": robot.port,
@@ -140,6 +153,42 @@ def _run(args, job) -> int:
         print(f"the arm was stopped: {result['fault']}")
         return 1
     return 0
+
+
+LEROBOT_ROBOT_TYPES = {
+    "so100": "so100_follower",
+    "so101": "so101_follower",
+    "koch": "koch_follower",
+}
+
+
+def _recorder(args, job, robot_type: str, n_joints: int):
+    """The `--record` recorder of `kiwi run`, and the ZeroMQ context of its camera tap (None
+    without a camera). The camera is recorded when its socket is on loopback (a CURVE-secured
+    one would need client keys this process does not hold)."""
+    from .. import link
+    from ..attempt_recording import GRASP_TASK, AttemptRecorder
+
+    cameras, address, ctx = {}, None, None
+    if args.camera:
+        name = args.camera.split("=", 1)[0]
+        if link.is_loopback(job.link.camera):
+            size = job.slow.image_size
+            cameras, address, ctx = {name: (size, size)}, job.link.camera, link.Context()
+        else:
+            print(f"--record: camera {name} not recorded ({job.link.camera} is not loopback)")
+    task = args.task or (GRASP_TASK if args.controller == "grasp" else "follow the VLA's chunks")
+    recorder = AttemptRecorder(
+        Path(args.record),
+        int(round(job.runtime.rate_hz)),
+        n_joints,
+        task=task,
+        robot_type=LEROBOT_ROBOT_TYPES.get(robot_type, robot_type),
+        cameras=cameras,
+        camera_address=address,
+        ctx=ctx,
+    )
+    return recorder, ctx
 
 
 def cmd_grasp_check(args) -> int:
@@ -236,7 +285,8 @@ def register(sub) -> None:
         "kiwi run --robot so101 --port /dev/ttyACM0 --calibration so101.json --camera wrist=0\n"
         "kiwi emulate-bus --robot so101 --link /tmp/so101 --sweep &\n"
         "kiwi calibrate --robot so101 --port /tmp/so101 --out so101.json --yes\n"
-        "kiwi run --robot so101 --port /tmp/so101 --calibration so101.json --duration 30",
+        "kiwi run --robot so101 --port /tmp/so101 --calibration so101.json --duration 30\n"
+        "kiwi run --config configs/so101.yaml --camera wrist=0 --record data/my-runs",
     )
     p.add_argument(
         "--robot", choices=["so100", "so101", "koch"], help="the arm (default: the config's)"
@@ -277,6 +327,15 @@ def register(sub) -> None:
         help="record the run for Rerun's viewer (joints, the cube as estimated and seen, "
         "phases, gate, loop timing; needs rerun-sdk)",
     )
+    p.add_argument(
+        "--record",
+        metavar="DIR",
+        help="write the attempt as an episode of a LeRobotDataset v3.0 folder (created, or "
+        "appended to): joints read, targets commanded, the --camera's frames, the gate's "
+        "P(success) at each decision; next.success when the gripper holds something at the "
+        "end (closed but blocked open)",
+    )
+    p.add_argument("--task", help="--record: the task string (default: the grasp's)")
 
     p = command(
         sub,

@@ -98,9 +98,31 @@ def cmd_sim(args) -> int:
         f"{job.slow.latency_ms:g} ms latency -> {out}  (Ctrl-C stops safely)"
     )
     rerun = Path(args.rerun) if args.rerun else None
-    summary = run_sim(job, out, live=not args.no_live, rerun=rerun)
+    record = Path(args.record) if args.record else None
+    if record is not None:  # a folder the runtime could not append to: say so before starting
+        from ..attempt_recording import check_record_dir, record_features
+
+        size = job.slow.image_size
+        features = record_features(6, {"wrist": (size, size)}, seed=True)
+        check_record_dir(record, int(round(job.runtime.rate_hz)), features)
+    summary = run_sim(job, out, live=not args.no_live, rerun=rerun, record=record)
     print_summary(summary, out)
+    if record is not None:
+        print_recorded(record)
     return 0
+
+
+def print_recorded(record: Path) -> None:
+    """One line on the dataset `--record` wrote into."""
+    from world_model.datasets import DatasetError, LeRobotReader
+
+    try:
+        with LeRobotReader(record) as ds:
+            n, frames = ds.num_episodes, ds.num_frames
+    except DatasetError as e:
+        print(f"record: {e}")
+        return
+    print(f"recorded: {record} holds {n} episode(s), {frames} frames (kiwi dataset info {record})")
 
 
 def cmd_slow(args) -> int:
@@ -191,7 +213,8 @@ def register(sub) -> None:
         "`kiwi sim replay` renders a recorded episode instead.",
         "kiwi sim\nkiwi sim --quick --out runs/sim-quick\n"
         "kiwi sim --attempts 10 --set runtime.mode=stale\n"
-        "kiwi sim --rerun runs/sim.rrd && rerun runs/sim.rrd",
+        "kiwi sim --rerun runs/sim.rrd && rerun runs/sim.rrd\n"
+        "kiwi sim --attempts 20 --record data/my-grasps && kiwi dataset info data/my-grasps",
     )
     add_config_args(sim, "sim_grasp")
     sim.add_argument("--out", help="run folder (default runs/sim-<time>)")
@@ -202,6 +225,13 @@ def register(sub) -> None:
         metavar="FILE.rrd",
         help="also record the run for Rerun's viewer (camera, joints, the cube as estimated, "
         "seen and true, phases, gate, loop timing; needs rerun-sdk): rerun FILE.rrd",
+    )
+    sim.add_argument(
+        "--record",
+        metavar="DIR",
+        help="write each attempt as an episode of a LeRobotDataset v3.0 folder (created, or "
+        "appended to): joints read, targets commanded, wrist frames, the gate's P(success) "
+        "at each decision and the outcome; `kiwi dataset info DIR` shows it",
     )
     sim_sub = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
     p = command(

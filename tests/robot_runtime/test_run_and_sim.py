@@ -15,6 +15,7 @@ from drivers.virtual_bus import VirtualBus
 from robot_runtime import link
 from robot_runtime.cli import main
 from robot_runtime.dryrun import free_ports
+from world_model.datasets import LeRobotReader
 
 from .runtime_helpers import tiny_checkpoint
 
@@ -78,6 +79,8 @@ def test_kiwi_run_on_the_emulator_follows_holds_and_turns_torque_off(tmp_path):
                 "--live",  # the status line, though stdout is a pipe
                 "--rerun",
                 str(tmp_path / "run.rrd"),
+                "--record",
+                str(tmp_path / "recorded"),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -140,6 +143,12 @@ def test_kiwi_run_on_the_emulator_follows_holds_and_turns_torque_off(tmp_path):
     status = [line for line in out.split("\r") if "bus retries" in line]
     assert status and "watchdog " in status[-1], "the live line, with the bus and the watchdog"
     assert (tmp_path / "run.rrd").stat().st_size > 1000, "the recording"
+    with LeRobotReader(tmp_path / "recorded") as ds:  # the run, ended by SIGTERM, as an episode
+        assert ds.num_episodes == 1 and ds.robot_type == "so100_follower"
+        ep = ds.read_episode(0, ["observation.state", "action", "next.done"])
+        pan = ep["observation.state"][:, 0]
+        assert pan.max() > 15 and ep["action"][:, 0].max() == pytest.approx(20, abs=0.5)
+        assert ep["next.done"][-1]
 
 
 @pytest.mark.slow
@@ -147,7 +156,7 @@ def test_kiwi_sim_quick_runs_end_to_end(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "wm.safetensors")
     out = tmp_path / "run"
     argv = ["sim", "--quick", "--no-live", "--out", str(out), "--set", f"runtime.checkpoint={ckpt}"]
-    code = main([*argv, "--rerun", str(out / "run.rrd")])
+    code = main([*argv, "--rerun", str(out / "run.rrd"), "--record", str(tmp_path / "rec")])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["attempts"] == 1 and summary["ticks"] > 100
@@ -167,3 +176,13 @@ def test_kiwi_sim_quick_runs_end_to_end(tmp_path):
     kinds = {json.loads(line)["kind"] for line in lines}
     assert {"telemetry", "event"} <= kinds
     assert (out / "estimate_vs_truth.png").stat().st_size > 10_000
+    # --record: the attempt as a LeRobot episode, labelled by the world's truth
+    with LeRobotReader(tmp_path / "rec") as ds:
+        assert ds.num_episodes == 1 and ds.fps == 50
+        ep = ds.read_episode(0)
+        assert ep["seed"][0] == summary["per_attempt"][0]["seed"]
+        assert bool(ep["next.success"][-1]) == summary["per_attempt"][0]["success"]
+        assert ep.length > 100 and ep["observation.images.wrist"].shape[1:] == (128, 128, 3)
+        p = ep["gate.p_success"]  # the tiny model has no success head: no decision
+        assert len(p) == ep.length and np.isnan(p).all()
+    assert summary["record"] == str(tmp_path / "rec")

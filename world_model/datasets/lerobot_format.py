@@ -238,6 +238,16 @@ def feature_stats(values: np.ndarray, is_image: bool) -> dict[str, np.ndarray]:
     else:
         x = values.reshape(len(values), -1)
         shape = (x.shape[1],)
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            # a column that is NaN where it does not apply (the gate's P at decision frames
+            # only): statistics of the rows that hold values; count 0 and NaN when none does
+            x = x[np.isfinite(x).all(axis=1)]
+            count = np.array([len(x)], dtype=np.int64)
+            if not len(x):
+                nan = np.full(shape, np.nan)
+                return {"min": nan, "max": nan, "mean": nan, "std": nan, "count": count} | {
+                    q: nan for q in QUANTILES
+                }
     stats = {
         "min": x.min(axis=0).reshape(shape),
         "max": x.max(axis=0).reshape(shape),
@@ -258,8 +268,10 @@ def aggregate_stats(episodes: list[dict[str, dict[str, np.ndarray]]]) -> dict:
     out: dict[str, dict[str, np.ndarray]] = {}
     for key in episodes[0] if episodes else ():
         parts = [e[key] for e in episodes if key in e]
+        parts = [p for p in parts if p["count"][0] > 0] or parts[:1]  # (see feature_stats)
         n = np.array([p["count"][0] for p in parts], dtype=np.float64)
-        w = (n / n.sum()).reshape((-1,) + (1,) * np.ndim(parts[0]["mean"]))
+        with np.errstate(invalid="ignore"):  # no values anywhere: NaN, count 0
+            w = (n / n.sum()).reshape((-1,) + (1,) * np.ndim(parts[0]["mean"]))
         means = np.stack([p["mean"] for p in parts])
         mean = (w * means).sum(axis=0)
         var = (w * (np.stack([p["std"] for p in parts]) ** 2 + (means - mean) ** 2)).sum(axis=0)
