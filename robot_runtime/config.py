@@ -133,6 +133,36 @@ class FaultConfig(Frozen):
     )
 
 
+class ChunkExecution(Frozen):
+    """How the fast loop executes a policy's action chunks (``runtime.chunk_mode``;
+    robot_runtime/chunk_modes.py)."""
+
+    old_weight: float = Field(
+        0.3, ge=0, le=1, description="blend: weight of the old chunk over the overlap (LeRobot)"
+    )
+    join_rows: int = Field(
+        10, ge=1, le=200, description="latent: rows over which a new chunk's offset decays"
+    )
+    forecast_rows: int = Field(
+        25, ge=1, le=200, description="latent: rows the prior rolls a chunk forward before it runs"
+    )
+    limit_margin_deg: float = Field(
+        1.0, ge=0, description="latent: a row this far past a joint limit refuses the chunk"
+    )
+    forecast_margin_deg: float = Field(
+        5.0, ge=0, description="latent: a forecast joint this far past a limit refuses the chunk"
+    )
+    object_shift: bool = Field(
+        True,
+        description="latent: move the chunk with the object's displacement between the "
+        "capture-time belief and the belief now (while the gripper is open)",
+    )
+    max_shift_m: float = Field(0.05, ge=0, description="latent: largest object shift applied")
+    open_above: float = Field(
+        30.0, ge=0, le=100, description="latent: rows with the gripper above this are reaching"
+    )
+
+
 class RuntimeConfig(Frozen):
     rate_hz: float = Field(50.0, ge=1, le=1000, description="fast-loop rate; the model's step")
     checkpoint: str = Field(
@@ -147,6 +177,12 @@ class RuntimeConfig(Frozen):
     seed: int = 0
     limits: InputLimits = InputLimits()
     faults: FaultConfig = FaultConfig()
+    chunk_mode: Literal["latest", "blend", "latent"] = Field(
+        "blend",
+        description="action chunks: newest wins (latest), LeRobot's weighted average over the "
+        "overlap (blend), or placed on the world model's belief at execution time (latent)",
+    )
+    chunk: ChunkExecution = ChunkExecution()
 
 
 class SlowConfig(Frozen):

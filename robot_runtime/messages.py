@@ -45,6 +45,7 @@ class Chunk:
     actions: np.ndarray  # [rows, joints] float64, joint units
     t_first: float  # time of the first row on the runtime's clock
     dt: float  # seconds between rows
+    t_capture: float = math.nan  # the observation it was computed from (the message's)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def check_chunk(msg: Message, n_joints: int, now: float, limits: MessageLimits) 
             "chunk_size",
             f"chunk spans {(rows - 1) * dt:.1f} s (at most {limits.max_chunk_s} s)",
         )
-    return Chunk(actions, float(t_first), float(dt))
+    return Chunk(actions, float(t_first), float(dt), float(msg.header.t_capture))
 
 
 def check_observation(
