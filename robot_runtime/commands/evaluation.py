@@ -70,14 +70,14 @@ def cmd_eval_policy(args) -> int:
     import torch
 
     from .. import jsonout
-    from ..chunk_policy import SHIPPED, load
+    from ..bc_eval import evaluate_policy
+    from ..bc_policy import SHIPPED, load
+    from ..bc_training import BCPolicyJob
     from ..config import load_config
-    from ..policy_eval import evaluate_policy
-    from ..policy_training import PolicyJob
     from ..textui import format_table
 
     torch.set_num_threads(1)
-    job, _ = load_config(args.config, PolicyJob, args.overrides)
+    job, _ = load_config(args.config, BCPolicyJob, args.overrides)
     policy = load(args.checkpoint)
     execute = args.execute or job.eval.execute_steps
     episodes = 2 if args.quick else args.episodes
@@ -175,7 +175,7 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="3 episodes (smoke)")
     p.add_argument("--no-progress", action="store_true")
 
-    from ..policy_training import EVAL_SEED as POLICY_SEED
+    from ..bc_training import EVAL_SEED as POLICY_SEED
 
     p = command(
         ev_sub,
@@ -200,7 +200,7 @@ def register(sub) -> None:
         "--image-size", type=int, help="render the camera at this size (default: the policy's)"
     )
     p.add_argument("--scripted", action="store_true", help="also play the scripted teacher")
-    add_config_args(p, "chunk_policy", presets=False)
+    add_config_args(p, "bc_policy", presets=False)
     p.add_argument("--json", nargs="?", const="eval-policy.json", metavar="FILE")
     p.add_argument("--quick", action="store_true", help="2 one-second episodes (smoke)")
     p.add_argument("--no-progress", action="store_true")

@@ -301,13 +301,13 @@ def cmd_train_grasp(args) -> int:
 
 
 def cmd_train_policy(args) -> int:
+    from ..bc_training import POLICY_FILE, BCPolicyJob, train_policy
     from ..config import dump_config, load_config
-    from ..policy_training import POLICY_FILE, PolicyJob, train_policy
 
     overrides = list(args.overrides)
     if args.all_episodes:
         overrides.append("data.successful_only=false")
-    job, path = load_config(args.config, PolicyJob, overrides, "quick" if args.quick else None)
+    job, path = load_config(args.config, BCPolicyJob, overrides, "quick" if args.quick else None)
     set_threads(job.train.threads)
     data = Path(args.data or job.data.dataset)
     out = Path(args.out)
@@ -438,12 +438,12 @@ def register(sub) -> None:
         "(next.success at an episode's end). The videos are decoded once and kept in memory. "
         "Writes OUT/policy.safetensors (weights, normalisation, config and this command), "
         "metrics.jsonl (train and held-out L1) and config.yaml. Run it with `kiwi eval policy` "
-        "or as the slow process's policy (robot_runtime.chunk_policy:load).",
-        "kiwi train policy --data /work/kiwi-data/grasp-lerobot --out runs/policy\n"
+        "or as the slow process's policy (robot_runtime.bc_policy:load).",
+        "kiwi train policy --data data/grasp-lerobot --out runs/policy\n"
         "kiwi train policy --data data/grasp-lerobot --all-episodes --set train.steps=2000\n"
         "kiwi train policy --quick --data data/grasp-lerobot --out runs/policy-quick",
     )
-    add_config_args(p, "chunk_policy")
+    add_config_args(p, "bc_policy")
     p.add_argument("--data", help="LeRobot v3.0 dataset folder (default: the config's)")
     p.add_argument(
         "--all-episodes",

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm import tqdm
 
-from .policy_data import IMAGE_PREFIX
+from .bc_data import IMAGE_PREFIX
 
 
 def make_grasp_env():

@@ -4,7 +4,7 @@ Images (one CNN per camera, ending in a spatial softmax: the expected image posi
 of ``keypoints`` feature maps, plus their mean activations) and the joint state go through an
 MLP that predicts the next ``chunk`` actions at once, all normalised by the dataset's mean and
 standard deviation. Trained with an L1 loss (``chunk_l1``). Pure PyTorch: no files, clocks or
-data loading here (robot_runtime/policy_training.py trains it, robot_runtime/chunk_policy.py
+data loading here (robot_runtime/bc_training.py trains it, robot_runtime/bc_policy.py
 runs it).
 """
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 
-class ChunkPolicyConfig(BaseModel):
+class BCPolicyConfig(BaseModel):
     """The network's sizes and inputs."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -49,7 +49,7 @@ class CameraEncoder(nn.Module):
     """uint8-range float images [B, 3, S, S] -> features [B, 3 * keypoints]; the first layer
     and every other one halve the resolution until 16 x 16 (64 -> 32 -> 16)."""
 
-    def __init__(self, config: ChunkPolicyConfig):
+    def __init__(self, config: BCPolicyConfig):
         super().__init__()
         layers: list[nn.Module] = []
         size, c_in = config.image_size, 3
@@ -68,12 +68,12 @@ class CameraEncoder(nn.Module):
         return torch.cat([self.softmax(maps), maps.mean(dim=(2, 3))], dim=-1)
 
 
-class ChunkPolicyNet(nn.Module):
+class BCPolicyNet(nn.Module):
     """``forward(images, state_n) -> [B, chunk, action_dim]`` normalised actions; ``images``
     maps each camera to [B, 3, S, S] floats in 0..255, ``state_n`` is [B, state_dim]
     normalised."""
 
-    def __init__(self, config: ChunkPolicyConfig, state_dim: int = 6, action_dim: int = 6):
+    def __init__(self, config: BCPolicyConfig, state_dim: int = 6, action_dim: int = 6):
         super().__init__()
         self.config, self.state_dim, self.action_dim = config, state_dim, action_dim
         encoders = {c: CameraEncoder(config) for c in config.cameras}

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from robot_runtime.chunk_policy import ChunkPolicy, load, load_policy
+from robot_runtime.bc_data import load_demonstrations, resize_image
+from robot_runtime.bc_policy import BCPolicy, load, load_policy
 from robot_runtime.cli import main
-from robot_runtime.policy_data import load_demonstrations, resize_image
+from world_model.bc_net import random_shift
 from world_model.checkpoint import save_tensors
-from world_model.chunk_policy import random_shift
 from world_model.datasets import SO_JOINT_NAMES, LeRobotWriter
 from world_model.errors import CheckpointError
 
@@ -75,7 +75,7 @@ def trained(dataset, tmp_path_factory):
     return out / "policy.safetensors"
 
 
-def observation(policy: ChunkPolicy, size: int = 64) -> dict:
+def observation(policy: BCPolicy, size: int = 64) -> dict:
     obs = {
         "observation.state": np.array([0, -5, 10, 80, 3, 60], np.float32),
         "task": "pick up the cube",

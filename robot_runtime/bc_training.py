@@ -1,7 +1,7 @@
 """`kiwi train policy`: behaviour cloning of action chunks from a LeRobot dataset.
 
-Reads the demonstrations once (robot_runtime/policy_data.py), holds out the last episodes for a
-validation loss, and trains world_model/chunk_policy.py's network with an L1 loss on
+Reads the demonstrations once (robot_runtime/bc_data.py), holds out the last episodes for a
+validation loss, and trains world_model/bc_net.py's network with an L1 loss on
 normalised chunks (AdamW, cosine learning rate, random image shifts). Writes
 ``OUT/policy.safetensors`` (weights, normalisation, config and the command that made it; no
 optimizer state: a run is short and is started again rather than resumed), ``metrics.jsonl``
@@ -21,12 +21,12 @@ import torch
 from pydantic import Field
 from tqdm import tqdm
 
+from world_model.bc_net import BCPolicyConfig, BCPolicyNet, chunk_l1, random_shift
 from world_model.checkpoint import save_tensors
-from world_model.chunk_policy import ChunkPolicyConfig, ChunkPolicyNet, chunk_l1, random_shift
 from world_model.train import MetricLog
 
+from .bc_data import Demonstrations, load_demonstrations, normalization
 from .config import Frozen
-from .policy_data import Demonstrations, load_demonstrations, normalization
 
 POLICY_FILE = "policy.safetensors"
 KIND = "kiwi-chunk-policy/1"
@@ -61,12 +61,12 @@ class PolicyEvalConfig(Frozen):
     seed: int = Field(EVAL_SEED, description="first held-out seed")
 
 
-class PolicyJob(Frozen):
-    """configs/chunk_policy.yaml."""
+class BCPolicyJob(Frozen):
+    """configs/bc_policy.yaml."""
 
-    task: Literal["chunk_policy"] = "chunk_policy"
+    task: Literal["bc_policy"] = "bc_policy"
     data: PolicyDataConfig = PolicyDataConfig()
-    policy: ChunkPolicyConfig = ChunkPolicyConfig()
+    policy: BCPolicyConfig = BCPolicyConfig()
     train: PolicyTrainConfig = PolicyTrainConfig()
     eval: PolicyEvalConfig = PolicyEvalConfig()
 
@@ -113,7 +113,7 @@ def learning_rate(step: int, config: PolicyTrainConfig) -> float:
     return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def validation_l1(net: ChunkPolicyNet, batches: Batches, samples: np.ndarray) -> float | None:
+def validation_l1(net: BCPolicyNet, batches: Batches, samples: np.ndarray) -> float | None:
     if len(samples) == 0:
         return None
     net.eval()
@@ -128,7 +128,7 @@ def validation_l1(net: ChunkPolicyNet, batches: Batches, samples: np.ndarray) ->
 
 def save_policy(
     path: Path,
-    net: ChunkPolicyNet,
+    net: BCPolicyNet,
     norm: dict[str, np.ndarray],
     fps: int,
     meta: dict,
@@ -144,7 +144,7 @@ def save_policy(
 
 
 def train_policy(
-    job: PolicyJob,
+    job: BCPolicyJob,
     data: Path,
     out: Path,
     command: str,
@@ -185,7 +185,7 @@ def train_policy(
         f"{decode_s:.0f} s"
     )
     batches = Batches(demos, norm, cfg.chunk)
-    net = ChunkPolicyNet(cfg)
+    net = BCPolicyNet(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed)
     metrics = MetricLog(out / "metrics.jsonl")

@@ -12,7 +12,7 @@ then ``policy(observation)`` with
 
 It returns float32 [K, 6] in the same units, rows ``policy.dt`` apart (1 / the dataset's fps),
 or None when an image it needs is absent. A malformed observation (wrong shape, dtype,
-non-finite state) raises ValueError. ``kiwi slow --policy robot_runtime.chunk_policy:load``.
+non-finite state) raises ValueError. ``kiwi slow --policy robot_runtime.bc_policy:load``.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .policy_data import IMAGE_PREFIX, STATE_KEY, resize_image
+from .bc_data import IMAGE_PREFIX, STATE_KEY, resize_image
 
-SHIPPED = "shipped:grasp_chunk_policy.safetensors"
+SHIPPED = "shipped:grasp_bc_policy.safetensors"
 
 
-class ChunkPolicy:
+class BCPolicy:
     """Callable ``policy(observation) -> [K, 6] float32 | None``; attributes ``dt`` (s),
     ``chunk`` (K), ``cameras`` and ``meta`` (the checkpoint's metadata)."""
 
@@ -68,13 +68,13 @@ class ChunkPolicy:
         return (out * self.norm["action_std"] + self.norm["action_mean"]).astype(np.float32)
 
 
-def load_policy(path: Path) -> ChunkPolicy:
+def load_policy(path: Path) -> BCPolicy:
     """A checkpoint from `kiwi train policy`; a one-line CheckpointError for anything else."""
+    from world_model.bc_net import BCPolicyConfig, BCPolicyNet
     from world_model.checkpoint import load_tensors
-    from world_model.chunk_policy import ChunkPolicyConfig, ChunkPolicyNet
     from world_model.errors import CheckpointError
 
-    from .policy_training import KIND
+    from .bc_training import KIND
 
     groups, meta = load_tensors(path)
     if meta.get("kind") != KIND or "policy" not in groups or "norm" not in groups:
@@ -82,9 +82,9 @@ def load_policy(path: Path) -> ChunkPolicy:
             f"{path} is not a chunk policy from `kiwi train policy` (kind {meta.get('kind')!r})"
         )
     try:
-        config = ChunkPolicyConfig.model_validate(meta["policy_config"])
+        config = BCPolicyConfig.model_validate(meta["policy_config"])
         fps = int(meta["fps"])
-        net = ChunkPolicyNet(config)
+        net = BCPolicyNet(config)
         net.load_state_dict(groups["policy"])
         norm = {k: groups["norm"][k].numpy() for k in NORM_KEYS}
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
@@ -92,14 +92,14 @@ def load_policy(path: Path) -> ChunkPolicy:
         raise CheckpointError(f"{path}: chunk policy does not load: {reason}") from None
     if fps <= 0 or any(v.shape != (6,) for v in norm.values()):
         raise CheckpointError(f"{path}: fps {fps} or normalisation shapes are invalid")
-    return ChunkPolicy(net, norm, fps, meta)
+    return BCPolicy(net, norm, fps, meta)
 
 
 NORM_KEYS = ("state_mean", "state_std", "action_mean", "action_std")
 
 
-def load(path: str | None = None) -> ChunkPolicy:
-    """The factory for ``--policy robot_runtime.chunk_policy:load``: the shipped grasp policy,
+def load(path: str | None = None) -> BCPolicy:
+    """The factory for ``--policy robot_runtime.bc_policy:load``: the shipped grasp policy,
     or the checkpoint at ``path``."""
     from .assets import resolve
 
