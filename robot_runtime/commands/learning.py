@@ -1,4 +1,4 @@
-"""kiwi lab / train: the world model, the Pendulum lab and the Dreamer agent."""
+"""kiwi lab / train: the world model, the Pendulum lab, the Dreamer agent and the chunk policy."""
 
 from __future__ import annotations
 
@@ -300,6 +300,52 @@ def cmd_train_grasp(args) -> int:
     return 0
 
 
+def cmd_train_policy(args) -> int:
+    from ..bc_training import POLICY_FILE, BCPolicyJob, train_policy
+    from ..config import dump_config, load_config
+
+    overrides = list(args.overrides)
+    if args.all_episodes:
+        overrides.append("data.successful_only=false")
+    job, path = load_config(args.config, BCPolicyJob, overrides, "quick" if args.quick else None)
+    set_threads(job.train.threads)
+    data = Path(args.data or job.data.dataset)
+    out = Path(args.out)
+    check_out(out, POLICY_FILE, args, resumable=False)
+    remove_temp_files(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)  # --overwrite: one run's metrics only
+    (out / "config.yaml").write_text(dump_config(job))
+    which = "successful" if job.data.successful_only else "all"
+    print(
+        f"kiwi train policy: {path}{' (quick preset)' if args.quick else ''}; {which} episodes "
+        f"of {data}; {job.train.steps} steps -> {out / POLICY_FILE}"
+    )
+    figures = train_policy(job, data, out, invoked_as(args), not args.no_progress)
+    val = figures.get("val_l1")
+    print(
+        format_table(
+            [
+                ("episodes", "frames", "steps", "train L1", "held-out L1", "decode_s", "train_s"),
+                (
+                    figures["episodes"],
+                    figures["frames"],
+                    figures["step"],
+                    f"{figures['train_l1']:.4f}",
+                    "-" if val is None else f"{val:.4f}",
+                    f"{figures['decode_s']:.0f}",
+                    f"{figures['train_s']:.0f}",
+                ),
+            ]
+        )
+    )
+    print(
+        f"wrote {out / POLICY_FILE}, {out / 'metrics.jsonl'}; next: kiwi eval policy "
+        f"--checkpoint {out / POLICY_FILE}"
+    )
+    return 0
+
+
 def register(sub) -> None:
     lab = sub.add_parser("lab", help="the RSSM lab", formatter_class=Formatter)
     lab_sub = lab.add_subparsers(dest="lab", metavar="LAB", required=True)
@@ -379,6 +425,32 @@ def register(sub) -> None:
     p.add_argument("--data", help="episodes from `kiwi collect` (default: the config's)")
     p.add_argument("--ship", action="store_true", help="also replace the shipped model")
     p.add_argument("--out", default="runs/grasp", help="output folder")
+    add_resume_overwrite(p, resume=False)
+
+    p = command(
+        train_sub,
+        "policy",
+        cmd_train_policy,
+        "behaviour-clone a chunk policy from a LeRobot dataset",
+        "Trains the project's own action-chunk policy (ACT-style: wrist image and joint state "
+        "in, the next 25 actions out; L1 loss on actions normalised by the dataset's "
+        "stats.json) on a LeRobot v3.0 folder, by default its successful episodes "
+        "(next.success at an episode's end). The videos are decoded once and kept in memory. "
+        "Writes OUT/policy.safetensors (weights, normalisation, config and this command), "
+        "metrics.jsonl (train and held-out L1) and config.yaml. Run it with `kiwi eval policy` "
+        "or as the slow process's policy (robot_runtime.bc_policy:load).",
+        "kiwi train policy --data data/grasp-lerobot --out runs/policy\n"
+        "kiwi train policy --data data/grasp-lerobot --all-episodes --set train.steps=2000\n"
+        "kiwi train policy --quick --data data/grasp-lerobot --out runs/policy-quick",
+    )
+    add_config_args(p, "bc_policy")
+    p.add_argument("--data", help="LeRobot v3.0 dataset folder (default: the config's)")
+    p.add_argument(
+        "--all-episodes",
+        action="store_true",
+        help="learn from every episode, not only the successful ones",
+    )
+    p.add_argument("--out", default="runs/policy", help="output folder")
     add_resume_overwrite(p, resume=False)
 
 
