@@ -86,6 +86,22 @@ def cmd_lab(args) -> int:
 
 
 def cmd_train_world_model(args) -> int:
+    from world_model import distributed
+
+    ctx = distributed.from_environment()
+    if args.nproc > 1 and not ctx.enabled:
+        return launch_torchrun(args)
+    device, dtype = training_device(args, ctx.local_rank if ctx.enabled else None)
+    try:
+        return train_world_model_here(args, ctx, device, dtype)
+    finally:
+        distributed.shutdown()
+
+
+def train_world_model_here(args, ctx, device, dtype) -> int:
+    """The body of `kiwi train world-model` in this process (one of torchrun's or the only)."""
+    from world_model import distributed
+    from world_model.device import describe
     from world_model.errors import ReplayError
     from world_model.model import WorldModel
     from world_model.replay import Replay, load_spec
@@ -99,11 +115,18 @@ def cmd_train_world_model(args) -> int:
     out = Path(args.out)
     ckpt = out / CHECKPOINT
     resume = check_out(out, CHECKPOINT, args)
-    remove_temp_files(out, out / "replay", out / "holdout")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(job))
+    distributed.init(ctx, device)  # every rank has checked OUT before rank 0 writes in it
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    if ctx.is_main:
+        remove_temp_files(out, out / "replay", out / "holdout")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(job))
     if isinstance(job, PendulumJob) and not args.data:
-        replay, _, spec = prepare_data(job, out, not args.no_progress, print)
+        if ctx.is_main:  # rank 0 collects; the others read what it wrote
+            replay, _, spec = prepare_data(job, out, not args.no_progress, print)
+        distributed.barrier(ctx)
+        if not ctx.is_main:
+            replay, spec = Replay(out / "replay"), load_spec(out / "replay")
     else:
         data = Path(args.data or job.data.episodes)
         replay = Replay(data)
@@ -114,18 +137,27 @@ def cmd_train_world_model(args) -> int:
             )
         spec = load_spec(data)
     steps = args.steps if args.steps is not None else job.train.steps
+    options = dict(device=device, autocast_dtype=dtype, compile=args.compile, dist=ctx)
     if resume:
         wm, meta, groups = WorldModel.load(ckpt)
-        trainer = WorldModelTrainer(wm, job.train)
+        trainer = WorldModelTrainer(wm, job.train, **options)
         trainer.restore(groups, meta)
-        print(f"resuming from {ckpt} at step {trainer.step}")
+        say(f"resuming from {ckpt} at step {trainer.step}")
     else:
-        ckpt.unlink(missing_ok=True)  # --overwrite: the folder never mixes two runs
+        distributed.barrier(ctx)  # every rank is past its check of OUT
+        if ctx.is_main:
+            ckpt.unlink(missing_ok=True)  # --overwrite: the folder never mixes two runs
         wm = WorldModel(job.model, spec)
-        trainer = WorldModelTrainer(wm, job.train)
-    print(
+        trainer = WorldModelTrainer(wm, job.train, **options)
+    say(
         f"kiwi train world-model: {path} ({job.task}); {len(replay)} steps in "
         f"{replay.num_episodes} episodes; {steps} updates -> {ckpt}"
+    )
+    b, t = job.train.batch_size, job.train.seq_len
+    say(
+        f"on {describe(device, dtype, args.compile)}; {ctx.world} process(es): effective batch "
+        f"{ctx.world} x {b} = {ctx.world * b} sequences of {t} steps per update, learning rate "
+        f"{job.train.lr:g} (gradients averaged over processes, lr not scaled)"
     )
     train_world_model(
         wm,
@@ -137,8 +169,43 @@ def cmd_train_world_model(args) -> int:
         trainer,
         not args.no_progress,
     )
-    print(f"wrote {ckpt} and {out / 'metrics.jsonl'}")
+    say(f"wrote {ckpt} and {out / 'metrics.jsonl'}")
     return 0
+
+
+def training_device(args, local_rank: int | None = None):
+    """(torch.device, autocast dtype or None) from --device and --precision."""
+    from world_model.device import resolve_device, resolve_precision
+
+    device = resolve_device(args.device, local_rank)
+    return device, resolve_precision(args.precision, device)
+
+
+def launch_torchrun(args) -> int:
+    """Runs this very command in ``--nproc`` processes under torchrun (on this machine)."""
+    import subprocess
+    import sys
+
+    argv = list(args.argv)
+    for i, a in enumerate(argv):  # drop --nproc N / --nproc=N: the children are the workers
+        if a == "--nproc":
+            del argv[i : i + 2]
+            break
+        if a.startswith("--nproc="):
+            del argv[i]
+            break
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        "-m",
+        "robot_runtime.cli",
+        *argv,
+    ]
+    print(f"launching {args.nproc} processes: torchrun --standalone ... {' '.join(argv)}")
+    return subprocess.call(cmd)
 
 
 def cmd_train_agent(args) -> int:
@@ -381,13 +448,18 @@ def register(sub) -> None:
         "kiwi train world-model --config configs/sim_grasp.yaml --data data/grasp "
         "--out runs/grasp-wm\n"
         "kiwi train world-model --config configs/pendulum.yaml --out runs/wm --resume "
-        "--steps 8000",
+        "--steps 8000\n"
+        "kiwi train world-model --config configs/sim_grasp.yaml --data data/grasp "
+        "--out runs/grasp-wm --nproc 2 --set train.threads=1   # 2 processes (DDP)\n"
+        "torchrun --nproc_per_node 4 -m robot_runtime.cli train world-model "
+        "--config configs/sim_grasp.yaml --data data/grasp --out runs/grasp-wm --device cuda",
     )
     add_config_args(p, "pendulum")
     p.add_argument("--data", help="folder of episodes (default: the config's data section)")
     p.add_argument("--out", default="runs/world-model", help="output folder")
     p.add_argument("--steps", type=int, help="train until this many steps (default: config)")
     add_resume_overwrite(p)
+    add_device_args(p, nproc=True)
     p = command(
         train_sub,
         "agent",
@@ -452,6 +524,36 @@ def register(sub) -> None:
     )
     p.add_argument("--out", default="runs/policy", help="output folder")
     add_resume_overwrite(p, resume=False)
+
+
+def add_device_args(p, nproc: bool = False) -> None:
+    """--device, --precision, --compile (and --nproc where the command runs under torchrun)."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where to train (auto: cuda if torch sees a GPU, else cpu)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="auto: bfloat16 autocast on CUDA, float32 elsewhere",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the update through torch.compile (first steps compile; see the README's "
+        "figures before using it on a CPU)",
+    )
+    if nproc:
+        p.add_argument(
+            "--nproc",
+            type=int,
+            default=1,
+            help="training processes (torchrun, DistributedDataParallel; gloo on CPU, nccl on "
+            "CUDA); each takes train.threads threads",
+        )
 
 
 def add_resume_overwrite(p, resume: bool = True) -> None:
