@@ -157,11 +157,12 @@ def train_world_model(
     trainer: WorldModelTrainer | None = None,
     progress: bool = True,
     log: Callable[[str], None] = tqdm.write,
+    meta: dict[str, Any] | None = None,
 ) -> WorldModelTrainer:
     """Trains until ``trainer.step == steps``, logging and checkpointing into ``out_dir``.
 
     Pass a restored trainer to resume; the replay sampler is reseeded from the step so a resumed
-    run does not replay the same batches again.
+    run does not replay the same batches again. ``meta``: more header fields for the checkpoint.
     """
     out_dir = Path(out_dir)
     trainer = trainer or WorldModelTrainer(model, config)
@@ -169,7 +170,7 @@ def train_world_model(
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + trainer.step)
     metrics_log = MetricLog(out_dir / "metrics.jsonl")
     metrics_log.keep_until("step", trainer.step)
-    meta = {"job_config": job_config or {}}
+    meta = {**(meta or {}), "job_config": job_config or {}}
     model.train()
     bar = tqdm(
         total=steps,
