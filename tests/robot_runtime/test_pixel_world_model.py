@@ -142,3 +142,22 @@ def test_resolve_refuses_a_camera_the_dataset_lacks(dataset):
     )
     with LeRobotReader(dataset) as reader, pytest.raises(DatasetError, match="images.top"):
         resolve_job(job, reader)
+
+
+def test_bench_pixel_figures_on_a_tiny_dataset(dataset):
+    from robot_runtime.bench.pixels import CAMERAS as BENCH_CAMERAS
+    from robot_runtime.bench.pixels import (
+        pixel_model,
+        time_dataset_read,
+        time_posterior,
+        time_prior,
+    )
+
+    wm = pixel_model(BENCH_CAMERAS[:1])
+    assert wm.config.cnn_keys == BENCH_CAMERAS[:1]
+    p50, p99 = time_posterior(wm, 3)
+    prior50, _ = time_prior(wm, 3)
+    assert 0 < p50 <= p99 and prior50 > 0
+    read = time_dataset_read(dataset, 3)
+    assert read["read_frames"] == 3 * 24 and read["read_cameras"] == 2
+    assert read["camera_frames_per_s"] == pytest.approx(2 * read["read_frames_per_s"])
