@@ -53,10 +53,11 @@ def build_policy(
         raise ValueError(f"policy kind must be one of {KINDS}, got {kind!r}")
     if kind == "chunk":
         r = job.runtime
-        policy = ChunkPolicy(
-            1.0 / r.rate_hz, r.chunk_mode, r.chunk, max_step_deg=job.safety.max_step_deg
+        return Built(
+            ChunkPolicy(
+                1.0 / r.rate_hz, r.chunk_mode, r.chunk, max_step_deg=job.safety.max_step_deg
+            )
         )
-        return Built(policy)
     controller = GraspController(
         job.controller,
         max_retries=job.gate.retries if max_retries is None else max_retries,

@@ -209,13 +209,15 @@ def train_world_model(
     trainer: WorldModelTrainer | None = None,
     progress: bool = True,
     log: Callable[[str], None] = tqdm.write,
+    meta: dict[str, Any] | None = None,
 ) -> WorldModelTrainer:
     """Trains until ``trainer.step == steps``, logging and checkpointing into ``out_dir``.
 
     Pass a restored trainer to resume; the replay sampler is reseeded from the step so a resumed
     run does not replay the same batches again. With several processes (the trainer's
     ``dist``), each samples its own shard of the episodes with its own seed, and rank 0 alone
-    logs and writes the checkpoint (after every rank has finished the same update).
+    logs and writes the checkpoint (after every rank has finished the same update). ``meta``:
+    more header fields for the checkpoint.
     """
     out_dir = Path(out_dir)
     trainer = trainer or WorldModelTrainer(model, config)
@@ -228,7 +230,7 @@ def train_world_model(
     )
     metrics_log = MetricLog(out_dir / "metrics.jsonl" if ctx.is_main else None)
     metrics_log.keep_until("step", trainer.step)
-    meta = {"job_config": job_config or {}, "processes": ctx.world}
+    meta = {**(meta or {}), "job_config": job_config or {}, "processes": ctx.world}
     model.train()
     bar = tqdm(
         total=steps,

@@ -113,6 +113,43 @@ def cmd_eval_policy(args) -> int:
     if args.json:
         jsonout.write_json(Path(args.json), result, indent=1)
         print(f"wrote {args.json}")
+
+
+def cmd_eval_world_model(args) -> int:
+    import torch
+
+    from world_model.errors import OutputError
+
+    from ..dataset_lab import OUTPUTS, evaluate_dataset
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    there = [name for name in OUTPUTS if (out / name).exists()]
+    if there and not args.overwrite:
+        raise OutputError(
+            f"{out} already holds {', '.join(there)}; use --overwrite or another --out"
+        )
+    print(f"kiwi eval world-model: {args.checkpoint} on the held-out episodes of {args.data}")
+    report = evaluate_dataset(
+        Path(args.checkpoint), Path(args.data), out, args.episodes, not args.no_progress
+    )
+    from ..textui import format_table
+
+    rows = [("horizon", "state nMSE (model)", "state nMSE (persistence)")]
+    rows += [
+        (h, f"{v:.4g}", f"{report['nmse_persistence'][h]:.4g}")
+        for h, v in report["nmse_open_loop"].items()
+    ]
+    print(format_table(rows))
+    for cam, curve in report["image_mse_open_loop"].items():
+        persist = report["image_mse_persistence"][cam]
+        print(
+            f"{cam} pixel MSE by horizon: "
+            + ", ".join(f"{h}: {v:.4f} (persistence {persist[h]:.4f})" for h, v in curve.items())
+        )
+    div = report["imagination"]["diverges_at_step"]
+    print(f"the plotted dream diverges at step {div if div else '> horizon'}")
+    print(f"wrote {out}/recon.png, imagination.png, horizon.png, report.json")
     return 0
 
 
@@ -203,4 +240,26 @@ def register(sub) -> None:
     add_config_args(p, "bc_policy", presets=False)
     p.add_argument("--json", nargs="?", const="eval-policy.json", metavar="FILE")
     p.add_argument("--quick", action="store_true", help="2 one-second episodes (smoke)")
+    p = command(
+        ev_sub,
+        "world-model",
+        cmd_eval_world_model,
+        "the lab on a LeRobot dataset: reconstructions, dreams and error against horizon",
+        "Evaluates a world model trained by `kiwi train world-model` on a LeRobotDataset v3.0 "
+        "folder, on its held-out episodes (the training config's data.holdout_every rule). "
+        "Writes recon.png (camera frames and joints beside the posterior's reconstructions), "
+        "imagination.png (from a real start, the prior rolled forward with the recorded "
+        "actions: dream against reality, joint traces, where it diverges), horizon.png "
+        "(open-loop error against horizon beside persistence) and report.json "
+        "(nmse_open_loop and nmse_persistence per horizon for the state, image MSE per "
+        "horizon per camera).",
+        "kiwi eval world-model --data data/grasp-lerobot "
+        "--checkpoint runs/pixels/checkpoint.safetensors --out runs/pixels/eval",
+    )
+    p.add_argument("--data", required=True, help="LeRobotDataset v3.0 folder")
+    p.add_argument("--checkpoint", required=True, help="from `kiwi train world-model`")
+    p.add_argument("--out", default="runs/eval-world-model", help="output folder")
+    p.add_argument("--episodes", type=int, help="held-out episodes evaluated (default: config)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in OUT")
     p.add_argument("--no-progress", action="store_true")

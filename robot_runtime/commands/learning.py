@@ -107,13 +107,17 @@ def train_world_model_here(args, ctx, device, dtype) -> int:
     from world_model.replay import Replay, load_spec
     from world_model.train import CHECKPOINT, WorldModelTrainer, train_world_model
 
-    from ..config import PendulumJob, dump_config
+    from ..config import LeRobotJob, PendulumJob, dump_config
+    from ..dataset_world_model import is_lerobot_dataset
     from ..lab import prepare_data
 
     job, path = load_any_job(args)
     set_threads(job.train.threads)
     out = Path(args.out)
     ckpt = out / CHECKPOINT
+    data_arg = args.data or getattr(job.data, "path", None) or getattr(job.data, "episodes", None)
+    if (data_arg and is_lerobot_dataset(Path(data_arg))) or isinstance(job, LeRobotJob):
+        return train_on_lerobot(args, job, path, Path(data_arg or "."))
     resume = check_out(out, CHECKPOINT, args)
     distributed.init(ctx, device)  # every rank has checked OUT before rank 0 writes in it
     say = print if ctx.is_main else (lambda *a, **k: None)
@@ -206,6 +210,39 @@ def launch_torchrun(args) -> int:
     ]
     print(f"launching {args.nproc} processes: torchrun --standalone ... {' '.join(argv)}")
     return subprocess.call(cmd)
+
+
+def train_on_lerobot(args, job, path: Path, data: Path) -> int:
+    """`kiwi train world-model` on a LeRobotDataset v3.0 folder (robot_runtime/
+    dataset_world_model.py)."""
+    from world_model.datasets.lerobot_format import DatasetError
+    from world_model.train import CHECKPOINT
+
+    from ..config import LeRobotJob
+    from ..dataset_world_model import is_lerobot_dataset, train_on_dataset
+
+    if not isinstance(job, LeRobotJob):
+        raise DatasetError(
+            f"{data} is a LeRobot dataset and {path} a {job.task} job: train it with a "
+            "`task: lerobot` config, e.g. --config configs/so101_pixels.yaml"
+        )
+    if not is_lerobot_dataset(data):
+        raise DatasetError(
+            f"{data} is not a LeRobotDataset v3.0 folder (no meta/info.json); {path} learns "
+            "from one: --data DIR (e.g. from `kiwi collect --format lerobot`)"
+        )
+    out = Path(args.out)
+    resume = check_out(out, CHECKPOINT, args)
+    remove_temp_files(out, out / "cache")
+    steps = args.steps if args.steps is not None else job.train.steps
+    print(f"kiwi train world-model: {path} ({job.task}) on {data} -> {out}")
+    done = train_on_dataset(job, data, out, steps, resume, not args.no_progress)
+    print(
+        f"trained to step {done['steps']} in {done['wall_s']:.0f} s; wrote {out / CHECKPOINT} "
+        f"and {out / 'metrics.jsonl'}; evaluate with `kiwi eval world-model --data {data} "
+        f"--checkpoint {out / CHECKPOINT} --out {out / 'eval'}`"
+    )
+    return 0
 
 
 def cmd_train_agent(args) -> int:
