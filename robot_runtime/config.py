@@ -133,6 +133,36 @@ class FaultConfig(Frozen):
     )
 
 
+class ChunkExecution(Frozen):
+    """How the fast loop executes a policy's action chunks (``runtime.chunk_mode``;
+    robot_runtime/chunk_modes.py)."""
+
+    old_weight: float = Field(
+        0.3, ge=0, le=1, description="blend: weight of the old chunk over the overlap (LeRobot)"
+    )
+    join_rows: int = Field(
+        10, ge=1, le=200, description="latent: rows over which a new chunk's offset decays"
+    )
+    forecast_rows: int = Field(
+        25, ge=1, le=200, description="latent: rows the prior rolls a chunk forward before it runs"
+    )
+    limit_margin_deg: float = Field(
+        1.0, ge=0, description="latent: a row this far past a joint limit refuses the chunk"
+    )
+    forecast_margin_deg: float = Field(
+        5.0, ge=0, description="latent: a forecast joint this far past a limit refuses the chunk"
+    )
+    object_shift: bool = Field(
+        True,
+        description="latent: move the chunk with the object's displacement between the "
+        "capture-time belief and the belief now (while the gripper is open)",
+    )
+    max_shift_m: float = Field(0.05, ge=0, description="latent: largest object shift applied")
+    open_above: float = Field(
+        30.0, ge=0, le=100, description="latent: rows with the gripper above this are reaching"
+    )
+
+
 class RuntimeConfig(Frozen):
     rate_hz: float = Field(50.0, ge=1, le=1000, description="fast-loop rate; the model's step")
     checkpoint: str = Field(
@@ -147,6 +177,12 @@ class RuntimeConfig(Frozen):
     seed: int = 0
     limits: InputLimits = InputLimits()
     faults: FaultConfig = FaultConfig()
+    chunk_mode: Literal["latest", "blend", "latent"] = Field(
+        "blend",
+        description="action chunks: newest wins (latest), LeRobot's weighted average over the "
+        "overlap (blend), or placed on the world model's belief at execution time (latent)",
+    )
+    chunk: ChunkExecution = ChunkExecution()
 
 
 class SlowConfig(Frozen):
@@ -269,7 +305,70 @@ class GraspJob(Frozen):
     robot: RobotSection = RobotSection()
 
 
-JOBS = {"pendulum": PendulumJob, "grasp": GraspJob}
+class LeRobotDataConfig(Frozen):
+    """Which LeRobotDataset v3.0 folder the model learns from, which of its features it reads,
+    and which episodes it never trains on."""
+
+    path: str | None = Field(None, description="dataset folder (meta/info.json); --data wins")
+    vector_keys: tuple[str, ...] = Field(
+        ("observation.state",), min_length=1, description="vector features the MLP reads"
+    )
+    cameras: tuple[str, ...] | None = Field(
+        None, description="camera features the CNN reads; None: every camera of the dataset"
+    )
+    holdout_every: int = Field(
+        10,
+        ge=2,
+        description="episode i is held out (never trained on) when i % holdout_every == "
+        "holdout_every - 1: the split stays the same while a dataset grows",
+    )
+    max_episodes: int | None = Field(
+        None, gt=0, description="use the first N committed episodes only (None: all)"
+    )
+
+
+class DatasetLabConfig(LabConfig):
+    episodes: int = Field(20, gt=0, description="held-out episodes evaluated (the first ones)")
+    strip_frames: int = Field(
+        8, ge=2, description="frames in recon.png's and imagination.png's image strips"
+    )
+
+
+class LeRobotJob(Frozen):
+    """configs/so101_pixels.yaml: a world model on any LeRobot dataset with a state vector, an
+    action and cameras. The model's keys come from ``data`` (``model.mlp_keys`` and
+    ``model.cnn_keys`` are filled in from it; the resolved file beside a run names them)."""
+
+    task: Literal["lerobot"] = "lerobot"
+    data: LeRobotDataConfig = LeRobotDataConfig()
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    lab: DatasetLabConfig = DatasetLabConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_keys_from_data(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+            return raw
+        data = raw.get("data") or {}
+        vectors = list(data.get("vector_keys") or LeRobotDataConfig().vector_keys)
+        cameras = data.get("cameras")
+        model = dict(raw["model"])
+        for name, want, section in (
+            ("mlp_keys", vectors, "vector_keys"),
+            ("cnn_keys", cameras, "cameras"),
+        ):
+            if name not in model:
+                model[name] = want or []
+            elif want is not None and list(model[name]) != list(want):
+                raise ValueError(
+                    f"model.{name} {list(model[name])} differs from data.{section} {want}: "
+                    f"name the keys in data.{section} only"
+                )
+        return {**raw, "model": model}
+
+
+JOBS = {"pendulum": PendulumJob, "grasp": GraspJob, "lerobot": LeRobotJob}
 GRASP_EVAL_SEED = 200_000  # evaluations start here, far from `kiwi collect`'s training seeds
 GRASP_CALIBRATION_SEED = 150_000  # `kiwi train grasp` calibrates on these
 Job = TypeVar("Job", bound=BaseModel)

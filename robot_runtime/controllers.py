@@ -6,8 +6,8 @@ gripper 0..100); none touches a socket or a clock.
   the measured joints), re-aiming as corrections arrive; it looks from pre-grasp height before it
   descends, then closes, lifts and holds. A commit gate (robot_runtime/gate.py) may hold it at
   DECIDE.
-- ``ChunkFollower``: executes action chunks from a VLA, aggregated the way LeRobot's async client
-  does (by timestep; overlapping steps blended old/new).
+- ``ChunkFollower``: the queue of a VLA's action chunks by timestep (overlapping steps blended
+  old/new, LeRobot's way, or replaced); ``chunk_modes.ChunkPolicy`` follows it.
 """
 
 from __future__ import annotations
@@ -243,15 +243,21 @@ class ChunkFollower:
     steps: ``old_weight * old + (1 - old_weight) * new``, LeRobot's weighted_average is 0.3/0.7;
     steps already executed are dropped), ``act(step)`` pops the action of that step (or None
     when the queue has run dry). The queue holds at most ``max_steps`` steps: the farthest
-    future ones go first, so no sender can grow it without bound."""
+    future ones go first, so no sender can grow it without bound. ``replace``: a new chunk
+    replaces every queued step from its first on (the newest wins; chunk_modes' latest and
+    latent modes)."""
 
-    def __init__(self, old_weight: float = 0.3, max_steps: int = 1000):
+    def __init__(self, old_weight: float = 0.3, max_steps: int = 1000, replace: bool = False):
         self.old_weight = old_weight
         self.max_steps = max_steps
+        self.replace = replace
         self.queue: dict[int, np.ndarray] = {}
         self.last_executed = -1
 
     def add(self, first_step: int, actions: np.ndarray) -> None:
+        if self.replace:
+            for step in [s for s in self.queue if s >= first_step]:
+                del self.queue[step]
         for i, action in enumerate(np.asarray(actions, float)):
             step = first_step + i
             if step <= self.last_executed:
@@ -429,38 +435,3 @@ class GraspPolicy:
     @property
     def finished(self) -> bool:
         return self.controller.finished
-
-
-class ChunkPolicy:
-    """Follows VLA action chunks (``messages.Chunk``, already checked): ``t_first`` (its first
-    action's time on the runtime clock) and ``dt`` place it on the loop's ticks; no action
-    queued: hold."""
-
-    def __init__(self, period_s: float, old_weight: float = 0.3, max_steps: int = 1000):
-        self.period = period_s
-        self.follower = ChunkFollower(old_weight, max_steps)
-        self.events: list[GraspEvent] = []
-        self.t0 = 0.0
-        self.phase = "waiting"
-        self.finished = False
-
-    def reset(self, t: float) -> None:
-        self.t0 = t
-        self.follower = ChunkFollower(self.follower.old_weight, self.follower.max_steps)
-        self.phase = "waiting"
-
-    def on_chunk(self, chunk, t: float) -> None:
-        first, actions = chunk_on_ticks(
-            chunk.actions, chunk.t_first, chunk.dt, self.t0, self.period
-        )
-        self.follower.add(first, actions)
-
-    def safety_mode(self, mode: str) -> str:
-        return mode
-
-    def act(
-        self, t: float, tick: int, joints: np.ndarray, estimator, mode: str = "normal"
-    ) -> np.ndarray | None:
-        action = self.follower.act(tick)
-        self.phase = "following" if action is not None else "waiting"
-        return action

@@ -151,6 +151,13 @@ class LatentEstimator:
     def tick(self) -> int:
         return self.ring[-1].index
 
+    def state_at(self, t: float) -> State | None:
+        """The belief at the tick nearest ``t`` (as corrected so far), or None when that tick
+        has left the ring or is still ahead."""
+        now = self.ring[-1]
+        tick = self._at(now.index - int(round((now.t - t) / self.period_s)))
+        return None if tick is None else tick.state
+
     def _at(self, index: int) -> Tick | None:
         pos = index - self.ring[0].index
         return self.ring[pos] if 0 <= pos < len(self.ring) else None

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from world_model.grasp import Calibration, auroc, brier, reliability
+from world_model.grasp import Calibration, auroc, brier, load_grasp_predictor, reliability
 
 from .gate import commit_plan
 from .lockstep import Condition, GraspLockstep
@@ -56,7 +56,6 @@ def would_succeed(run: GraspLockstep, aim, roll_hint: float, config) -> bool:
 def evaluate(
     job, path: Path, episodes: int, seed: int, threshold: float | None = None, progress: bool = True
 ) -> tuple[dict, list[DecisionRecord]]:
-    from .grasp_training import load_grasp_predictor
 
     wm, predictor, head_now, calibration_now = load_grasp_predictor(path, job.gate.samples)
     threshold = job.gate.threshold if threshold is None else threshold

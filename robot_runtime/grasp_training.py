@@ -289,33 +289,3 @@ def calibrate_closed_loop(
             "rollout_temperature_only": scores(z, y, Calibration(fit_temperature(z, y))),
         },
     )
-
-
-def load_grasp_predictor(path: Path, samples: int | None = None, seed: int = 0):
-    """(world model, GraspPredictor, no-rollout head, that head's Calibration) from a file
-    written by `kiwi train grasp` (files from before the bias have none: 0)."""
-    from world_model.errors import CheckpointError
-    from world_model.grasp import GraspPredictor
-
-    wm, meta, groups = WorldModel.load(path)
-    if "success_head" not in groups or "grasp" not in meta:
-        raise CheckpointError(f"{path} has no success head: train one with `kiwi train grasp`")
-    g = meta["grasp"]
-    head, head_now = SuccessHead(wm.rssm.feat_dim), SuccessHead(wm.rssm.feat_dim)
-    head.load_state_dict(groups["success_head"])
-    head_now.load_state_dict(groups["success_head_now"])
-    predictor = GraspPredictor(
-        wm,
-        head,
-        g["horizon"],
-        samples or g["samples"],
-        g["temperature"],
-        seed=seed,
-        bias=g.get("bias", 0.0),
-    )
-    return (
-        wm.eval(),
-        predictor,
-        head_now.eval(),
-        Calibration(g["temperature_now"], g.get("bias_now", 0.0)),
-    )

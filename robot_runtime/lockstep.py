@@ -94,7 +94,7 @@ class GraspLockstep:
         from .control import ControlStep
         from .perception import CubePerception
         from .policies import build_policy
-        from .safety import BusHealth, SafetyConfig
+        from .safety import BusHealth
 
         self.job, self.wm, self.condition = job, wm, condition
         self.period = 1.0 / job.runtime.rate_hz
@@ -112,7 +112,7 @@ class GraspLockstep:
             estimator_for(wm, self.period, condition, seed),
             policy or build_policy(job, "grasp", gated=False).policy,
             self.arm,
-            SafetyConfig(sc.max_step_deg, sc.slow_after_s, sc.hold_after_s, sc.slow_factor),
+            sc,
             BusHealth(f.max_consecutive_failures, f.max_failure_rate, f.window_ticks),
             self.period,
         )

@@ -45,6 +45,7 @@ class Chunk:
     actions: np.ndarray  # [rows, joints] float64, joint units
     t_first: float  # time of the first row on the runtime's clock
     dt: float  # seconds between rows
+    t_capture: float = math.nan  # the observation it was computed from (the message's)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def check_chunk(msg: Message, n_joints: int, now: float, limits: MessageLimits) 
             "chunk_size",
             f"chunk spans {(rows - 1) * dt:.1f} s (at most {limits.max_chunk_s} s)",
         )
-    return Chunk(actions, float(t_first), float(dt))
+    return Chunk(actions, float(t_first), float(dt), float(msg.header.t_capture))
 
 
 def check_observation(
@@ -153,3 +154,30 @@ def check_plan(plan: np.ndarray, min_rows: int, n_joints: int, max_rows: int = 1
     if not np.all(np.isfinite(plan)):
         raise Rejected("non_finite", "plan holds NaN or infinity")
     return plan
+
+
+MAX_REPORT_ENTRIES = 16
+
+
+class _Report(BaseModel):
+    # counters by name: short names, non-negative integers (strict: no strings or bools)
+    model_config = ConfigDict(extra="ignore")
+    counts: dict[str, int] = Field(default_factory=dict, max_length=MAX_REPORT_ENTRIES)
+    rejections: dict[str, int] = Field(default_factory=dict, max_length=MAX_REPORT_ENTRIES)
+
+
+def check_report(msg: Message) -> dict[str, dict[str, int]]:
+    """A ``slow_report``: the slow process's own counters (policy calls, chunks, refusals by
+    reason), at most 16 of each, names of 1..32 characters, integers >= 0."""
+    try:
+        report = _Report.model_validate(msg.header.meta, strict=True)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise Rejected("report", f"slow_report {where}: {first['msg']}") from None
+    out = {"counts": report.counts, "rejections": report.rejections}
+    for group, values in out.items():
+        for name, value in values.items():
+            if not 1 <= len(name) <= 32 or value < 0:
+                raise Rejected("report", f"slow_report {group}: {name[:40]!r}={value} refused")
+    return out

@@ -4,7 +4,8 @@ evaluations, `kiwi grasp-check` and the benchmarks all get the same policy from 
 - ``grasp``: the grasp state machine on the latent (``controllers.GraspPolicy``), gated by the
   success predictor when the model file has a success head and ``gate.enabled`` is set (with
   ``job.gate.retries`` back-offs, ``job.gate.threshold``, ``job.gate.samples`` rollouts);
-- ``chunk``: a VLA's action chunks (``controllers.ChunkPolicy``).
+- ``chunk``: a VLA's action chunks (``chunk_modes.ChunkPolicy``), executed as
+  ``runtime.chunk_mode`` says (latest, blend, latent).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .chunk_modes import ChunkPolicy
 from .config import GraspJob
 from .control import Policy
-from .controllers import ChunkPolicy, GraspController, GraspPolicy
+from .controllers import GraspController, GraspPolicy
 
 KINDS = ("grasp", "chunk")
 
@@ -50,7 +52,12 @@ def build_policy(
     if kind not in KINDS:
         raise ValueError(f"policy kind must be one of {KINDS}, got {kind!r}")
     if kind == "chunk":
-        return Built(ChunkPolicy(1.0 / job.runtime.rate_hz))
+        r = job.runtime
+        return Built(
+            ChunkPolicy(
+                1.0 / r.rate_hz, r.chunk_mode, r.chunk, max_step_deg=job.safety.max_step_deg
+            )
+        )
     controller = GraspController(
         job.controller,
         max_retries=job.gate.retries if max_retries is None else max_retries,
@@ -64,9 +71,9 @@ def build_policy(
 
     if predictor is None:
         from world_model.checkpoint import load_tensors
+        from world_model.grasp import load_grasp_predictor
 
         from .assets import resolve
-        from .grasp_training import load_grasp_predictor
 
         path = resolve(checkpoint or job.runtime.checkpoint)
         groups, _ = load_tensors(path)

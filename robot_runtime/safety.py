@@ -10,7 +10,7 @@ No clocks inside: callers pass the time, so tests step it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -28,12 +28,21 @@ def clamp_step(
     return previous + np.clip(targets - previous, -max_step, max_step)
 
 
-@dataclass(frozen=True)
-class SafetyConfig:
-    max_step_deg: float = 4.0  # per tick (200 deg/s at 50 Hz)
-    slow_after_s: float = 0.5
-    hold_after_s: float = 1.5
-    slow_factor: float = 0.25  # step limit while observations are late
+class SafetyConfig(Protocol):
+    """What the watchdog and the step limit read: the config's ``safety`` section
+    (``config.SafetySection``, which holds the one set of defaults and their checks)."""
+
+    @property
+    def max_step_deg(self) -> float: ...  # per tick
+
+    @property
+    def slow_after_s(self) -> float: ...
+
+    @property
+    def hold_after_s(self) -> float: ...
+
+    @property
+    def slow_factor(self) -> float: ...  # step limit while observations are late
 
 
 class Watchdog:

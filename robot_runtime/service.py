@@ -24,9 +24,9 @@ from .control import ControlStep
 from .estimator import LatentEstimator
 from .gate import commit_plan
 from .loop import FastLoop, LoopStats
-from .messages import MessageLimits, Rejected, check_observation, check_plan
+from .messages import MessageLimits, Rejected, check_observation, check_plan, check_report
 from .policies import build_policy
-from .safety import BusHealth, SafetyConfig
+from .safety import BusHealth
 
 TRIM_EVERY_S = 60.0
 STATUS_TICKS = 3000
@@ -101,7 +101,7 @@ class Runtime:
             LatentEstimator(wm, self.period, rc.buffer_ticks, rc.mode, rc.seed),
             policy or build_policy(job, "grasp", gated=False).policy,
             arm,
-            SafetyConfig(s.max_step_deg, s.slow_after_s, s.hold_after_s, s.slow_factor),
+            s,
             BusHealth(f.max_consecutive_failures, f.max_failure_rate, f.window_ticks),
             self.period,
         )
@@ -124,6 +124,7 @@ class Runtime:
         self.counter: dict = {"rejected": 0}  # link.drain's count of undecodable messages
         self.rejections: dict[str, int] = {}  # by reason code, decodable but refused
         self.last_rejection = ""
+        self.slow_report: dict = {}  # the slow process's newest counters (``slow_report``)
         self.loop: FastLoop | None = None
         self.attempt: Attempt | None = None
         self.stop_reason: str | None = None
@@ -219,6 +220,9 @@ class Runtime:
         newest_obs = newest_chunk = None
         for msg in messages:
             try:
+                if msg.kind == "slow_report":
+                    self.slow_report = {**check_report(msg), "t": msg.header.t_capture}
+                    continue
                 checked = check_observation(
                     msg, self.obs_dims, len(self.arm.joint_names), t, self.limits
                 )
@@ -370,6 +374,7 @@ class Runtime:
             "bus": self.bus_summary(),
             "stop_reason": self.stop_reason,
             "memory_trim_ms_max": self.trim_ms_max,
+            "slow_process": self.slow_report,
         }
 
     def rejection_counts(self) -> dict[str, int]:
@@ -568,6 +573,7 @@ def serve(
             "rejected": runtime.rejected_total(),
             "rejections": runtime.rejection_counts(),
             "bus": runtime.bus_summary(),
+            "slow_process": runtime.slow_report,
         }
     finally:
         try:

@@ -1,66 +1,67 @@
-"""The slow process: perception (and, in VLA mode, action chunks), late and at a low rate.
+"""The slow process: perception and, with a policy, action chunks, late and at a low rate.
 
-It reads the camera stream (frames with the joint state at capture; in sim, from the simulated
-world's camera socket: never the simulator itself), finds the cube in the newest frame, waits
-out the configured processing latency, and posts an observation stamped with its capture time
-to the runtime's observation socket. In VLA mode it also attaches an action chunk; in sim the
-"VLA" is the scripted grasp replanned from each observation (a stand-in, named so).
+It reads the camera stream through the slow-process client (client.py: frames with the joint
+state at capture; in sim, from the simulated world's camera socket, never the simulator
+itself), finds the cube in the newest frame, calls the policy (policy_runner.py: any
+``policy(observation) -> chunk``, with a timeout, its answer checked), waits out the configured
+processing latency, and posts an observation stamped with its capture time, with the chunk
+when there is one, to the runtime's observation socket. In sim the default "VLA" (``--vla``) is
+``ScriptedVLA``: the scripted grasp replanned from each detection (a stand-in, named so).
 
-Every camera message is validated before perception sees it (``parse_frame``): kind ``camera``,
-a ``wrist`` frame of uint8 HxWx3 no larger than ``slow.image_size`` on a side, a finite float
-joint state of one value per joint, and a capture time not in the future. Anything else is a
-counted rejection with its reason (``SlowStats``, logged); the newest *valid* frame is used.
+Every camera message is validated before perception sees it (``client.parse_frame``): kind
+``camera``, a ``wrist`` frame (and any other cameras) of uint8 HxWx3 no larger than
+``slow.image_size`` on a side, a finite float joint state of one value per joint, and a capture
+time not in the future. Anything else is a counted rejection with its reason (``SlowStats``,
+logged); the newest *valid* frame is used. A policy's refusals (raised, timed out, NaN, wrong
+shape) are counted by reason, logged, and reported to the runtime (``slow_report``: its status
+shows them under ``slow_process``); nothing of them is sent as a chunk.
 
-Run: ``kiwi slow --config configs/sim_grasp.yaml [--vla]``.
+Run: ``kiwi slow --config configs/sim_grasp.yaml [--vla | --policy MODULE:FACTORY]``.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from sim.perception import PerceptionNoise
 
 from . import link
+from .client import Frame, FrameError, SlowClient
+from .client import parse_frame as parse_camera_frame
 from .config import GraspJob
 from .perception import CubePerception
+from .policy_runner import PolicyRunner
 
 CHUNK_STEPS = 25  # 0.5 s of actions at 50 Hz
 CONTROL_DT = 0.02
 N_JOINTS = 6  # the five arm joints (degrees) and the gripper (0..100)
-MAX_FUTURE_S = 1.0  # a frame stamped later than this ahead of our clock would stall the wait
 LOG_FIRST_REJECTIONS = 10  # then every 100th
+DEFAULT_TASK = "grasp the cube"
+RESYNC_S = 30.0  # a remote runtime's clock offset is measured again this often
 
-
-class FrameError(ValueError):
-    """A camera message the slow process refuses; counted and logged, never raised."""
+__all__ = ["FrameError", "ScriptedVLA", "SlowProcess", "SlowStats", "parse_frame"]
 
 
 def parse_frame(msg: link.Message, max_side: int, now: float) -> tuple[np.ndarray, np.ndarray]:
     """The wrist image [H, W, 3] uint8 and the joint state [6] float32 of a camera message;
-    FrameError saying what is wrong otherwise. ``now`` is the capture clock's current time."""
-    if msg.kind != "camera":
-        raise FrameError(f"unexpected message kind {msg.kind!r}")
-    image, state = msg.arrays.get("wrist"), msg.arrays.get("state")
-    if image is None or state is None:
-        raise FrameError("camera message without 'wrist' and 'state' arrays")
-    if image.dtype != np.uint8:
-        raise FrameError(f"wrist: dtype {image.dtype} is not uint8")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise FrameError(f"wrist: shape {image.shape} is not (H, W, 3)")
-    if not (1 <= image.shape[0] <= max_side and 1 <= image.shape[1] <= max_side):
-        raise FrameError(f"wrist: {image.shape[0]}x{image.shape[1]} is outside 1..{max_side}")
-    if state.dtype.kind != "f" or state.shape != (N_JOINTS,):
-        raise FrameError(f"state: {state.dtype} {state.shape} is not a float ({N_JOINTS},)")
-    if not np.all(np.isfinite(state)):
-        raise FrameError("state: not all finite")
-    if msg.header.t_capture > now + MAX_FUTURE_S:
-        raise FrameError(
-            f"captured {msg.header.t_capture - now:.3g} s in the future (clock not shared?)"
-        )
-    return image, state.astype(np.float32)
+    FrameError saying what is wrong otherwise (``client.parse_frame`` gives every camera)."""
+    frame = parse_camera_frame(msg, max_side, now)
+    return frame.images["wrist"], frame.state
+
+
+def observation_for_policy(frame: Frame, task: str) -> dict:
+    """The policy's input (the contract in policy_runner.py and docs/slow_process.md)."""
+    obs: dict = {"observation.state": frame.state.astype(np.float32)}
+    for name, image in frame.images.items():
+        obs[f"observation.images.{name}"] = image
+    obs["task"] = task
+    obs["timestamp"] = float(frame.t_capture)
+    return obs
 
 
 @dataclass
@@ -70,19 +71,34 @@ class SlowStats:
     misses: int = 0  # frames where the cube was not found
     rejected: int = 0  # undecodable or invalid camera messages
     last_rejection: str | None = None
-    unsent: int = 0  # observations dropped because the runtime's queue was full (or gone)
+    unsent: int = 0  # messages dropped because the runtime's queue was full (or gone)
+    chunks: int = 0  # chunks posted
+    policy_rejections: dict[str, int] = field(default_factory=dict)  # by reason
 
 
 class ScriptedVLA:
     """Stand-in for a VLA in sim: the scripted grasp, aimed at the first detection, emitting the
-    next ``steps`` actions of its plan from the capture time on."""
+    next ``steps`` actions of its plan from the capture time on. A policy like any other; its
+    detections come from ``detect(image, state)`` (the slow process's perception)."""
 
-    def __init__(self, steps: int = CHUNK_STEPS):
+    dt = CONTROL_DT
+
+    def __init__(self, detect: Callable | None = None, steps: int = CHUNK_STEPS):
         from sim.scripted import ScriptedGrasp
 
         self.policy = ScriptedGrasp()
+        self.detect = detect
         self.steps = steps
         self.t_start: float | None = None
+
+    def __call__(self, observation: dict) -> np.ndarray | None:
+        if self.detect is None:
+            raise ValueError("ScriptedVLA needs a detector (the slow process's perception)")
+        state = observation["observation.state"]
+        obj = self.detect(observation["observation.images.wrist"], state)
+        if obj is None:
+            return None
+        return self.chunk({"state": state, "object": obj}, observation["timestamp"])
 
     def chunk(self, obs: dict[str, np.ndarray], t_capture: float) -> np.ndarray:
         if self.t_start is None:
@@ -96,91 +112,148 @@ class ScriptedVLA:
 
 
 class SlowProcess:
-    def __init__(self, job: GraspJob, vla: bool = False, clock=time.monotonic, sleep=time.sleep):
-        import zmq
+    """``policy``: any ``policy(observation) -> chunk`` (``vla=True`` without one: the
+    ScriptedVLA). ``server_key``/``client_key``: CURVE files for a runtime on another machine
+    (its clock offset is then measured and applied)."""
 
+    def __init__(
+        self,
+        job: GraspJob,
+        vla: bool = False,
+        clock=time.monotonic,
+        sleep=time.sleep,
+        *,
+        policy: Callable | None = None,
+        policy_timeout_s: float = 2.0,
+        task: str = DEFAULT_TASK,
+        server_key: Path | None = None,
+        client_key: Path | None = None,
+        camera_clock: str = "runtime",
+    ):
         s = job.slow
-        self.job, self.clock, self.sleep = job, clock, sleep
+        self.job, self.clock, self.sleep, self.task = job, clock, sleep, task
         self.period, self.latency_s = 1.0 / s.rate_hz, s.latency_ms / 1000.0
         self.perception = CubePerception(
             PerceptionNoise(s.noise_far_m, s.noise_near_m, s.noise_far_deg, s.noise_near_deg),
             s.seed,
         )
-        self.vla = ScriptedVLA() if vla else None
-        self.ctx = link.Context()
-        self.camera = self.ctx.connect(zmq.SUB, job.link.camera, hwm=2)
-        self.camera.setsockopt(zmq.SUBSCRIBE, b"")
-        self.obs = self.ctx.connect(zmq.PUSH, job.link.obs, hwm=4)
+        self.client = SlowClient(
+            job.link.camera,
+            job.link.obs,
+            job.link.query,
+            server_public_key=server_key,
+            client_secret=client_key,
+            max_side=s.image_size,
+            camera_clock=camera_clock,
+            clock=clock,
+            on_reject=self._log_frame_rejection,
+        )
+        self.remote = not all(
+            link.is_loopback(a) for a in (job.link.camera, job.link.obs, job.link.query)
+        )
+        self._t_synced: float | None = None
+        if policy is None and vla:
+            policy = ScriptedVLA(self.detect)
+        self.runner = (
+            PolicyRunner(
+                policy,
+                policy_timeout_s,
+                job.runtime.limits.max_chunk_rows,
+                on_reject=self._log_policy_rejection,
+            )
+            if policy is not None
+            else None
+        )
+        self.vla = policy
         self.stats = SlowStats()
-        self.counter: dict = {}
-        self.seq = 0
-        self.episode = None
+        self._detection: tuple[int, np.ndarray | None] | None = None
+        self._reported: dict[str, int] = {}
 
-    def newest_frame(self) -> tuple[link.Message, np.ndarray, np.ndarray] | None:
-        """The newest valid camera message waiting, with its image and joint state; the
-        others are counted and logged."""
-        undecodable = self.counter.get("rejected", 0)
-        messages = link.drain(self.camera, self.counter)
-        undecodable = self.counter.get("rejected", 0) - undecodable
-        if undecodable:
-            self._reject(self.counter.get("last_error", "?"), undecodable)
-        now = self.clock()
-        valid = []
-        for msg in messages:
-            try:
-                valid.append((msg, *parse_frame(msg, self.job.slow.image_size, now)))
-            except FrameError as e:
-                self._reject(str(e))
-        newest = link.newest([m for m, _, _ in valid])
-        return next((v for v in valid if v[0] is newest), None)
+    # --- perception -------------------------------------------------------------------------
+    def detect(self, image: np.ndarray, state: np.ndarray) -> np.ndarray | None:
+        """The cube in ``image``, perceived once per frame (the policy asks for the same)."""
+        if self._detection is not None and self._detection[0] == id(image):
+            return self._detection[1]
+        obj = self.perception(image, state)
+        self._detection = (id(image), obj)
+        return obj
 
-    def _reject(self, reason: str, n: int = 1) -> None:
-        self.stats.rejected += n
+    # --- logging ----------------------------------------------------------------------------
+    def _log_frame_rejection(self, reason: str) -> None:
+        self.stats.rejected = self.client.stats.rejected
         self.stats.last_rejection = reason
-        if self.stats.rejected <= LOG_FIRST_REJECTIONS or self.stats.rejected % 100 < n:
-            print(f"rejected camera message ({self.stats.rejected} so far): {reason}", flush=True)
+        n = self.stats.rejected
+        if n <= LOG_FIRST_REJECTIONS or n % 100 == 0:
+            print(f"rejected camera message ({n} so far): {reason}", flush=True)
+
+    def _log_policy_rejection(self, reason: str, message: str) -> None:
+        r = self.stats.policy_rejections
+        r[reason] = r.get(reason, 0) + 1
+        n = sum(r.values())
+        if n <= LOG_FIRST_REJECTIONS or n % 100 == 0:
+            print(f"refused the policy's answer ({n} so far, {reason}): {message}", flush=True)
+
+    # --- one cycle --------------------------------------------------------------------------
+    def sync_clock(self) -> None:
+        """A remote runtime's clock offset, measured now (loopback: the clock is shared)."""
+        if not self.remote:
+            return
+        offset = self.client.sync_clock()
+        self._t_synced = self.clock()
+        print(
+            f"runtime clock offset {offset.offset_s:+.6f} s "
+            f"(round trip {offset.rtt_s * 1e3:.2f} ms, +-{offset.error_bound_s * 1e3:.2f} ms)",
+            flush=True,
+        )
 
     def step(self) -> bool:
-        """One perception cycle on the newest frame; returns True if an observation went out."""
-        import zmq
-
-        newest = self.newest_frame()
-        if newest is None:
+        """One cycle on the newest frame; returns True if a message went out."""
+        frame = self.client.newest_frame()
+        if frame is None:
             return False
-        frame, image, state = newest
         self.stats.frames += 1
-        obj = self.perception(image, state)
+        image, state = frame.images["wrist"], frame.state
+        obj = self.detect(image, state)
         if obj is None:
             self.stats.misses += 1
+        chunk = None
+        if self.runner is not None:
+            chunk = self.runner(observation_for_policy(frame, self.task))
+            self.report()
+        if obj is None and chunk is None:
             return False
-        t_capture = frame.header.t_capture
-        arrays = {"state": state, "object": obj}
-        meta = {}
-        if self.vla is not None:
-            arrays["actions"] = self.vla.chunk({"state": state, "object": obj}, t_capture)
-            meta = {"t_first": t_capture, "dt": CONTROL_DT}
-        wait = t_capture + self.latency_s - self.clock()
+        wait = frame.t_capture + self.latency_s - self.client.runtime_now()
         if wait > 0:
             self.sleep(wait)  # the processing time a real perception/VLA model takes
-        self.seq += 1
-        try:  # never block on a runtime that is gone: a late observation is worth nothing
-            self.obs.send_multipart(
-                link.encode("obs", arrays, seq=self.seq, t_capture=t_capture, meta=meta),
-                flags=zmq.NOBLOCK,
-                copy=False,
-            )
-        except zmq.Again:
-            self.stats.unsent += 1
-            return False
-        self.stats.posted += 1
-        return True
+        obs = None if obj is None else {"state": state, "object": obj}
+        dt = self.runner.dt if self.runner is not None else CONTROL_DT
+        sent = self.client.post(frame.t_capture, obs=obs, chunk=chunk, dt=dt)
+        self.stats.unsent = self.client.stats.unsent
+        if sent:
+            self.stats.posted += 1
+            self.stats.chunks += chunk is not None
+        return sent
+
+    def report(self) -> None:
+        """Tells the runtime about refusals when their counts changed."""
+        assert self.runner is not None
+        if self.runner.rejections != self._reported:
+            if self.client.report(self.runner.counts(), self.runner.rejections):
+                self._reported = dict(self.runner.rejections)
 
     def run(self, duration_s: float | None = None, stop=None) -> SlowStats:
+        self.sync_clock()
         start = self.clock()
         next_t = start
         while stop is None or not stop.is_set():
-            if duration_s is not None and self.clock() - start >= duration_s:
+            now = self.clock()
+            if duration_s is not None and now - start >= duration_s:
                 break
+            if self._t_synced is not None and now - self._t_synced >= RESYNC_S:
+                try:
+                    self.sync_clock()
+                except TimeoutError as e:
+                    print(f"clock offset not refreshed: {e}", flush=True)
             self.step()
             next_t += self.period
             delay = next_t - self.clock()
@@ -191,6 +264,4 @@ class SlowProcess:
         return self.stats
 
     def close(self) -> None:
-        self.camera.close(0)
-        self.obs.close(0)
-        self.ctx.close()
+        self.client.close()

@@ -10,6 +10,7 @@ averaged over dimensions and windows (nMSE). "Persistence" predicts the last obs
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,12 +36,13 @@ def make_windows(
 
 
 def tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {
-        k: torch.from_numpy(np.ascontiguousarray(v)).float()
-        if v.dtype != np.uint8
-        else torch.from_numpy(np.ascontiguousarray(v))
-        for k, v in batch.items()
-    }
+    """Floats as float32, uint8 images as they are; read-only arrays (memory-mapped frames)
+    are copied first."""
+    out = {}
+    for k, v in batch.items():
+        v = np.ascontiguousarray(v) if v.flags.writeable else np.array(v)
+        out[k] = torch.from_numpy(v) if v.dtype == np.uint8 else torch.from_numpy(v).float()
+    return out
 
 
 @torch.no_grad()
@@ -93,24 +95,50 @@ def open_loop_nmse(
     stride: int | None = None,
     seed: int = 0,
     batch: int = 256,
-) -> dict[str, np.ndarray]:
+    image_keys: tuple[str, ...] = (),
+    progress: bool = False,
+) -> dict[str, Any]:
     """Returns ``{"model": [horizon], "persistence": [horizon]}`` nMSE curves (index k-1 is
-    horizon k) and the number of windows."""
-    windows = make_windows(episodes, context + horizon, stride or max(1, horizon // 2))
+    horizon k) and the number of windows. With ``image_keys``, also ``images[camera]`` =
+    ``{"model", "persistence"}``: the mean squared pixel error (pixels in [0, 1]) of the mean of
+    the imagined frames, and of the last observed frame."""
+    from tqdm import tqdm
+
+    keys = {key, "action", *image_keys, *wm.obs_keys}
+    windows = make_windows(
+        [{k: ep[k] for k in keys} for ep in episodes],
+        context + horizon,
+        stride or max(1, horizon // 2),
+    )
     var = np.concatenate([ep[key] for ep in episodes]).var(0) + 1e-8
     gen = torch.Generator().manual_seed(seed)
     n = len(windows["action"])
     model_err = np.zeros(horizon)
     persist_err = np.zeros(horizon)
-    for lo in range(0, n, batch):
+    image_err = {k: (np.zeros(horizon), np.zeros(horizon)) for k in image_keys}
+    for lo in tqdm(
+        range(0, n, batch), desc="open loop", unit="batch", disable=not progress, leave=False
+    ):
         part = tensors({k: v[lo : lo + batch] for k, v in windows.items()})
         _, imagined = posterior_then_prior(wm, part, context, horizon, samples, gen)
-        pred = wm.decode(imagined)[key].reshape(-1, samples, horizon, var.shape[0]).mean(1).numpy()
+        decoded = wm.decode(imagined)
+        pred = decoded[key].reshape(-1, samples, horizon, var.shape[0]).mean(1).numpy()
         true = part[key][:, context : context + horizon].numpy()
         last = part[key][:, context - 1 : context].numpy()
         model_err += (((pred - true) ** 2) / var).mean(-1).sum(0)
         persist_err += (((last - true) ** 2) / var).mean(-1).sum(0)
-    return {"model": model_err / n, "persistence": persist_err / n, "windows": n}
+        for k, (err, persist) in image_err.items():
+            frames = decoded[k].reshape(-1, samples, horizon, *decoded[k].shape[-3:]).mean(1)
+            real = part[k][:, context - 1 : context + horizon].float() / 255.0
+            err += ((frames - real[:, 1:]) ** 2).mean((-3, -2, -1)).sum(0).numpy()
+            persist += ((real[:, :1] - real[:, 1:]) ** 2).mean((-3, -2, -1)).sum(0).numpy()
+    out: dict[str, Any] = {"model": model_err / n, "persistence": persist_err / n, "windows": n}
+    if image_keys:
+        out["images"] = {
+            k: {"model": err / n, "persistence": persist / n}
+            for k, (err, persist) in image_err.items()
+        }
+    return out
 
 
 @torch.no_grad()
@@ -272,35 +300,60 @@ def plot_horizon(
     marks: tuple[int, ...] = (1, 5, 15),
 ) -> None:
     plt = _pyplot()
-    h = np.arange(1, len(model) + 1)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.semilogy(h, model, "o-", ms=3, color="tab:red", label="world model (open loop)")
-    ax.semilogy(h, persistence, "s-", ms=3, color="gray", label='persistence ("no change")')
-    marks = [m for m in marks if m <= len(model)]
-    ax.plot(marks, [model[m - 1] for m in marks], "o", ms=8, mfc="none", color="black")
-    table = "\n".join(
-        [" h   model   persist."]
-        + [f"{m:>2}  {model[m - 1]:.2e}  {persistence[m - 1]:.2e}" for m in marks]
-    )
-    ax.text(
-        0.98,
-        0.35,
-        table,
-        transform=ax.transAxes,
-        ha="right",
-        va="top",
-        family="monospace",
-        fontsize=8,
-        bbox={"boxstyle": "round", "fc": "white", "ec": "0.7"},
-    )
-    ax.set_xlabel("horizon (steps after the last observation)")
-    ax.set_ylabel("normalised MSE")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    draw_horizon(ax, model, persistence, marks)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def draw_horizon(
+    ax,
+    model: np.ndarray,
+    persistence: np.ndarray,
+    marks: tuple[int, ...],
+    ylabel: str = "normalised MSE",
+    color: str = "tab:red",
+    name: str = "",
+    table: bool = True,
+) -> None:
+    """One open-loop error curve beside its persistence baseline on ``ax`` (log scale), the
+    ``marks`` circled and (with ``table``) listed."""
+    h = np.arange(1, len(model) + 1)
+    suffix = f" {name}" if name else ""
+    ax.semilogy(h, model, "o-", ms=3, color=color, label=f"world model (open loop){suffix}")
+    ax.semilogy(
+        h,
+        persistence,
+        "s--",
+        ms=3,
+        color=color,
+        alpha=0.45,
+        label=f'persistence ("no change"){suffix}',
+    )
+    marks = tuple(m for m in marks if m <= len(model))
+    ax.plot(marks, [model[m - 1] for m in marks], "o", ms=8, mfc="none", color="black")
+    if table:
+        text = "\n".join(
+            [" h   model   persist."]
+            + [f"{m:>2}  {model[m - 1]:.2e}  {persistence[m - 1]:.2e}" for m in marks]
+        )
+        ax.text(
+            0.98,
+            0.35,
+            text,
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            family="monospace",
+            fontsize=8,
+            bbox={"boxstyle": "round", "fc": "white", "ec": "0.7"},
+        )
+    ax.set_xlabel("horizon (steps after the last observation)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
 
 
 def divergence_step(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,8 +47,13 @@ class Forecast:
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T minimising the NLL of sigmoid(logit / T) (golden-section on log T)."""
+    """The temperature T minimising the NLL of sigmoid(logit / T) (golden-section on log T);
+    1 (no change) when there is nothing to fit: no finite logit."""
     logits, labels = np.asarray(logits, float), np.asarray(labels, float)
+    keep = np.isfinite(logits) & np.isfinite(labels)
+    logits, labels = logits[keep], labels[keep]
+    if len(logits) == 0:
+        return 1.0
 
     def nll(log_t: float) -> float:
         z = logits / np.exp(log_t)
@@ -84,6 +90,10 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, l2: float = 1e-3) -> Calib
     under-confident on one side, which a temperature alone cannot; where the fit would flip
     the ranking (a <= 0) it falls back to the temperature."""
     z, y = np.asarray(logits, float), np.asarray(labels, float)
+    keep = np.isfinite(z) & np.isfinite(y)
+    z, y = z[keep], y[keep]
+    if len(y) < 2 or y.min() == y.max():  # one class (or none): a bias would run off to infinity
+        return Calibration(fit_temperature(z, y), 0.0)
     x = np.stack([z, np.ones_like(z)], 1)
 
     def nll(w: np.ndarray) -> float:
@@ -226,3 +236,33 @@ class GraspPredictor:
         p = float(self.calibrate(logits.mean()))  # the K rollouts' mean logit, calibrated
         spread = float(self.calibrate(logits).std())
         return Forecast(p, spread, self.samples, self.horizon, (time.perf_counter() - t0) * 1e3)
+
+
+def load_grasp_predictor(path: Path, samples: int | None = None, seed: int = 0):
+    """(world model, GraspPredictor, no-rollout head, that head's Calibration) from a file
+    written by `kiwi train grasp` (files from before the bias have none: 0)."""
+    from .errors import CheckpointError
+    from .model import WorldModel
+
+    wm, meta, groups = WorldModel.load(path)
+    if "success_head" not in groups or "grasp" not in meta:
+        raise CheckpointError(f"{path} has no success head: train one with `kiwi train grasp`")
+    g = meta["grasp"]
+    head, head_now = SuccessHead(wm.rssm.feat_dim), SuccessHead(wm.rssm.feat_dim)
+    head.load_state_dict(groups["success_head"])
+    head_now.load_state_dict(groups["success_head_now"])
+    predictor = GraspPredictor(
+        wm,
+        head,
+        g["horizon"],
+        samples or g["samples"],
+        g["temperature"],
+        seed=seed,
+        bias=g.get("bias", 0.0),
+    )
+    return (
+        wm.eval(),
+        predictor,
+        head_now.eval(),
+        Calibration(g["temperature_now"], g.get("bias_now", 0.0)),
+    )

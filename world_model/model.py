@@ -16,6 +16,14 @@ from .objective import categorical_kl, image_mse, kl_balance, symlog_mse
 from .rssm import RSSM, State
 
 
+def metrics_to_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """0-d metric tensors -> floats, with one copy off the device for all of them."""
+    if not metrics:
+        return {}
+    values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()]).tolist()
+    return dict(zip(metrics, values))
+
+
 class WorldModel(nn.Module):
     def __init__(self, config: ModelConfig, spec: ModelSpec):
         super().__init__()
@@ -89,9 +97,9 @@ class WorldModel(nn.Module):
             return None
         value = self.config.scale[key]
         return (
-            torch.as_tensor(value, dtype=like.dtype).expand(like.shape[-1:])
+            torch.as_tensor(value, dtype=like.dtype, device=like.device).expand(like.shape[-1:])
             if isinstance(value, float | int)
-            else torch.as_tensor(value, dtype=like.dtype)
+            else torch.as_tensor(value, dtype=like.dtype, device=like.device)
         )
 
     def features(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -197,6 +205,17 @@ class WorldModel(nn.Module):
         generator: torch.Generator | None = None,
         observed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float], State]:
+        """The ELBO with its metrics as floats; see ``loss_tensors``."""
+        loss, metrics, post = self.loss_tensors(batch, state, generator, observed)
+        return loss, metrics_to_floats(metrics), post
+
+    def loss_tensors(
+        self,
+        batch: dict[str, torch.Tensor],
+        state: State | None = None,
+        generator: torch.Generator | None = None,
+        observed: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], State]:
         """ELBO on a batch of sequences ``{key: [B, T, ...]}`` from the replay (actions in the
         data's units).
 
@@ -208,6 +227,12 @@ class WorldModel(nn.Module):
         ``action[:, t]`` is the action taken after seeing obs[:, t] and ``reward[:, t]`` the reward
         received on arriving at obs[:, t] (the replay's convention), so the action that led to
         obs[:, t] is action[:, t-1]. A sequence starts from the initial state (is_first at t=0).
+
+        Metrics come back as detached 0-d tensors (no device sync per metric). Under bfloat16
+        autocast the networks' matrix products run in bfloat16, but the recurrent state (the
+        GRU's output passes a layer norm, which autocast keeps in float32), the softmaxes of
+        sampling and of the KL, and every loss term are float32: head outputs are cast back
+        before their losses, so a loss is never summed in bfloat16's 8-bit mantissa.
         """
         cfg = self.config.loss
         action = self.normalize_action(batch["action"])
@@ -224,6 +249,7 @@ class WorldModel(nn.Module):
         targets = self.features(obs)
         rec = 0
         for key, pred in recon.items():
+            pred = pred.float()
             rec = rec + (
                 image_mse(pred, targets[key])
                 if key in self.config.cnn_keys
@@ -233,13 +259,13 @@ class WorldModel(nn.Module):
             )
         parts["obs"] = rec
         if self.reward is not None:
-            parts["reward"] = self.reward.loss(self.reward(feat), batch["reward"])
+            parts["reward"] = self.reward.loss(self.reward(feat).float(), batch["reward"])
         if self.cont is not None:
             cont_target = 1.0 - batch["is_terminal"].float()
-            parts["cont"] = self.cont.loss(self.cont(feat), cont_target)
+            parts["cont"] = self.cont.loss(self.cont(feat).float(), cont_target)
         kl_loss, kl = kl_balance(
-            post.logits,
-            prior.logits,
+            post.logits.float(),
+            prior.logits.float(),
             self.config.unimix,
             cfg.dyn_scale,
             cfg.rep_scale,
@@ -258,14 +284,14 @@ class WorldModel(nn.Module):
         }
         total = kl_loss + sum(scales[k] * v for k, v in parts.items())
         loss = total.mean()
-        metrics = {f"loss_{k}": v.mean().item() for k, v in parts.items()}
-        metrics["loss_kl"] = kl_loss.mean().item()
-        metrics.update({k: v.mean().item() for k, v in kl.items()})
-        metrics["loss"] = loss.item()
         with torch.no_grad():
+            metrics = {f"loss_{k}": v.mean() for k, v in parts.items()}
+            metrics["loss_kl"] = kl_loss.mean()
+            metrics.update({k: v.mean() for k, v in kl.items()})
+            metrics["loss"] = loss.detach()
             for key in self.config.mlp_keys:
-                err = (self._from_decoder(key, recon[key]) - targets[key]) ** 2
-                metrics[f"recon_mse_{key}"] = err.mean().item()
+                err = (self._from_decoder(key, recon[key].float()) - targets[key]) ** 2
+                metrics[f"recon_mse_{key}"] = err.mean()
         return loss, metrics, post
 
     def open_loop_kl(self, prior: State, embed: torch.Tensor, unseen: torch.Tensor) -> torch.Tensor:
@@ -296,8 +322,14 @@ class WorldModel(nn.Module):
         checkpoint.save_tensors(path, {"model": self.state_dict(), **(extra or {})}, header)
 
     @classmethod
-    def load(cls, path: Path) -> tuple[WorldModel, dict[str, Any], dict[str, dict]]:
-        """Returns (model, metadata, the file's other tensor groups such as optimizer state)."""
+    def load(
+        cls, path: Path, device: torch.device | str | None = None
+    ) -> tuple[WorldModel, dict[str, Any], dict[str, dict]]:
+        """Returns (model, metadata, the file's other tensor groups such as optimizer state).
+
+        Files are read onto the CPU whatever device wrote them (safetensors holds plain
+        arrays); the model is then moved to ``device`` (default: stays on the CPU). The other
+        groups stay on the CPU: their users move what they need."""
         groups, meta = checkpoint.load_tensors(path)
         if "model_config" not in meta or "model" not in groups:
             raise checkpoint.CheckpointError(f"{path} holds no world model")
@@ -305,4 +337,6 @@ class WorldModel(nn.Module):
             ModelConfig.model_validate(meta["model_config"]), ModelSpec.model_validate(meta["spec"])
         )
         model.load_state_dict(groups.pop("model"))
+        if device is not None:
+            model.to(device)
         return model, meta, groups

@@ -146,6 +146,18 @@ class Replay:
             self.episodes.pop(0)
             self.paths.pop(0)
 
+    def shard(self, rank: int, world: int) -> Replay:
+        """Episodes rank, rank + world, rank + 2 world, ... (in memory, not saved again): one
+        training process's share. Every rank gets at least one episode."""
+        if self.num_episodes < world:
+            raise ReplayError(
+                f"{self.num_episodes} episodes cannot be shared among {world} training "
+                "processes (each needs at least one)"
+            )
+        part = Replay(None)
+        part.episodes, part.paths = self.episodes[rank::world], self.paths[rank::world]
+        return part
+
     def sample(
         self, batch: int, length: int, rng: np.random.Generator, keys: tuple[str, ...] | None = None
     ) -> dict[str, np.ndarray]:

@@ -17,11 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .atomic import atomic_write_text
 from .behavior import Behavior
 from .checkpoint import load_optimizer_tensors, optimizer_tensors
 from .config import AgentConfig, BehaviorConfig, ModelConfig, TrainConfig
-from .model import ModelSpec, WorldModel
+from .device import autocast, maybe_compile
+from .distributed import Distributed
+from .model import ModelSpec, WorldModel, metrics_to_floats
 from .replay import Replay, episode_from_steps
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -42,16 +45,19 @@ def obs_to_torch(obs: dict[str, np.ndarray], keys: tuple[str, ...]) -> dict[str,
 
 
 def sparse_observations(
-    shape: tuple[int, int], every_max: int, generator: torch.Generator | None = None
+    shape: tuple[int, int],
+    every_max: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
 ) -> torch.Tensor | None:
     """``[B, T]`` mask: sequence b is observed every N_b steps (N_b uniform in 1..every_max)
     from a random phase; None when every_max is 1 (all observed)."""
     if every_max <= 1:
         return None
     batch, length = shape
-    every = torch.randint(1, every_max + 1, (batch, 1), generator=generator)
-    phase = (torch.rand(batch, 1, generator=generator) * every).long()
-    return (torch.arange(length)[None] - phase) % every == 0
+    every = torch.randint(1, every_max + 1, (batch, 1), generator=generator, device=device)
+    phase = (torch.rand(batch, 1, generator=generator, device=device) * every).long()
+    return (torch.arange(length, device=device)[None] - phase) % every == 0
 
 
 class MetricLog:
@@ -108,28 +114,74 @@ def format_metrics(record: dict[str, float], keys: tuple[str, ...]) -> str:
     return "  ".join(f"{k}={record[k]:.4g}" for k in keys if k in record)
 
 
-class WorldModelTrainer:
-    """Adam on the ELBO, with gradient clipping; saves and resumes through one checkpoint file."""
+class _Loss(torch.nn.Module):
+    """The world model's loss as ``forward``: what DistributedDataParallel and torch.compile
+    wrap (DDP syncs gradients only for what runs through its forward)."""
 
-    def __init__(self, model: WorldModel, config: TrainConfig):
-        self.model, self.config = model, config
+    def __init__(self, model: WorldModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, generator, observed):
+        return self.model.loss_tensors(batch, generator=generator, observed=observed)
+
+
+class WorldModelTrainer:
+    """Adam on the ELBO, with gradient clipping; saves and resumes through one checkpoint file.
+
+    ``device``: where the model, its optimizer and each batch live (default: the CPU).
+    ``autocast_dtype``: torch.bfloat16 runs the networks under autocast (see
+    world_model/device.py); None is plain float32. ``compile``: the loss (forward and, through
+    AOTAutograd, its backward) runs through torch.compile. ``dist``: this process's place among
+    torchrun's processes; gradients are averaged over them by DistributedDataParallel.
+    """
+
+    def __init__(
+        self,
+        model: WorldModel,
+        config: TrainConfig,
+        device: torch.device | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        compile: bool = False,
+        dist: Distributed | None = None,
+    ):
+        self.device = device or torch.device("cpu")
+        self.model, self.config = model.to(self.device), config
+        self.autocast_dtype, self.compiled = autocast_dtype, compile
+        self.dist = dist or Distributed()
         self.opt = torch.optim.Adam(model.parameters(), config.lr, eps=config.eps)
         self.step = 0
+        self._loss = maybe_compile(distributed.wrap(_Loss(model), self.dist, self.device), compile)
 
     def update(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
     ) -> tuple[dict[str, float], Any]:
+        """One update on ``batch`` (CPU or device tensors). ``generator`` must live on the
+        trainer's device (its samples are drawn there)."""
+        metrics, post = self.update_tensors(batch, generator)
+        return metrics_to_floats(metrics), post
+
+    def update_tensors(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> tuple[dict[str, torch.Tensor], Any]:
+        """``update`` with its metrics left as 0-d tensors on the device (no sync); with
+        several processes they are averaged over them."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         observed = sparse_observations(
-            batch["action"].shape[:2], self.config.obs_every_max, generator
+            batch["action"].shape[:2], self.config.obs_every_max, generator, self.device
         )
-        loss, metrics, post = self.model.loss(batch, generator=generator, observed=observed)
+        with autocast(self.device, self.autocast_dtype):
+            loss, metrics, post = self._loss(batch, generator, observed)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        metrics["grad_norm"] = float(
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        )
+        metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.config.grad_clip
+        ).detach()
         self.opt.step()
         self.step += 1
+        if self.dist.enabled:
+            values = distributed.mean_over_ranks(torch.stack(list(metrics.values())), self.dist)
+            metrics = dict(zip(metrics, values))
         return metrics, post
 
     def save(
@@ -157,36 +209,48 @@ def train_world_model(
     trainer: WorldModelTrainer | None = None,
     progress: bool = True,
     log: Callable[[str], None] = tqdm.write,
+    meta: dict[str, Any] | None = None,
 ) -> WorldModelTrainer:
     """Trains until ``trainer.step == steps``, logging and checkpointing into ``out_dir``.
 
     Pass a restored trainer to resume; the replay sampler is reseeded from the step so a resumed
-    run does not replay the same batches again.
+    run does not replay the same batches again. With several processes (the trainer's
+    ``dist``), each samples its own shard of the episodes with its own seed, and rank 0 alone
+    logs and writes the checkpoint (after every rank has finished the same update). ``meta``:
+    more header fields for the checkpoint.
     """
     out_dir = Path(out_dir)
     trainer = trainer or WorldModelTrainer(model, config)
-    rng = np.random.default_rng([config.seed, trainer.step])
-    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + trainer.step)
-    metrics_log = MetricLog(out_dir / "metrics.jsonl")
+    ctx = trainer.dist
+    if ctx.enabled:
+        replay = replay.shard(ctx.rank, ctx.world)
+    rng = np.random.default_rng([config.seed, trainer.step, ctx.rank])
+    gen = torch.Generator(trainer.device).manual_seed(
+        config.seed * 1_000_003 + trainer.step + 7_919 * ctx.rank
+    )
+    metrics_log = MetricLog(out_dir / "metrics.jsonl" if ctx.is_main else None)
     metrics_log.keep_until("step", trainer.step)
-    meta = {"job_config": job_config or {}}
+    meta = {**(meta or {}), "job_config": job_config or {}, "processes": ctx.world}
     model.train()
     bar = tqdm(
         total=steps,
         initial=trainer.step,
         desc="world model",
         unit="step",
-        disable=not progress,
+        disable=not progress or not ctx.is_main,
         dynamic_ncols=True,
     )
+    if not ctx.is_main:
+        log = _silent
     t0 = time.perf_counter()
     while trainer.step < steps:
         batch = to_torch(replay.sample(config.batch_size, config.seq_len, rng))
-        metrics, _ = trainer.update(batch, gen)
-        metrics_log.add(metrics)
+        metrics, _ = trainer.update_tensors(batch, gen)
+        metrics_log.add(metrics_to_floats(metrics))
         bar.update(1)
         if trainer.step % config.log_every == 0 or trainer.step == steps:
-            record = metrics_log.flush(step=trainer.step, wall_s=time.perf_counter() - t0)
+            wall_s = time.perf_counter() - t0
+            record = metrics_log.flush(step=trainer.step, wall_s=wall_s)
             bar.set_postfix_str(format_metrics(record, ("loss", "loss_obs", "kl")))
             log(
                 f"step {trainer.step}: "
@@ -205,9 +269,15 @@ def train_world_model(
                 )
             )
         if trainer.step % config.checkpoint_every == 0 or trainer.step == steps:
-            trainer.save(out_dir / CHECKPOINT, meta)
+            if ctx.is_main:
+                trainer.save(out_dir / CHECKPOINT, meta)
+            distributed.barrier(ctx)  # no rank runs ahead of a checkpoint being written
     bar.close()
     return trainer
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 # --- acting in an environment -------------------------------------------------------------

@@ -247,11 +247,18 @@ def run(args) -> int:
             f"{default['prior_step_us_p50']:.0f} µs, the gate's forecast (K=64, "
             f"H={default['horizon']}) {default['forecast_k64_ms']:.1f} ms"
         )
+    from .pixels import measure as measure_pixels
+    from .pixels import summary_lines
+
+    pixels = measure_pixels(getattr(args, "data", None), args.quick)
+    for line in summary_lines(pixels):
+        print(line)
     write_json(
         args.json,
         {
             **main,
             "default_model": default,
+            "pixel_model": pixels,
             "by_threads": {str(t): r for t, r in results.items()},
             "reference": {
                 "deter": 256,

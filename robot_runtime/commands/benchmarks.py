@@ -60,9 +60,14 @@ def register(sub) -> None:
         "Times the RSSM at the reference size (deter 256, hidden 256, 32x32 categorical "
         "stoch, 6-dim action, 16-dim vector observation): the batch-1 prior step (beside "
         "a textbook implementation of the same step), K x H rollouts, one training update "
-        "at 16 x 64, and float32 GEMM throughput measured in the same run.",
-        "kiwi bench world-model --json bench-world-model.json",
+        "at 16 x 64, and float32 GEMM throughput measured in the same run. Then the pixel "
+        "model of configs/so101_pixels.yaml at batch 1 on one thread (posterior update with "
+        "one 64x64 image, prior step) and a LeRobot dataset's read throughput with video "
+        "decode (--data, or a small one written for the purpose).",
+        "kiwi bench world-model --json bench-world-model.json\n"
+        "kiwi bench world-model --data data/grasp-lerobot",
     )
+    p.add_argument("--data", help="LeRobot dataset whose read throughput is measured")
     p.add_argument(
         "--json",
         nargs="?",

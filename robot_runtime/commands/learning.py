@@ -1,4 +1,4 @@
-"""kiwi lab / train: the world model, the Pendulum lab and the Dreamer agent."""
+"""kiwi lab / train: the world model, the Pendulum lab, the Dreamer agent and the chunk policy."""
 
 from __future__ import annotations
 
@@ -86,24 +86,51 @@ def cmd_lab(args) -> int:
 
 
 def cmd_train_world_model(args) -> int:
+    from world_model import distributed
+
+    ctx = distributed.from_environment()
+    if args.nproc > 1 and not ctx.enabled:
+        return launch_torchrun(args)
+    device, dtype = training_device(args, ctx.local_rank if ctx.enabled else None)
+    try:
+        return train_world_model_here(args, ctx, device, dtype)
+    finally:
+        distributed.shutdown()
+
+
+def train_world_model_here(args, ctx, device, dtype) -> int:
+    """The body of `kiwi train world-model` in this process (one of torchrun's or the only)."""
+    from world_model import distributed
+    from world_model.device import describe
     from world_model.errors import ReplayError
     from world_model.model import WorldModel
     from world_model.replay import Replay, load_spec
     from world_model.train import CHECKPOINT, WorldModelTrainer, train_world_model
 
-    from ..config import PendulumJob, dump_config
+    from ..config import LeRobotJob, PendulumJob, dump_config
+    from ..dataset_world_model import is_lerobot_dataset
     from ..lab import prepare_data
 
     job, path = load_any_job(args)
     set_threads(job.train.threads)
     out = Path(args.out)
     ckpt = out / CHECKPOINT
+    data_arg = args.data or getattr(job.data, "path", None) or getattr(job.data, "episodes", None)
+    if (data_arg and is_lerobot_dataset(Path(data_arg))) or isinstance(job, LeRobotJob):
+        return train_on_lerobot(args, job, path, Path(data_arg or "."))
     resume = check_out(out, CHECKPOINT, args)
-    remove_temp_files(out, out / "replay", out / "holdout")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(job))
+    distributed.init(ctx, device)  # every rank has checked OUT before rank 0 writes in it
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    if ctx.is_main:
+        remove_temp_files(out, out / "replay", out / "holdout")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(job))
     if isinstance(job, PendulumJob) and not args.data:
-        replay, _, spec = prepare_data(job, out, not args.no_progress, print)
+        if ctx.is_main:  # rank 0 collects; the others read what it wrote
+            replay, _, spec = prepare_data(job, out, not args.no_progress, print)
+        distributed.barrier(ctx)
+        if not ctx.is_main:
+            replay, spec = Replay(out / "replay"), load_spec(out / "replay")
     else:
         data = Path(args.data or job.data.episodes)
         replay = Replay(data)
@@ -114,18 +141,27 @@ def cmd_train_world_model(args) -> int:
             )
         spec = load_spec(data)
     steps = args.steps if args.steps is not None else job.train.steps
+    options = dict(device=device, autocast_dtype=dtype, compile=args.compile, dist=ctx)
     if resume:
         wm, meta, groups = WorldModel.load(ckpt)
-        trainer = WorldModelTrainer(wm, job.train)
+        trainer = WorldModelTrainer(wm, job.train, **options)
         trainer.restore(groups, meta)
-        print(f"resuming from {ckpt} at step {trainer.step}")
+        say(f"resuming from {ckpt} at step {trainer.step}")
     else:
-        ckpt.unlink(missing_ok=True)  # --overwrite: the folder never mixes two runs
+        distributed.barrier(ctx)  # every rank is past its check of OUT
+        if ctx.is_main:
+            ckpt.unlink(missing_ok=True)  # --overwrite: the folder never mixes two runs
         wm = WorldModel(job.model, spec)
-        trainer = WorldModelTrainer(wm, job.train)
-    print(
+        trainer = WorldModelTrainer(wm, job.train, **options)
+    say(
         f"kiwi train world-model: {path} ({job.task}); {len(replay)} steps in "
         f"{replay.num_episodes} episodes; {steps} updates -> {ckpt}"
+    )
+    b, t = job.train.batch_size, job.train.seq_len
+    say(
+        f"on {describe(device, dtype, args.compile)}; {ctx.world} process(es): effective batch "
+        f"{ctx.world} x {b} = {ctx.world * b} sequences of {t} steps per update, learning rate "
+        f"{job.train.lr:g} (gradients averaged over processes, lr not scaled)"
     )
     train_world_model(
         wm,
@@ -137,7 +173,75 @@ def cmd_train_world_model(args) -> int:
         trainer,
         not args.no_progress,
     )
-    print(f"wrote {ckpt} and {out / 'metrics.jsonl'}")
+    say(f"wrote {ckpt} and {out / 'metrics.jsonl'}")
+    return 0
+
+
+def training_device(args, local_rank: int | None = None):
+    """(torch.device, autocast dtype or None) from --device and --precision."""
+    from world_model.device import resolve_device, resolve_precision
+
+    device = resolve_device(args.device, local_rank)
+    return device, resolve_precision(args.precision, device)
+
+
+def launch_torchrun(args) -> int:
+    """Runs this very command in ``--nproc`` processes under torchrun (on this machine)."""
+    import subprocess
+    import sys
+
+    argv = list(args.argv)
+    for i, a in enumerate(argv):  # drop --nproc N / --nproc=N: the children are the workers
+        if a == "--nproc":
+            del argv[i : i + 2]
+            break
+        if a.startswith("--nproc="):
+            del argv[i]
+            break
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        "-m",
+        "robot_runtime.cli",
+        *argv,
+    ]
+    print(f"launching {args.nproc} processes: torchrun --standalone ... {' '.join(argv)}")
+    return subprocess.call(cmd)
+
+
+def train_on_lerobot(args, job, path: Path, data: Path) -> int:
+    """`kiwi train world-model` on a LeRobotDataset v3.0 folder (robot_runtime/
+    dataset_world_model.py)."""
+    from world_model.datasets.lerobot_format import DatasetError
+    from world_model.train import CHECKPOINT
+
+    from ..config import LeRobotJob
+    from ..dataset_world_model import is_lerobot_dataset, train_on_dataset
+
+    if not isinstance(job, LeRobotJob):
+        raise DatasetError(
+            f"{data} is a LeRobot dataset and {path} a {job.task} job: train it with a "
+            "`task: lerobot` config, e.g. --config configs/so101_pixels.yaml"
+        )
+    if not is_lerobot_dataset(data):
+        raise DatasetError(
+            f"{data} is not a LeRobotDataset v3.0 folder (no meta/info.json); {path} learns "
+            "from one: --data DIR (e.g. from `kiwi collect --format lerobot`)"
+        )
+    out = Path(args.out)
+    resume = check_out(out, CHECKPOINT, args)
+    remove_temp_files(out, out / "cache")
+    steps = args.steps if args.steps is not None else job.train.steps
+    print(f"kiwi train world-model: {path} ({job.task}) on {data} -> {out}")
+    done = train_on_dataset(job, data, out, steps, resume, not args.no_progress)
+    print(
+        f"trained to step {done['steps']} in {done['wall_s']:.0f} s; wrote {out / CHECKPOINT} "
+        f"and {out / 'metrics.jsonl'}; evaluate with `kiwi eval world-model --data {data} "
+        f"--checkpoint {out / CHECKPOINT} --out {out / 'eval'}`"
+    )
     return 0
 
 
@@ -300,6 +404,52 @@ def cmd_train_grasp(args) -> int:
     return 0
 
 
+def cmd_train_policy(args) -> int:
+    from ..bc_training import POLICY_FILE, BCPolicyJob, train_policy
+    from ..config import dump_config, load_config
+
+    overrides = list(args.overrides)
+    if args.all_episodes:
+        overrides.append("data.successful_only=false")
+    job, path = load_config(args.config, BCPolicyJob, overrides, "quick" if args.quick else None)
+    set_threads(job.train.threads)
+    data = Path(args.data or job.data.dataset)
+    out = Path(args.out)
+    check_out(out, POLICY_FILE, args, resumable=False)
+    remove_temp_files(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)  # --overwrite: one run's metrics only
+    (out / "config.yaml").write_text(dump_config(job))
+    which = "successful" if job.data.successful_only else "all"
+    print(
+        f"kiwi train policy: {path}{' (quick preset)' if args.quick else ''}; {which} episodes "
+        f"of {data}; {job.train.steps} steps -> {out / POLICY_FILE}"
+    )
+    figures = train_policy(job, data, out, invoked_as(args), not args.no_progress)
+    val = figures.get("val_l1")
+    print(
+        format_table(
+            [
+                ("episodes", "frames", "steps", "train L1", "held-out L1", "decode_s", "train_s"),
+                (
+                    figures["episodes"],
+                    figures["frames"],
+                    figures["step"],
+                    f"{figures['train_l1']:.4f}",
+                    "-" if val is None else f"{val:.4f}",
+                    f"{figures['decode_s']:.0f}",
+                    f"{figures['train_s']:.0f}",
+                ),
+            ]
+        )
+    )
+    print(
+        f"wrote {out / POLICY_FILE}, {out / 'metrics.jsonl'}; next: kiwi eval policy "
+        f"--checkpoint {out / POLICY_FILE}"
+    )
+    return 0
+
+
 def register(sub) -> None:
     lab = sub.add_parser("lab", help="the RSSM lab", formatter_class=Formatter)
     lab_sub = lab.add_subparsers(dest="lab", metavar="LAB", required=True)
@@ -335,13 +485,18 @@ def register(sub) -> None:
         "kiwi train world-model --config configs/sim_grasp.yaml --data data/grasp "
         "--out runs/grasp-wm\n"
         "kiwi train world-model --config configs/pendulum.yaml --out runs/wm --resume "
-        "--steps 8000",
+        "--steps 8000\n"
+        "kiwi train world-model --config configs/sim_grasp.yaml --data data/grasp "
+        "--out runs/grasp-wm --nproc 2 --set train.threads=1   # 2 processes (DDP)\n"
+        "torchrun --nproc_per_node 4 -m robot_runtime.cli train world-model "
+        "--config configs/sim_grasp.yaml --data data/grasp --out runs/grasp-wm --device cuda",
     )
     add_config_args(p, "pendulum")
     p.add_argument("--data", help="folder of episodes (default: the config's data section)")
     p.add_argument("--out", default="runs/world-model", help="output folder")
     p.add_argument("--steps", type=int, help="train until this many steps (default: config)")
     add_resume_overwrite(p)
+    add_device_args(p, nproc=True)
     p = command(
         train_sub,
         "agent",
@@ -380,6 +535,62 @@ def register(sub) -> None:
     p.add_argument("--ship", action="store_true", help="also replace the shipped model")
     p.add_argument("--out", default="runs/grasp", help="output folder")
     add_resume_overwrite(p, resume=False)
+
+    p = command(
+        train_sub,
+        "policy",
+        cmd_train_policy,
+        "behaviour-clone a chunk policy from a LeRobot dataset",
+        "Trains the project's own action-chunk policy (ACT-style: wrist image and joint state "
+        "in, the next 25 actions out; L1 loss on actions normalised by the dataset's "
+        "stats.json) on a LeRobot v3.0 folder, by default its successful episodes "
+        "(next.success at an episode's end). The videos are decoded once and kept in memory. "
+        "Writes OUT/policy.safetensors (weights, normalisation, config and this command), "
+        "metrics.jsonl (train and held-out L1) and config.yaml. Run it with `kiwi eval policy` "
+        "or as the slow process's policy (robot_runtime.bc_policy:load).",
+        "kiwi train policy --data data/grasp-lerobot --out runs/policy\n"
+        "kiwi train policy --data data/grasp-lerobot --all-episodes --set train.steps=2000\n"
+        "kiwi train policy --quick --data data/grasp-lerobot --out runs/policy-quick",
+    )
+    add_config_args(p, "bc_policy")
+    p.add_argument("--data", help="LeRobot v3.0 dataset folder (default: the config's)")
+    p.add_argument(
+        "--all-episodes",
+        action="store_true",
+        help="learn from every episode, not only the successful ones",
+    )
+    p.add_argument("--out", default="runs/policy", help="output folder")
+    add_resume_overwrite(p, resume=False)
+
+
+def add_device_args(p, nproc: bool = False) -> None:
+    """--device, --precision, --compile (and --nproc where the command runs under torchrun)."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where to train (auto: cuda if torch sees a GPU, else cpu)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="auto: bfloat16 autocast on CUDA, float32 elsewhere",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the update through torch.compile (first steps compile; see the README's "
+        "figures before using it on a CPU)",
+    )
+    if nproc:
+        p.add_argument(
+            "--nproc",
+            type=int,
+            default=1,
+            help="training processes (torchrun, DistributedDataParallel; gloo on CPU, nccl on "
+            "CUDA); each takes train.threads threads",
+        )
 
 
 def add_resume_overwrite(p, resume: bool = True) -> None:

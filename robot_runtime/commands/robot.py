@@ -196,11 +196,12 @@ def cmd_grasp_check(args) -> int:
         return _grasp_check_remote(args)
     import torch
 
+    from world_model.grasp import load_grasp_predictor
+
     from ..assets import resolve
     from ..config import GraspJob, load_config
     from ..grasp_check import check_grasp
     from ..grasp_eval import runtime_condition
-    from ..grasp_training import load_grasp_predictor
 
     torch.set_num_threads(1)
     job, _ = load_config(args.config, GraspJob, args.overrides)

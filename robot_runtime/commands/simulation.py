@@ -130,12 +130,37 @@ def print_recorded(record: Path) -> None:
 
 def cmd_slow(args) -> int:
     from ..config import GraspJob, load_config
+    from ..policy_runner import load_policy, parse_policy_args
     from ..slow import SlowProcess
 
     job, path = load_config(args.config, GraspJob, args.overrides)
-    proc = SlowProcess(job, vla=args.vla)
+    if args.policy_arg and not args.policy:
+        raise ValueError("--policy-arg needs --policy")
+    if args.client_key and not args.server_key:
+        raise ValueError("--client-key needs --server-key (the runtime's public key)")
+    policy = load_policy(args.policy, parse_policy_args(args.policy_arg)) if args.policy else None
+    keys = {
+        "server_key": Path(args.server_key) if args.server_key else None,
+        "client_key": Path(args.client_key) if args.client_key else None,
+    }
+    proc = SlowProcess(
+        job,
+        vla=args.vla,
+        policy=policy,
+        policy_timeout_s=args.policy_timeout,
+        task=args.task,
+        camera_clock=args.camera_clock,
+        **keys,
+    )
+    what = (
+        f" + policy {args.policy}"
+        if args.policy
+        else " + VLA chunks (scripted)"
+        if args.vla
+        else ""
+    )
     print(
-        f"kiwi slow: perception{' + VLA chunks' if args.vla else ''} at {job.slow.rate_hz:g} Hz, "
+        f"kiwi slow: perception{what} at {job.slow.rate_hz:g} Hz, "
         f"{job.slow.latency_ms:g} ms latency; camera {job.link.camera} -> {job.link.obs}",
         flush=True,
     )
@@ -148,6 +173,11 @@ def cmd_slow(args) -> int:
     print(
         f"frames {stats.frames}, observations posted {stats.posted}, cube not found "
         f"{stats.misses}, malformed frames {stats.rejected}"
+        + (
+            f", chunks {stats.chunks}, policy refusals {stats.policy_rejections or 0}"
+            if proc.runner is not None
+            else ""
+        )
     )
     return 0
 
@@ -271,8 +301,38 @@ def register(sub) -> None:
         "to the runtime; --vla also attaches action chunks (in sim: the scripted grasp as "
         "a stand-in VLA).",
         "kiwi slow --config configs/sim_grasp.yaml\n"
-        "kiwi slow --config configs/sim_grasp.yaml --vla --set slow.latency_ms=300",
+        "kiwi slow --config configs/sim_grasp.yaml --vla --set slow.latency_ms=300\n"
+        "kiwi slow --policy my_pkg.policies:make_policy --policy-arg chunk=50 "
+        "--set slow.latency_ms=0\n"
+        "kiwi slow --policy lerobot:outputs/act/checkpoints/last/pretrained_model",
     )
     add_config_args(p, "sim_grasp", presets=False)
-    p.add_argument("--vla", action="store_true", help="attach action chunks")
+    p.add_argument(
+        "--vla", action="store_true", help="attach action chunks (default policy: the scripted one)"
+    )
+    p.add_argument(
+        "--policy",
+        metavar="MODULE:FACTORY",
+        help="the policy: a factory returning policy(observation) -> [T, 6] chunk, or "
+        "lerobot:PATH for a LeRobot checkpoint folder (docs/slow_process.md)",
+    )
+    p.add_argument(
+        "--policy-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword string for the factory (repeatable)",
+    )
+    p.add_argument(
+        "--policy-timeout", type=float, default=2.0, help="seconds before a call is refused"
+    )
+    p.add_argument("--task", default="grasp the cube", help="the task string given to the policy")
+    p.add_argument("--server-key", help="the runtime's public CURVE key (a remote runtime)")
+    p.add_argument("--client-key", help="this client's .key_secret (`kiwi keys`)")
+    p.add_argument(
+        "--camera-clock",
+        choices=["runtime", "local"],
+        default="runtime",
+        help="which machine stamps the camera frames (local: shifted by the measured offset)",
+    )
     p.add_argument("--duration", type=float, help="stop after this many seconds")

@@ -10,7 +10,8 @@ import numpy as np
 
 from drivers.sim_arm import SimArm
 from robot_runtime import link
-from robot_runtime.controllers import ChunkFollower, ChunkPolicy
+from robot_runtime.chunk_modes import ChunkPolicy
+from robot_runtime.controllers import ChunkFollower
 from robot_runtime.loop import LoopStats, Ring
 from robot_runtime.service import Runtime
 

@@ -14,7 +14,7 @@ from robot_runtime.controllers import GraspController, GraspPolicy
 from robot_runtime.dryrun import free_ports
 from robot_runtime.estimator import LatentEstimator
 from robot_runtime.loop import SteppedClock
-from robot_runtime.safety import BusHealth, SafetyConfig
+from robot_runtime.safety import BusHealth
 from robot_runtime.service import Runtime
 
 from .runtime_helpers import grasp_job, tiny_grasp_model
@@ -64,7 +64,7 @@ def test_realtime_and_lockstep_paths_command_the_same_bits():
         ),
         policy(job),
         arm_ls,
-        SafetyConfig(s.max_step_deg, s.slow_after_s, s.hold_after_s, s.slow_factor),
+        s,
         BusHealth(25, 0.2, 500),
         period,
     )

@@ -72,6 +72,21 @@ def test_platt_fit_is_the_likelihoods_stationary_point_on_random_data():
     assert backwards.bias == 0.0 and backwards.temperature > 0
 
 
+def test_calibration_on_too_little_data_stays_finite():
+    """Tiny calibration sets (a quick run, one class, a NaN logit) give a usable calibration,
+    not NaN: nothing to fit is no change, one class is a temperature without a bias."""
+    assert fit_temperature(np.array([]), np.array([])) == 1.0
+    for logits, labels in [
+        (np.array([]), np.array([])),
+        (np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 1.0])),
+        (np.array([0.5]), np.array([0.0])),
+        (np.array([np.nan, 1.0, -1.0]), np.array([1.0, 1.0, 0.0])),
+    ]:
+        c = fit_platt(logits, labels)
+        assert np.isfinite(c.temperature) and c.temperature > 0 and np.isfinite(c.bias)
+        assert np.all(np.isfinite(c(np.array([-3.0, 0.0, 3.0]))))
+
+
 def test_isotonic_pools_adjacent_violators():
     knots, values = fit_isotonic(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]))
     assert np.interp([0.1, 0.2, 0.3, 0.4], knots, values).tolist() == [0.0, 0.5, 0.5, 1.0]

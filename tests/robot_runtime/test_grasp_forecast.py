@@ -11,9 +11,8 @@ from robot_runtime.assets import resolve
 from robot_runtime.controllers import GraspController, GraspPolicy
 from robot_runtime.gate import GraspGate
 from robot_runtime.grasp_eval import runtime_condition
-from robot_runtime.grasp_training import load_grasp_predictor
 from robot_runtime.lockstep import GraspLockstep
-from world_model.grasp import auroc
+from world_model.grasp import auroc, load_grasp_predictor
 
 from .runtime_helpers import grasp_job
 

@@ -6,12 +6,12 @@ import signal
 import numpy as np
 import pytest
 
+from robot_runtime.config import SafetySection
 from robot_runtime.loop import FastLoop, SteppedClock, StopOnSignals
 from robot_runtime.safety import (
     HOLD,
     NORMAL,
     SLOW,
-    SafetyConfig,
     Watchdog,
     clamp_limits,
     clamp_step,
@@ -172,7 +172,7 @@ def test_clamp_step_with_a_scalar_and_a_per_joint_limit():
 
 
 def test_safe_targets_per_mode():
-    config = SafetyConfig(max_step_deg=4.0, slow_factor=0.25)
+    config = SafetySection(max_step_deg=4.0, slow_factor=0.25)
     previous = np.array([88.0, 50.0, 0.0])
     targets = np.array([200.0, 30.0, 2.0])
     # the limit first (200 -> 90), then the step: 88 -> 90, 50 -> 46, 0 -> 2
@@ -188,7 +188,7 @@ def test_safe_targets_per_mode():
 
 
 def test_safe_targets_hold_joints_whose_target_is_not_finite():
-    config = SafetyConfig(max_step_deg=4.0)
+    config = SafetySection(max_step_deg=4.0)
     previous = np.array([10.0, 50.0, 0.0])
     targets = np.array([np.nan, 60.0, np.inf])
     out = safe_targets(targets, previous, LIMITS, NORMAL, config)
@@ -196,7 +196,7 @@ def test_safe_targets_hold_joints_whose_target_is_not_finite():
 
 
 def test_watchdog_modes_follow_the_age_of_the_last_observation():
-    config = SafetyConfig(slow_after_s=0.5, hold_after_s=1.5)
+    config = SafetySection(slow_after_s=0.5, hold_after_s=1.5)
     clock = SteppedClock(100.0)
     dog = Watchdog(config, clock())
     seen = []
@@ -210,7 +210,7 @@ def test_watchdog_modes_follow_the_age_of_the_last_observation():
 
 
 def test_watchdog_update_reports_each_transition_exactly_once():
-    config = SafetyConfig(slow_after_s=0.5, hold_after_s=1.5)
+    config = SafetySection(slow_after_s=0.5, hold_after_s=1.5)
     clock = SteppedClock(0.0)
     dog = Watchdog(config, clock())
     events = []

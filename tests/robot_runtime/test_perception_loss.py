@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robot_runtime.config import GraspControllerConfig
+from robot_runtime.config import GraspControllerConfig, SafetySection
 from robot_runtime.controllers import (
     APPROACH,
     CLOSE,
@@ -19,7 +19,7 @@ from robot_runtime.controllers import (
     GraspPolicy,
 )
 from robot_runtime.gate import PENDING, Decision
-from robot_runtime.safety import HOLD, NORMAL, SLOW, SafetyConfig, Watchdog
+from robot_runtime.safety import HOLD, NORMAL, SLOW, Watchdog
 
 DT = 0.02
 JOINTS = np.array([0.0, -70.0, 30.0, 90.0, 0.0, 100.0])
@@ -170,7 +170,7 @@ def test_a_committed_grasp_finishes_and_is_exempt_from_the_watchdog():
 def test_the_watchdog_and_the_policy_together_on_a_stepped_clock():
     """Observations every 0.2 s, then none: the watchdog slows at 0.6 s; from that tick on the
     policy searches."""
-    watchdog = Watchdog(SafetyConfig(slow_after_s=0.6, hold_after_s=1.5), 0.0)
+    watchdog = Watchdog(SafetySection(slow_after_s=0.6, hold_after_s=1.5), 0.0)
     policy = GraspPolicy(GraspController(GraspControllerConfig(lost_after_s=30.0)))
     policy.reset(0.0)
     est, blind_from, phases = FixedBeliefFake(), None, []

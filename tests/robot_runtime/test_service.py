@@ -123,7 +123,7 @@ def test_without_observations_the_grasp_searches_slowly_and_a_chunk_policy_holds
         k = tick_until(rt, k, 1)
         assert np.all(np.abs(rt.command - before) <= slow_step + 1e-9)
     # A policy that cannot search (VLA chunks) is held where it is.
-    from robot_runtime.controllers import ChunkPolicy
+    from robot_runtime.chunk_modes import ChunkPolicy
 
     rt.policy = ChunkPolicy(rt.period)
     rt.policy.reset(rt.attempt.t_start)

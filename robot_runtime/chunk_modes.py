@@ -1,0 +1,290 @@
+"""Action chunks on the fast loop, three ways (``runtime.chunk_mode``).
+
+A policy (a VLA, an imitation policy) answers an observation captured at ``t_capture`` with a
+chunk of future joint targets, late: rows meant for times already gone are dropped, the rest
+are placed on the loop's ticks (``chunk_on_ticks``). The modes differ in how a new chunk takes
+over from the one being executed:
+
+- ``latest``: the newest chunk wins from its first row still ahead (aligned by time); where it
+  differs from the old one, the arm jumps (the safety step clamps the jump to a step per tick);
+- ``blend``: LeRobot's async client: over the overlap, ``old_weight * old + (1 - old_weight) *
+  new`` (0.3 / 0.7); still a jump, 70 % of the difference, at the first overlapping tick;
+- ``latent``: the chunk is placed on the world model's belief at execution time. It was
+  computed from the world at capture; the estimator's belief at the capture tick and its belief
+  now (late observations replayed to now) say how far the object moved meanwhile, and the
+  chunk's reaching rows (gripper open) are moved by that displacement through the arm's
+  Jacobian (``shift_rows``). Then its rows are joined to what the loop is executing: the offset
+  between the old chunk's row at the takeover tick and the new chunk's decays to zero over
+  ``join_rows`` with a smoothstep (``join_offset``), so position and velocity stay continuous.
+  Before the chunk takes over, the prior rolls it forward ``forecast_rows`` from the belief
+  now; a chunk whose rows pass a joint limit or jump more than the safety step, or whose
+  forecast joints pass a limit, is refused (the old one goes on) and counted by reason.
+
+Why anchor on the executing rows and not on the decoded joint state: targets lead the measured
+joints by the servos' tracking lag, so re-anchoring rows on the joints would pull the arm back
+by that lag at every boundary. The object term is what the world model adds: where the cube is
+now against where it was when the policy looked. The shipped grasp model was trained on still
+cubes, so its prior does not extrapolate a slide; the displacement comes from the observations
+replayed into the belief since the capture (perception runs faster than the policy). The grasp
+model's success head scores commit plans at DECIDE, not arbitrary chunks, so no chunk is
+refused for a forecast failure yet.
+
+Every mode's targets still pass ``safety.safe_targets`` in the control step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sim.grasp_plan import smoothstep
+from sim.kinematics import JOINT_LIMITS_DEG, forward
+
+from .config import ChunkExecution
+from .controllers import ChunkFollower, GraspEvent, chunk_on_ticks, cube_in_world
+
+LATEST, BLEND, LATENT = "latest", "blend", "latent"
+MODES = (LATEST, BLEND, LATENT)
+
+
+@dataclass
+class ChunkStats:
+    received: int = 0
+    taken: int = 0  # chunks that took over
+    refused: dict[str, int] = field(default_factory=dict)  # by reason
+    superseded: int = 0  # latent: replaced by a newer chunk before the loop took it
+    # ticks at which a chunk took over (for boundary jerk); bounded
+    boundaries: deque = field(default_factory=lambda: deque(maxlen=4096))
+    last_shift_mm: float = math.nan  # latent: the object shift applied to the last chunk
+    last_join_deg: float = math.nan  # latent: the largest joint offset joined away
+
+    def summary(self) -> dict:
+        return {
+            "received": self.received,
+            "taken": self.taken,
+            "refused": dict(self.refused),
+            "superseded": self.superseded,
+            "last_shift_mm": self.last_shift_mm,
+            "last_join_deg": self.last_join_deg,
+        }
+
+
+# --- pure placement maths -------------------------------------------------------------------
+def join_offset(
+    rows: np.ndarray, anchor: np.ndarray, join_rows: int, max_step_deg: float
+) -> np.ndarray:
+    """``rows`` ``[n, joints]`` moved so the first equals ``anchor``, the offset fading to zero
+    with a smoothstep (no jump in position, none in velocity at the end of the join) over
+    ``join_rows`` rows, or more where the offset is large: the fade itself moves a joint at
+    most half the safety step per row (a smoothstep's steepest slope is 1.5 / rows)."""
+    offset = np.asarray(anchor, float) - rows[0]
+    largest = float(np.abs(offset[:5]).max()) if len(offset) >= 5 else 0.0
+    n = max(join_rows, math.ceil(1.5 * largest / (0.5 * max_step_deg)))
+    weight = 1.0 - np.array([smoothstep(k / n) for k in range(len(rows))])
+    return rows + weight[:, None] * offset
+
+
+def grasp_jacobian(q_deg: np.ndarray) -> np.ndarray:
+    """``[3, 3]``: the grasp point's motion (metres) per degree of pan, lift and elbow, with
+    wrist_flex keeping the hand's pitch and wrist_roll its heading (a top-down hand stays
+    top-down and its closing axis keeps its yaw)."""
+    q = np.radians(np.asarray(q_deg[:5], float))
+    base = forward(q).grasp
+    h = math.radians(0.1)
+    jac = np.zeros((3, 3))
+    for j, dq in enumerate(([h, 0, 0, 0, -h], [0, h, 0, -h, 0], [0, 0, h, -h, 0])):
+        jac[:, j] = (forward(q + np.array(dq)).grasp - base) / 0.1
+    return jac
+
+
+def shift_rows(
+    rows: np.ndarray,
+    shift_xy_m: np.ndarray,
+    open_above: float,
+    damping: float = 1e-6,
+    iterations: int = 3,
+) -> np.ndarray:
+    """Rows whose gripper is above ``open_above`` (reaching, not holding) moved so the grasp
+    point moves ``shift_xy_m`` on the table (height kept): a few Gauss-Newton steps of damped
+    least squares on the Jacobian; the wrist joints keep the hand's pitch and heading."""
+    out = np.array(rows, float)
+    delta = np.array([shift_xy_m[0], shift_xy_m[1], 0.0])
+    for k, row in enumerate(out):
+        if row[5] <= open_above:
+            continue
+        goal = forward(np.radians(row[:5])).grasp + delta
+        q = row.copy()
+        for _ in range(iterations):
+            err = goal - forward(np.radians(q[:5])).grasp
+            if np.linalg.norm(err) < 1e-4:
+                break
+            jac = grasp_jacobian(q)
+            dq = jac.T @ np.linalg.solve(jac @ jac.T + damping * np.eye(3), err)
+            q[:3] += dq
+            q[3] -= dq[1] + dq[2]
+            q[4] -= dq[0]
+        out[k] = q
+    return out
+
+
+def unsafe_rows(
+    rows: np.ndarray,
+    previous: np.ndarray,
+    limits: np.ndarray,
+    max_step_deg: float,
+    margin_deg: float,
+) -> str | None:
+    """Why a chunk's rows are unsafe (``limits``: a row past a joint limit by more than
+    ``margin_deg``; ``jump``: a step from ``previous`` or between rows beyond the safety
+    step), or None."""
+    if np.any(rows < limits[:, 0] - margin_deg) or np.any(rows > limits[:, 1] + margin_deg):
+        return "limits"
+    steps = np.diff(np.vstack([previous[None], rows]), axis=0)
+    if np.any(np.abs(steps[:, :5]) > max_step_deg + 1e-9):
+        return "jump"
+    return None
+
+
+def unsafe_forecast(joints: np.ndarray, limits: np.ndarray, margin_deg: float) -> str | None:
+    """``forecast_limits`` when the prior says the arm would pass a joint limit, else None."""
+    arm = limits[:5]
+    low, high = arm[:, 0] - margin_deg, arm[:, 1] + margin_deg
+    if np.any(joints[:, :5] < low) or np.any(joints[:, :5] > high):
+        return "forecast_limits"
+    return None
+
+
+# --- the world model's part -----------------------------------------------------------------
+@torch.no_grad()
+def object_xy(wm, state) -> np.ndarray:
+    """The cube's table position (metres, world x, y) that a belief decodes to."""
+    decoded = {k: v[0].numpy() for k, v in wm.decode(state).items()}
+    xy, _ = cube_in_world(decoded["object"], decoded["state"])
+    return xy
+
+
+@torch.no_grad()
+def forecast_joints(wm, state, rows: np.ndarray, seed: int) -> np.ndarray:
+    """``[n, joints]``: the joints the prior predicts after each of ``rows`` (from ``state``,
+    the belief at the tick the first row runs)."""
+    actions = wm.normalize_action(torch.as_tensor(rows, dtype=torch.float32))
+    gen = torch.Generator().manual_seed(seed)
+    states = []
+    for k in range(len(rows)):
+        state = wm.img_step(state, actions[k : k + 1], gen)
+        states.append(state)
+    batch = type(state)(*(torch.cat(parts) for parts in zip(*states, strict=True)))
+    return wm.decode(batch)["state"].numpy()
+
+
+class ChunkPolicy:
+    """Follows a policy's action chunks (``messages.Chunk``, already checked) in one of
+    ``MODES``; no action queued: hold. ``limits`` ``[joints, 2]`` and ``max_step_deg`` are the
+    arm's (what safety will apply), for the latent mode's refusals."""
+
+    def __init__(
+        self,
+        period_s: float,
+        mode: str = BLEND,
+        config: ChunkExecution | None = None,
+        limits: np.ndarray | None = None,
+        max_step_deg: float = 4.0,
+        max_steps: int = 1000,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"chunk mode must be one of {MODES}, got {mode!r}")
+        self.period, self.mode = period_s, mode
+        self.config = config or ChunkExecution()
+        self.limits = np.asarray(JOINT_LIMITS_DEG if limits is None else limits, float)
+        self.max_step_deg, self.max_steps = max_step_deg, max_steps
+        self.events: list[GraspEvent] = []
+        self.finished = False
+        self.reset(0.0)
+
+    def reset(self, t: float) -> None:
+        self.t0 = t
+        weight = self.config.old_weight if self.mode == BLEND else 0.0
+        self.follower = ChunkFollower(weight, self.max_steps, replace=self.mode != BLEND)
+        self.pending = None
+        self.last_action: np.ndarray | None = None
+        self.stats = ChunkStats()
+        self.phase = "waiting"
+
+    def on_chunk(self, chunk, t: float) -> None:
+        self.stats.received += 1
+        if self.mode == LATENT:  # placed at the next tick, on the belief of that tick
+            if self.pending is not None:
+                self.stats.superseded += 1
+            self.pending = chunk
+            return
+        first, actions = chunk_on_ticks(
+            chunk.actions, chunk.t_first, chunk.dt, self.t0, self.period
+        )
+        start = max(first, self.follower.last_executed + 1)
+        if first + len(actions) <= start:
+            self._refuse("stale")
+            return
+        self.follower.add(first, actions)
+        self._taken(start)
+
+    def safety_mode(self, mode: str) -> str:
+        return mode
+
+    def act(
+        self, t: float, tick: int, joints: np.ndarray, estimator, mode: str = "normal"
+    ) -> np.ndarray | None:
+        if self.pending is not None:
+            chunk, self.pending = self.pending, None
+            self._place(chunk, tick, joints, estimator)
+        action = self.follower.act(tick)
+        self.phase = "following" if action is not None else "waiting"
+        if action is not None:
+            self.last_action = action
+        return action
+
+    # --- latent ----------------------------------------------------------------------------
+    def _place(self, chunk, tick: int, joints: np.ndarray, estimator) -> None:
+        c = self.config
+        first, rows = chunk_on_ticks(chunk.actions, chunk.t_first, chunk.dt, self.t0, self.period)
+        start = max(first, tick)
+        if first + len(rows) <= start:
+            self._refuse("stale")
+            return
+        rows = np.asarray(rows[start - first :], float)
+        wm = estimator.wm
+        t_capture = chunk.t_capture if math.isfinite(chunk.t_capture) else chunk.t_first
+        then = estimator.state_at(t_capture) if estimator.stats.applied else None
+        shift = np.zeros(2)
+        if c.object_shift and then is not None:
+            shift = object_xy(wm, estimator.state) - object_xy(wm, then)
+            norm = float(np.linalg.norm(shift))
+            if norm > c.max_shift_m:
+                shift *= c.max_shift_m / norm
+            rows = shift_rows(rows, shift, c.open_above)
+        self.stats.last_shift_mm = float(np.linalg.norm(shift) * 1e3)
+        queued = self.follower.queue.get(start)
+        previous = self.last_action if self.last_action is not None else np.asarray(joints, float)
+        anchor = queued if queued is not None else previous
+        self.stats.last_join_deg = float(np.abs(anchor - rows[0])[:5].max())
+        rows = join_offset(rows, anchor, c.join_rows, self.max_step_deg)
+        reason = unsafe_rows(rows, previous, self.limits, self.max_step_deg, c.limit_margin_deg)
+        if reason is None and start == tick:
+            ahead = rows[: c.forecast_rows]
+            forecast = forecast_joints(wm, estimator.state, ahead, seed=tick)
+            reason = unsafe_forecast(forecast, self.limits, c.forecast_margin_deg)
+        if reason is not None:
+            self._refuse(reason)
+            return
+        self.follower.add(start, rows)
+        self._taken(start)
+
+    def _taken(self, tick: int) -> None:
+        self.stats.taken += 1
+        self.stats.boundaries.append(tick)
+
+    def _refuse(self, reason: str) -> None:
+        self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1

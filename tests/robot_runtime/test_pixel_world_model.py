@@ -1,0 +1,163 @@
+"""The world model from pixels and joints on LeRobot folders written by the project's writer:
+the decoded-frame cache, `kiwi train world-model --data DIR` and `kiwi eval world-model`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from robot_runtime.cli import main
+from robot_runtime.config import LeRobotJob, load_config
+from robot_runtime.dataset_world_model import resolve_job, split_episodes
+from world_model.datasets import DatasetError, LeRobotReader
+from world_model.datasets.frame_cache import load_or_build, replay_episode
+
+from .pixel_dataset import episode_frames, write_dataset
+
+CAMERAS = ["observation.images.wrist", "observation.images.front"]
+VIDEO_MEAN_ABS_ERROR = 4.0  # AV1 on the synthetic squares; PNG and the resize are exact-ish
+
+
+def kiwi(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("pixels") / "ds", episodes=10, length=24)
+
+
+def test_the_cache_is_decoded_once_and_reused(dataset, tmp_path):
+    logs: list[str] = []
+    with LeRobotReader(dataset) as reader:
+        first = load_or_build(reader, [0, 2], ["observation.state"], CAMERAS, tmp_path, 64, False)
+        files = {p: p.stat().st_mtime_ns for p in first.folder.iterdir()}
+        again = load_or_build(reader, [0, 2], ["observation.state"], CAMERAS, tmp_path, 64, False)
+        assert first.built_s is not None and again.built_s is None
+        assert again.folder == first.folder
+        assert {p: p.stat().st_mtime_ns for p in again.folder.iterdir()} == files
+        truth = reader.read_episode(2)
+        other = load_or_build(
+            reader, [0, 1], ["observation.state"], CAMERAS, tmp_path, 64, False, logs.append
+        )
+    assert other.built_s is not None and other.folder != first.folder
+    assert not first.folder.exists() and any("removed the cache" in line for line in logs)
+    ep = again.episodes[1]
+    assert isinstance(ep["observation.images.wrist"], np.memmap)
+    assert ep["observation.images.wrist"].shape == (24, 64, 64, 3)
+    assert ep["observation.images.front"].shape == (24, 64, 64, 3)  # 48x64 resized to 64x64
+    np.testing.assert_array_equal(ep["observation.state"], truth["observation.state"])
+    np.testing.assert_array_equal(ep["action"], truth["action"])
+    error = np.abs(ep["observation.images.wrist"].astype(float) - truth[CAMERAS[0]]).mean()
+    assert error < VIDEO_MEAN_ABS_ERROR
+    assert ep["is_first"][0] and ep["is_last"][-1] and not ep["is_terminal"].any()
+    assert not list(tmp_path.glob(".*"))  # no temporary build folder left
+
+
+def test_lerobot_frames_follow_the_replays_convention():
+    frames = episode_frames(0, 5)
+    frames["next.reward"] = np.array([0, 0, 1, 0, 2], np.float32)
+    ep = replay_episode(frames)
+    # the replay's reward[t] is received on arriving at frame t: LeRobot's next.reward[t - 1]
+    np.testing.assert_array_equal(ep["reward"], [0, 0, 0, 1, 0])
+    np.testing.assert_array_equal(ep["action"], frames["action"])
+
+
+def test_the_split_and_keys_come_from_config_and_dataset(dataset):
+    job, _ = load_config("so101_pixels", LeRobotJob, preset="quick")
+    train, held = split_episodes(25, job)
+    assert held == [9, 19] and len(train) == 23 and not set(train) & set(held)
+    with LeRobotReader(dataset) as reader:
+        resolved = resolve_job(job, reader)
+    assert resolved.model.cnn_keys == tuple(CAMERAS) == resolved.data.cameras
+    assert resolved.model.mlp_keys == ("observation.state",)
+    one, _ = load_config(
+        "so101_pixels",
+        LeRobotJob,
+        ["data.cameras=[observation.images.front]"],
+        preset="quick",
+    )
+    assert one.model.cnn_keys == ("observation.images.front",)
+
+
+def test_train_quick_then_resume_reuses_the_cache_then_eval_writes_the_lab(
+    dataset, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    common = ["--config", "so101_pixels", "--quick", "--data", dataset, "--no-progress"]
+    assert kiwi("train", "world-model", *common, "--out", out) == 0
+    first = capsys.readouterr().out
+    assert "decoded 216 frames of 9 episodes" in first and "1 held out" in first
+    config = (out / "config.yaml").read_text()
+    assert "observation.images.front" in config and "task: lerobot" in config
+    assert kiwi("train", "world-model", *common, "--out", out, "--resume", "--steps", 6) == 0
+    second = capsys.readouterr().out
+    assert "reusing the decoded cache" in second and "trained to step 6" in second
+
+    ev = tmp_path / "eval"
+    ckpt = out / "checkpoint.safetensors"
+    args = ["eval", "world-model", "--data", dataset, "--checkpoint", ckpt, "--out", ev]
+    assert kiwi(*args, "--no-progress") == 0
+    for name in ("recon.png", "imagination.png", "horizon.png"):
+        assert (ev / name).stat().st_size > 10_000, name
+    report = json.loads((ev / "report.json").read_text())
+    assert set(report["nmse_open_loop"]) == set(report["nmse_persistence"]) == {"1", "5"}
+    assert set(report["image_mse_open_loop"]) == set(CAMERAS)
+    assert all(v >= 0 for v in report["image_mse_persistence"][CAMERAS[0]].values())
+    assert report["holdout_episodes"] == [9] and report["state_key"] == "observation.state"
+    capsys.readouterr()
+    assert kiwi(*args, "--no-progress") == 2  # never silently overwritten
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "state, cameras, words",
+    [(False, True, "has no observation.state"), (True, False, "has no cameras")],
+)
+def test_a_dataset_without_state_or_cameras_is_one_line(tmp_path, capsys, state, cameras, words):
+    data = write_dataset(tmp_path / "ds", episodes=2, length=6, state=state, cameras=cameras)
+    code = kiwi(
+        "train", "world-model", "--config", "so101_pixels", "--quick",
+        "--data", data, "--out", tmp_path / "run", "--no-progress",
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and words in err and "\n" not in err
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_a_lerobot_folder_with_an_npz_job_says_which_config(dataset, tmp_path, capsys):
+    code = kiwi(
+        "train", "world-model", "--config", "sim_grasp", "--quick",
+        "--data", dataset, "--out", tmp_path / "run", "--no-progress",
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "so101_pixels.yaml" in err and "\n" not in err
+
+
+def test_resolve_refuses_a_camera_the_dataset_lacks(dataset):
+    job, _ = load_config(
+        "so101_pixels", LeRobotJob, ["data.cameras=[observation.images.top]"], preset="quick"
+    )
+    with LeRobotReader(dataset) as reader, pytest.raises(DatasetError, match="images.top"):
+        resolve_job(job, reader)
+
+
+def test_bench_pixel_figures_on_a_tiny_dataset(dataset):
+    from robot_runtime.bench.pixels import CAMERAS as BENCH_CAMERAS
+    from robot_runtime.bench.pixels import (
+        pixel_model,
+        time_dataset_read,
+        time_posterior,
+        time_prior,
+    )
+
+    wm = pixel_model(BENCH_CAMERAS[:1])
+    assert wm.config.cnn_keys == BENCH_CAMERAS[:1]
+    p50, p99 = time_posterior(wm, 3)
+    prior50, _ = time_prior(wm, 3)
+    assert 0 < p50 <= p99 and prior50 > 0
+    read = time_dataset_read(dataset, 3)
+    assert read["read_frames"] == 3 * 24 and read["read_cameras"] == 2
+    assert read["camera_frames_per_s"] == pytest.approx(2 * read["read_frames_per_s"])

@@ -1,0 +1,300 @@
+"""The slow-process client and any policy as the slow process, on real ZeroMQ sockets: the
+runtime (service.Runtime with the chunk follower, a simulated arm) ticks at 50 Hz on a thread of
+the test, the camera is a PUB socket of the test, the slow process is `SlowProcess` in the test's
+thread. A policy that raises, hangs, answers NaN or the wrong shape never moves the arm: its
+answers are refused, counted by reason on both sides, and the watchdog holds."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from drivers.sim_arm import SimArm
+from robot_runtime import link
+from robot_runtime.client import ClockSample, SlowClient, estimate_offset
+from robot_runtime.controllers import ChunkPolicy
+from robot_runtime.dryrun import free_ports
+from robot_runtime.policy_runner import (
+    PolicyRejected,
+    PolicyRunner,
+    check_chunk,
+    load_policy,
+    parse_policy_args,
+)
+from robot_runtime.service import Runtime
+from robot_runtime.slow import SlowProcess
+
+from .runtime_helpers import grasp_job, tiny_grasp_model
+
+IMAGE = np.zeros((64, 64, 3), np.uint8)  # black: the perception finds no cube, only chunks go
+
+
+class RuntimeThread:
+    """The runtime's tick at 50 Hz on real time, on a thread (sockets stay in that thread)."""
+
+    def __init__(self, rt: Runtime):
+        self.rt, self.stop = rt, threading.Event()
+        self.commands: list[np.ndarray] = []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        k, t_next = 0, time.monotonic()
+        while not self.stop.is_set():
+            self.rt.tick(k, time.monotonic())
+            self.commands.append(self.rt.command.copy())
+            k += 1
+            t_next += self.rt.period
+            time.sleep(max(0.0, t_next - time.monotonic()))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def rig():
+    camera, obs, query, tele = (f"tcp://127.0.0.1:{p}" for p in free_ports(4))
+    job = grasp_job(
+        f"link.camera={camera}",
+        f"link.obs={obs}",
+        f"link.query={query}",
+        f"link.telemetry={tele}",
+        "slow.latency_ms=0",
+        "safety.slow_after_s=0.2",
+        "safety.hold_after_s=0.4",
+    )
+    arm = SimArm(seed=3)
+    arm.connect()
+    rt = Runtime(job, tiny_grasp_model(), arm, policy=ChunkPolicy(1.0 / job.runtime.rate_hz))
+    rt.start_attempt(3, arm.read_joints())
+    ctx = link.Context()
+    pub = ctx.bind(zmq.PUB, camera, hwm=100)
+    runtime = RuntimeThread(rt)
+    yield job, rt, runtime, pub
+    runtime.close()
+    ctx.close()
+    rt.close()
+    arm.disconnect()
+
+
+def publish(pub, state) -> None:
+    pub.send_multipart(
+        link.encode("camera", {"wrist": IMAGE, "state": state}, t_capture=time.monotonic())
+    )
+
+
+def drive(slow: SlowProcess, pub, state, seconds: float) -> None:
+    """Frames at 20 Hz and one slow-process cycle per frame, for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        publish(pub, state)
+        time.sleep(0.02)
+        slow.step()
+        time.sleep(0.03)
+
+
+def raises(obs):
+    raise RuntimeError("policy bug")
+
+
+def nan_chunk(obs):
+    return np.full((10, 6), np.nan)
+
+
+def wrong_shape(obs):
+    return np.zeros((10, 5))
+
+
+class Hangs:
+    def __init__(self):
+        self.release = threading.Event()
+
+    def __call__(self, obs):
+        self.release.wait(30)
+        return np.zeros((10, 6))
+
+
+@pytest.mark.parametrize("kind", ["error", "timeout", "non_finite", "shape"])
+def test_a_bad_policy_never_moves_the_arm_and_is_counted_on_both_sides(rig, kind, capsys):
+    job, rt, runtime, pub = rig
+    hangs = Hangs()
+    policy = {"error": raises, "timeout": hangs, "non_finite": nan_chunk, "shape": wrong_shape}
+    slow = SlowProcess(job, policy=policy[kind], policy_timeout_s=0.1)
+    start = rt.command.copy()
+    try:
+        drive(slow, pub, np.asarray(rt.joints, np.float32), 1.0)
+        status = slow.client.status(timeout_s=2.0)
+    finally:
+        hangs.release.set()
+        slow.close()
+    assert slow.stats.policy_rejections.get(kind, 0) >= 1, slow.stats.policy_rejections
+    assert slow.stats.chunks == 0
+    # the runtime's status shows the slow process's refusals by reason
+    assert status["slow_process"]["rejections"].get(kind, 0) >= 1, status["slow_process"]
+    assert status["rejected"] == 0  # nothing bad was sent: it never reached the runtime
+    # the watchdog holds: no chunk, no observation for longer than hold_after_s
+    assert status["watchdog"] == "hold"
+    assert all(np.array_equal(c, start) for c in runtime.commands)
+    if kind == "timeout":  # the hung call blocks later ones: counted as busy, not queued
+        assert slow.stats.policy_rejections.get("busy", 0) >= 1
+    assert f"refused the policy's answer (1 so far, {kind})" in capsys.readouterr().out
+
+
+def test_a_good_policy_after_a_bad_one_moves_the_arm(rig):
+    job, rt, runtime, pub = rig
+    start = rt.command.copy()
+    target = start + np.array([10.0, 0, 0, 0, 0, 0])
+
+    class Reach:
+        dt = 0.04
+
+        def __call__(self, obs):
+            assert obs["observation.state"].dtype == np.float32
+            assert obs["observation.images.wrist"].shape == IMAGE.shape
+            assert obs["task"] == "grasp the cube" and obs["timestamp"] > 0
+            return np.tile(target, (25, 1))
+
+    bad = SlowProcess(job, policy=nan_chunk)
+    drive(bad, pub, np.asarray(rt.joints, np.float32), 0.3)
+    bad.close()
+    good = SlowProcess(job, policy=Reach())
+    try:
+        drive(good, pub, np.asarray(rt.joints, np.float32), 1.0)
+        status = good.client.status()
+    finally:
+        good.close()
+    assert good.stats.chunks >= 1 and good.stats.policy_rejections == {}
+    assert not np.array_equal(rt.command, start)
+    assert rt.command[0] > start[0] and np.allclose(rt.command[1:], start[1:])
+    assert status["rejected"] == 0 and status["watchdog"] == "normal"
+
+
+def test_clock_offset_over_the_status_socket_with_an_artificial_offset(rig):
+    job, rt, _, _ = rig
+    offset = 1234.5678
+    client = SlowClient(None, job.link.obs, job.link.query, clock=lambda: time.monotonic() + offset)
+    try:
+        measured = client.sync_clock(samples=12)
+        assert client.status()["phase"] == "waiting"
+    finally:
+        client.close()
+    error = abs(measured.offset_s + offset)
+    print(f"\nclock offset error {error * 1e6:.0f} µs, round trip {measured.rtt_s * 1e3:.2f} ms")
+    assert measured.samples == 12
+    assert error <= measured.error_bound_s + 1e-4  # within half the shortest round trip
+    assert error < 0.01
+
+
+def test_estimate_offset_trusts_the_shortest_round_trip():
+    samples = [
+        ClockSample(0.0, 105.0, 0.010),  # 10 ms round trip, replied late in it
+        ClockSample(1.0, 101.0005, 1.001),  # 1 ms: the one to trust
+        ClockSample(2.0, 102.0, 2.004),
+    ]
+    est = estimate_offset(samples)
+    assert est.offset_s == pytest.approx(100.0) and est.rtt_s == pytest.approx(0.001)
+    with pytest.raises(ValueError):
+        estimate_offset([ClockSample(1.0, 5.0, 0.5)])  # negative round trip: unusable
+
+
+def test_a_remote_address_without_curve_keys_is_refused():
+    with pytest.raises(link.MessageError, match="needs CURVE keys"):
+        SlowClient(None, "tcp://10.1.2.3:5601")
+
+
+def test_the_client_over_curve_reaches_a_curve_runtime(tmp_path):
+    """A non-loopback runtime needs CURVE; here the same keys on loopback: the client with
+    the right keys gets a status reply, a client with unknown keys gets none."""
+    from robot_runtime.commands.runtime_tools import cmd_keys
+
+    cmd_keys(type("A", (), {"out": str(tmp_path), "name": "slow", "role": "both", "force": False}))
+    obs, query = (f"tcp://127.0.0.1:{p}" for p in free_ports(2))
+    server = link.Context()
+    keys = link.CurveKeys(tmp_path / "server.key_secret", tmp_path / "allowed_clients")
+    rep = server.bind(zmq.REP, query, keys)
+    link.make_keys(tmp_path / "intruder", "intruder")
+
+    def client(secret):
+        return SlowClient(
+            None,
+            obs,
+            query,
+            server_public_key=tmp_path / "server.key",
+            client_secret=secret,
+        )
+
+    good, bad = (
+        client(tmp_path / "slow.key_secret"),
+        client(tmp_path / "intruder/intruder.key_secret"),
+    )
+    try:
+        answer = threading.Thread(
+            target=lambda: (
+                rep.poll(5000)
+                and (
+                    rep.recv_multipart(),
+                    rep.send_multipart(link.encode("clock", meta={"t": 5.0})),
+                )
+            )
+        )
+        answer.start()
+        assert good.clock_sample(timeout_s=5.0).t_remote == 5.0
+        answer.join()
+        with pytest.raises(TimeoutError):
+            bad.clock_sample(timeout_s=0.5)
+    finally:
+        good.close()
+        bad.close()
+        server.close()
+
+
+def test_chunks_are_checked_before_anything_is_sent():
+    assert check_chunk(None) is None
+    assert check_chunk([[0.0] * 6] * 3).shape == (3, 6)
+    cases = {
+        "shape": np.zeros((3, 7)),
+        "chunk_size": np.zeros((0, 6)),
+        "non_finite": np.array([[0, 0, 0, 0, 0, np.inf]]),
+        "dtype": np.array([["a"] * 6]),
+    }
+    for reason, value in cases.items():
+        with pytest.raises(PolicyRejected) as e:
+            check_chunk(value)
+        assert e.value.reason == reason
+    with pytest.raises(PolicyRejected) as e:
+        check_chunk(np.zeros((300, 6)), max_rows=200)
+    assert e.value.reason == "chunk_size"
+
+
+def test_policies_load_by_name_with_keyword_strings_and_bad_ones_are_one_line_errors():
+    policy = load_policy("tests.robot_runtime.fake_slow_policies:make_hold", {"rows": "4"})
+    assert policy.dt == 0.1 and policy({"observation.state": np.ones(6, np.float32)}).shape == (
+        4,
+        6,
+    )
+    assert parse_policy_args(["rows=4", "name=a=b"]) == {"rows": "4", "name": "a=b"}
+    bad = {
+        "nocolon": "is not MODULE:FACTORY",
+        "no_such_module_xyz:f": "cannot import",
+        "tests.robot_runtime.fake_slow_policies:missing": "no callable 'missing'",
+        "tests.robot_runtime.fake_slow_policies:make_bad_dt": "dt 5.0 s is outside",
+        "tests.robot_runtime.fake_slow_policies:make_not_callable": "not a callable",
+    }
+    for spec, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            load_policy(spec)
+    with pytest.raises(ValueError, match="refused its arguments"):
+        load_policy("tests.robot_runtime.fake_slow_policies:make_hold", {"colour": "red"})
+    with pytest.raises(ValueError, match="not KEY=VALUE"):
+        parse_policy_args(["rows"])
+
+
+def test_the_runner_counts_none_as_no_chunk_not_as_a_refusal():
+    runner = PolicyRunner(lambda obs: None, timeout_s=1.0)
+    assert runner({}) is None
+    assert runner.counts() == {"calls": 1, "chunks": 0, "no_chunk": 1} and runner.rejections == {}
