@@ -146,8 +146,6 @@ class NpzSink:
     """Episodes as the replay's ``.npz`` files with ``spec.json`` (one file per episode, written
     atomically under a unique name, so workers may write them directly)."""
 
-    format = "npz"
-
     def __init__(self, out: Path, cameras: tuple[str, ...], log: Callable[[str], None]):
         from world_model.atomic import remove_stale_temp_files
 
@@ -167,9 +165,15 @@ class NpzSink:
         self.stored = set(stored)
         save_spec(self.out, spec)
 
-    def add(self, episode: dict[str, np.ndarray]) -> int:
-        save_episode(self.out, episode)
-        return len(episode["action"])
+    def add(self, rec) -> int:
+        """Stores a ``collect_pool.Recorded`` (unless its worker did) and returns its steps."""
+        if rec.episode is not None:
+            save_episode(self.out, rec.episode)
+        return rec.steps
+
+    def worker_store(self) -> dict:
+        """What a worker needs to store episodes itself (collect_pool.py)."""
+        return {"format": "npz", "out": str(self.out)}
 
     def total(self) -> int:
         return len(episode_files(self.out))
@@ -179,9 +183,8 @@ class LeRobotSink:
     """Episodes as a LeRobotDataset v3.0 folder (``so101_follower``, 50 fps): ``observation.state``
     and ``action`` in LeRobot's units, the cameras as ``observation.images.*``, ``next.reward``/
     ``next.done``/``next.success`` and the episode's ``seed``; frames aligned as
-    world_model/datasets/replay_to_lerobot.py says. One writer: the episodes go in one by one."""
-
-    format = "lerobot"
+    world_model/datasets/replay_to_lerobot.py says. One writer: the episodes go in one by one
+    (workers may prepare them: ``prepare_episode``)."""
 
     def __init__(
         self,
@@ -224,12 +227,28 @@ class LeRobotSink:
                 self.out, CONTROL_HZ, self.features, "so101_follower"
             )
 
-    def add(self, episode: dict[str, np.ndarray]) -> int:
+    def add(self, rec) -> int:
+        """Writes a ``collect_pool.Recorded``: its episode, or what a worker prepared (frames
+        checked, statistics computed, cameras encoded); returns its frames."""
         from world_model.datasets.replay_to_lerobot import lerobot_frames
 
-        frames = lerobot_frames(episode, ["state"], self.cameras, self.features)
+        if rec.prepared is not None:
+            self.writer.add_prepared(rec.prepared, self.task)
+            return rec.prepared.length
+        frames = lerobot_frames(rec.episode, ["state"], self.cameras, self.features)
         self.writer.add_episode(frames, self.task)
         return len(frames["action"])
+
+    def worker_store(self) -> dict:
+        """What a worker needs to prepare episodes for this writer (collect_pool.py)."""
+        return {
+            "format": "lerobot",
+            "out": str(self.out),
+            "features": self.features,
+            "cameras": self.cameras,
+            "fps": self.writer.fps,
+            "encoder": self.writer.encoder,
+        }
 
     def total(self) -> int:
         return int(self.writer.info["total_episodes"])
@@ -273,8 +292,8 @@ def collect(
         total=len(todo), desc="collect", unit="episode", disable=not progress, dynamic_ncols=True
     )
     try:
-        for rec in recorded_episodes(todo, make_env, workers, sink.format, sink.out):
-            steps += sink.add(rec.episode) if rec.episode is not None else rec.steps
+        for rec in recorded_episodes(todo, make_env, workers, sink.worker_store()):
+            steps += sink.add(rec)
             successes += rec.success
             outcomes[rec.outcome] += 1
             done += 1
@@ -301,7 +320,7 @@ def collect(
         "outcomes": outcomes,
         "seeds": [seeds.start, seeds.stop - 1],
         "out": str(sink.out),
-        **({"format": "lerobot"} if sink.format == "lerobot" else {}),
+        **({"format": "lerobot"} if isinstance(sink, LeRobotSink) else {}),
         "total_episodes_in_folder": sink.total(),
     }
 

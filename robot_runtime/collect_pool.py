@@ -4,10 +4,11 @@ processes (a ``concurrent.futures`` process pool, spawned), yielded in seed orde
 Each episode depends on its seed alone (``env.reset(seed=...)`` draws the cube, the perception
 noise and everything else), so which process ran it does not matter and the output is the same
 for any N. Workers never share a file: ``.npz`` episodes they write into the folder themselves
-(unique names, atomic); for a LeRobot folder, which has one writer, each worker leaves its
-episode in a private temporary folder as a plain ``.npz`` and the parent reads it back (with
-``allow_pickle=False``), converts it and writes it, in seed order. At most ``2 N`` episodes are
-under way, so a slow writer does not pile episodes up on disk.
+(unique names, atomic). A LeRobot folder has one writer, the parent; each worker prepares its
+episode for it (frames checked, statistics computed, cameras encoded: the costly part,
+``prepare_episode``) and leaves it in a private temporary folder as a plain ``.npz`` of arrays
+and one mp4 per camera; the parent reads it back (``allow_pickle=False``) and appends it, in
+seed order. At most ``2 N`` episodes are under way, so a slow writer does not pile them up.
 
 Ctrl-C: the workers ignore SIGINT; the parent stops handing out seeds, lets the episodes in
 progress finish, and re-raises. A worker that dies (killed, out of memory) ends the collection
@@ -33,7 +34,8 @@ class Recorded:
     success: bool
     outcome: str  # sim.outcomes.OUTCOMES
     steps: int
-    episode: dict[str, np.ndarray] | None  # None: a worker stored it already
+    episode: dict[str, np.ndarray] | None = None  # None: a worker stored or prepared it
+    prepared: object | None = None  # world_model.datasets.lerobot_writer.PreparedEpisode
 
 
 def record_one(env, policy, seed: int) -> Recorded:
@@ -48,9 +50,10 @@ def record_one(env, policy, seed: int) -> Recorded:
 
 
 def recorded_episodes(
-    seeds: list[int], make_env: Callable | None, workers: int, fmt: str, out: Path
+    seeds: list[int], make_env: Callable | None, workers: int, store: dict
 ) -> Iterator[Recorded]:
-    """The episodes of ``seeds`` in order (see the module's docstring)."""
+    """The episodes of ``seeds`` in order (see the module's docstring); ``store``: the sink's
+    ``worker_store()``."""
     if make_env is None:
         from .collect import make_grasp_env
 
@@ -67,7 +70,7 @@ def recorded_episodes(
         finally:
             env.close()
         return
-    yield from _pooled(seeds, make_env, min(workers, len(seeds)), fmt, Path(out))
+    yield from _pooled(seeds, make_env, min(workers, len(seeds)), store)
 
 
 # ---- the pool ---------------------------------------------------------------------------------
@@ -75,37 +78,58 @@ def recorded_episodes(
 _worker: dict = {}  # in a worker process: its env, policy and where episodes go
 
 
-def _init_worker(make_env: Callable, fmt: str, out: str, tmp: str) -> None:
+def _init_worker(make_env: Callable, store: dict, tmp: str) -> None:
     from sim.scripted import ScriptedGrasp
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    _worker.update(env=make_env(), policy=ScriptedGrasp(), fmt=fmt, out=Path(out), tmp=Path(tmp))
+    _worker.update(env=make_env(), policy=ScriptedGrasp(), store=store, tmp=Path(tmp))
 
 
-def _work(seed: int) -> tuple[int, bool, str, int, str | None]:
-    """One episode in a worker: stored (npz) or left in the temporary folder (LeRobot)."""
+def _work(seed: int) -> tuple:
+    """One episode in a worker: stored (npz) or prepared for the parent's writer (LeRobot)."""
+    from world_model.datasets.lerobot_writer import prepare_episode
+    from world_model.datasets.replay_to_lerobot import lerobot_frames
     from world_model.replay import save_episode
 
     rec = record_one(_worker["env"], _worker["policy"], seed)
     assert rec.episode is not None
-    if _worker["fmt"] == "npz":
-        save_episode(_worker["out"], rec.episode)
-        return rec.seed, rec.success, rec.outcome, rec.steps, None
-    path = _worker["tmp"] / f"{seed}.npz"
-    np.savez(path, **rec.episode)  # type: ignore[arg-type]
-    return rec.seed, rec.success, rec.outcome, rec.steps, str(path)
+    store, head = _worker["store"], (rec.seed, rec.success, rec.outcome, rec.steps)
+    if store["format"] == "npz":
+        save_episode(Path(store["out"]), rec.episode)
+        return (*head, None)
+    frames = lerobot_frames(rec.episode, ["state"], store["cameras"], store["features"])
+    tmp = _worker["tmp"]
+    prepared = prepare_episode(frames, store["features"], store["fps"], store["encoder"], tmp)
+    arrays = {f"column/{k}": v for k, v in prepared.columns.items()}
+    for key, stats in prepared.stats.items():
+        arrays.update({f"stats/{key}/{name}": v for name, v in stats.items()})
+    if any(v.dtype == object for v in arrays.values()):
+        raise TypeError("string features cannot travel without pickle")
+    path = tmp / f"{seed}.npz"
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    videos = {k: str(p) for k, p in prepared.videos.items()}
+    return (*head, (str(path), videos, prepared.length))
 
 
-def _load(path: str) -> dict[str, np.ndarray]:
+def _prepared(path: str, videos: dict[str, str], length: int):
+    """A worker's ``PreparedEpisode`` read back (plain arrays; the file is removed)."""
+    from world_model.datasets.lerobot_writer import PreparedEpisode
+
+    columns: dict[str, np.ndarray] = {}
+    stats: dict[str, dict[str, np.ndarray]] = {}
     with np.load(path, allow_pickle=False) as data:
-        episode = {k: data[k] for k in data.files}
+        for name in data.files:
+            kind, rest = name.split("/", 1)
+            if kind == "column":
+                columns[rest] = data[name]
+            else:
+                key, stat = rest.rsplit("/", 1)
+                stats.setdefault(key, {})[stat] = data[name]
     Path(path).unlink()
-    return episode
+    return PreparedEpisode(length, columns, stats, {k: Path(p) for k, p in videos.items()})
 
 
-def _pooled(
-    seeds: list[int], make_env: Callable, workers: int, fmt: str, out: Path
-) -> Iterator[Recorded]:
+def _pooled(seeds: list[int], make_env: Callable, workers: int, store: dict) -> Iterator[Recorded]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -117,7 +141,7 @@ def _pooled(
             workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(make_env, fmt, str(out), tmp),
+            initargs=(make_env, store, tmp),
         )
         todo = iter(seeds)
         pending: deque = deque()
@@ -130,14 +154,16 @@ def _pooled(
                             break
                     if not pending:
                         return
-                    seed, success, outcome, steps, path = pending.popleft().result()
+                    seed, success, outcome, steps, prepared = pending.popleft().result()
                 except BrokenProcessPool as e:
                     raise CollectError(
                         "a collection worker died (killed, or out of memory); the episodes "
-                        f"stored before it are in {out} and load; run the same command again "
-                        "to collect the rest"
+                        f"stored before it are in {store.get('out', 'the folder')} and load; "
+                        "run the same command again to collect the rest"
                     ) from e
-                yield Recorded(seed, success, outcome, steps, _load(path) if path else None)
+                yield Recorded(
+                    seed, success, outcome, steps, None, _prepared(*prepared) if prepared else None
+                )
         finally:
             for fut in pending:
                 fut.cancel()
