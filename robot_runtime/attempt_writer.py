@@ -4,7 +4,7 @@ Assembling an episode and encoding its video take a second or more of CPU; on a 
 runtime's process they held the interpreter lock and the loop's core: with 500 frames of
 128x128 in flight, the tick's lateness went from 0.03 ms (p50) to 4-8 ms, with 17-29 overruns
 in 400 ticks, on the shared 2-core machine. So a process of its own writes them, at a lower
-priority (``WRITER_NICE``), and dies with the runtime (Linux ``PR_SET_PDEATHSIG``: an episode
+priority (``lower_priority``), and dies with the runtime (Linux ``PR_SET_PDEATHSIG``: an episode
 cut short is lost, the folder still loads). An attempt travels as a plain ``.npz`` of arrays in
 a private temporary folder (read back with ``allow_pickle=False``); the call itself carries
 only the path, the seed, the outcome and the gate's decisions.
@@ -37,15 +37,27 @@ def die_with_parent() -> None:
         pass
 
 
+def lower_priority() -> None:
+    """Below the runtime, also where the kernel shares the CPU by session (Linux autogroups:
+    ``nice`` alone only orders the processes of one session, so the writer's work would still
+    be charged to the runtime's share): a session of its own, that session niced."""
+    try:
+        os.setsid()
+        Path("/proc/self/autogroup").write_text(str(WRITER_NICE))
+    except OSError:
+        pass
+    try:
+        os.nice(WRITER_NICE)
+    except OSError:
+        pass
+
+
 def init_writer(root: str, fps: int, features: dict, robot_type: str | None, task: str) -> None:
     from .attempt_recording import open_writer
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the runtime decides
     die_with_parent()
-    try:
-        os.nice(WRITER_NICE)
-    except OSError:
-        pass
+    lower_priority()
     _writer.update(
         writer=open_writer(Path(root), fps, features, robot_type), features=features, task=task
     )
