@@ -15,8 +15,8 @@ import zmq
 
 from drivers.sim_arm import SimArm
 from robot_runtime import link
+from robot_runtime.chunk_modes import ChunkPolicy
 from robot_runtime.client import ClockSample, SlowClient, estimate_offset
-from robot_runtime.controllers import ChunkPolicy
 from robot_runtime.dryrun import free_ports
 from robot_runtime.policy_runner import (
     PolicyRejected,
