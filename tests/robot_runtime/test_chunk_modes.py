@@ -17,11 +17,11 @@ from robot_runtime.chunk_modes import (
     shift_rows,
     unsafe_rows,
 )
-from robot_runtime.config import ChunkExecution
+from robot_runtime.config import ChunkExecution, SafetySection
 from robot_runtime.control import ControlStep
 from robot_runtime.estimator import LatentEstimator
 from robot_runtime.messages import Chunk
-from robot_runtime.safety import BusHealth, SafetyConfig
+from robot_runtime.safety import BusHealth
 from sim.kinematics import JOINT_LIMITS_DEG, forward, reach_top_down
 
 from .runtime_helpers import tiny_grasp_model
@@ -49,7 +49,7 @@ def control(mode: str, config: ChunkExecution | None = None, seed: int = 3):
         LatentEstimator(wm, PERIOD, buffer_ticks=256, seed=seed, budget_s=1e9),
         policy,
         arm,
-        SafetyConfig(MAX_STEP, 0.6, 1.5),
+        SafetySection(max_step_deg=MAX_STEP, slow_after_s=0.6, hold_after_s=1.5),
         BusHealth(25, 0.2, 500),
         PERIOD,
     )
