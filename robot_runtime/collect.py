@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from sim.outcomes import OUTCOMES, PHASES, classify
+from sim.outcomes import OUTCOMES, PHASES
 from world_model.config import ModelSpec
-from world_model.errors import ReplayError
+from world_model.errors import KiwiError, ReplayError
 from world_model.replay import (
     SPEC_FILE,
     episode_files,
@@ -68,7 +69,7 @@ def record_grasp(env, policy, seed: int) -> dict[str, np.ndarray]:
 
 def _step(
     env, obs: dict, info: dict, action: np.ndarray, reward: float, first: bool, phase: str
-) -> dict[str, np.ndarray]:
+) -> dict:
     sim = env.unwrapped
     return {
         **{k: np.asarray(v) for k, v in obs.items()},
@@ -137,6 +138,203 @@ def format_seeds(seeds: list[int], most: int = 6) -> str:
     return ", ".join(text)
 
 
+class CollectError(KiwiError):
+    """A collection that cannot go on (a worker died); what was written stays and loads."""
+
+
+class NpzSink:
+    """Episodes as the replay's ``.npz`` files with ``spec.json`` (one file per episode, written
+    atomically under a unique name, so workers may write them directly)."""
+
+    def __init__(self, out: Path, cameras: tuple[str, ...], log: Callable[[str], None]):
+        from world_model.atomic import remove_stale_temp_files
+
+        self.out = Path(out)
+        spec = grasp_spec(cameras)
+        check_spec(self.out, spec)
+        removed = remove_stale_temp_files(self.out)
+        if removed:
+            log(f"removed {len(removed)} temporary file(s) left in {self.out} by a killed run")
+        stored = stored_seeds(self.out)
+        repeated = sorted(s for s, paths in stored.items() if len(paths) > 1)
+        if repeated:
+            log(
+                f"note: {self.out} stores seeds {format_seeds(repeated)} more than once (an "
+                "earlier run); training sees those episodes twice"
+            )
+        self.stored = set(stored)
+        save_spec(self.out, spec)
+
+    def add(self, rec) -> int:
+        """Stores a ``collect_pool.Recorded`` (unless its worker did) and returns its steps."""
+        if rec.episode is not None:
+            save_episode(self.out, rec.episode)
+        return rec.steps
+
+    def worker_store(self) -> dict:
+        """What a worker needs to store episodes itself (collect_pool.py)."""
+        return {"format": "npz", "out": str(self.out)}
+
+    def total(self) -> int:
+        return len(episode_files(self.out))
+
+
+class LeRobotSink:
+    """Episodes as a LeRobotDataset v3.0 folder (``so101_follower``, 50 fps): ``observation.state``
+    and ``action`` in LeRobot's units, the cameras as ``observation.images.*``, ``next.reward``/
+    ``next.done``/``next.success`` and the episode's ``seed``; frames aligned as
+    world_model/datasets/replay_to_lerobot.py says. One writer: the episodes go in one by one
+    (workers may prepare them: ``prepare_episode``)."""
+
+    def __init__(
+        self,
+        out: Path,
+        cameras: tuple[str, ...],
+        image_size: int,
+        camera_dtype: str = "video",
+        task: str | None = None,
+    ):
+        from sim.kiwi_grasp import CONTROL_HZ
+        from world_model.datasets import DatasetError, LeRobotReader, LeRobotWriter
+        from world_model.datasets.replay_to_lerobot import GRASP_TASK, replay_features
+
+        self.out, self.cameras = Path(out), list(cameras)
+        self.task = task or GRASP_TASK
+        self.features = replay_features(
+            {"state": 6},
+            {c: (image_size, image_size) for c in cameras},
+            6,
+            camera_dtype=camera_dtype,
+            seed=True,
+        )
+        self.stored: set[int] = set()
+        if (self.out / "meta" / "info.json").is_file():
+            with LeRobotReader(self.out) as ds:
+                have = {k: (f["dtype"], list(f["shape"])) for k, f in ds.features.items()}
+                want = {k: (f["dtype"], list(f["shape"])) for k, f in self.features.items()}
+                if any(have.get(k) != v for k, v in want.items()) or ds.fps != CONTROL_HZ:
+                    raise DatasetError(
+                        f"{self.out} holds a dataset of other features ({sorted(have)}); these "
+                        f"would be {sorted(want)} at {CONTROL_HZ} fps: collect into another "
+                        "folder"
+                    )
+                self.stored = {
+                    int(ds.read_episode(i, ["seed"])["seed"][0]) for i in range(ds.num_episodes)
+                }
+            self.writer = LeRobotWriter.resume(self.out)
+        else:
+            self.writer = LeRobotWriter.create(
+                self.out, CONTROL_HZ, self.features, "so101_follower"
+            )
+
+    def add(self, rec) -> int:
+        """Writes a ``collect_pool.Recorded``: its episode, or what a worker prepared (frames
+        checked, statistics computed, cameras encoded); returns its frames."""
+        from world_model.datasets.replay_to_lerobot import lerobot_frames
+
+        if rec.prepared is not None:
+            self.writer.add_prepared(rec.prepared, self.task)
+            return rec.prepared.length
+        frames = lerobot_frames(rec.episode, ["state"], self.cameras, self.features)
+        self.writer.add_episode(frames, self.task)
+        return len(frames["action"])
+
+    def worker_store(self) -> dict:
+        """What a worker needs to prepare episodes for this writer (collect_pool.py)."""
+        return {
+            "format": "lerobot",
+            "out": str(self.out),
+            "features": self.features,
+            "cameras": self.cameras,
+            "fps": self.writer.fps,
+            "encoder": self.writer.encoder,
+        }
+
+    def total(self) -> int:
+        return int(self.writer.info["total_episodes"])
+
+
+def make_grasp_env(cameras: tuple[str, ...] = (), image_size: int = 64, **kwargs):
+    """The simulated grasp task (a module-level factory: a worker process can be handed it, as
+    ``partial(make_grasp_env, ...)``); ``kwargs`` go to ``gymnasium.make``."""
+    import gymnasium
+
+    import sim.envs  # noqa: F401  (registers kiwi/Grasp-v0)
+
+    return gymnasium.make(sim.ENV_ID, cameras=cameras, image_size=image_size, **kwargs)
+
+
+def collect(
+    sink: NpzSink | LeRobotSink,
+    seeds: range,
+    make_env: Callable | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    log: Callable[[str], None] = tqdm.write,
+) -> dict:
+    """Records scripted grasps with ``seeds`` into ``sink`` and returns a summary. Seeds the sink
+    already stores are skipped (re-running after a crash resumes; no seed is stored twice).
+    ``workers`` > 1 runs that many simulator processes (collect_pool.py); episodes reach the
+    sink in seed order, so the output is the same for any number of workers."""
+    from .collect_pool import recorded_episodes
+
+    todo = [s for s in seeds if s not in sink.stored]
+    if len(todo) < len(seeds):
+        there = len(seeds) - len(todo)
+        log(
+            f"{there} episode{'s' if there != 1 else ''} already there, "
+            + (f"collecting seeds {format_seeds(todo)}" if todo else "nothing to collect")
+        )
+    successes, steps, done = 0, 0, 0
+    outcomes = dict.fromkeys(OUTCOMES, 0)
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
+    bar = tqdm(
+        total=len(todo), desc="collect", unit="episode", disable=not progress, dynamic_ncols=True
+    )
+    try:
+        for rec in recorded_episodes(todo, make_env, workers, sink.worker_store()):
+            steps += sink.add(rec)
+            successes += rec.success
+            outcomes[rec.outcome] += 1
+            done += 1
+            bar.update(1)
+            bar.set_postfix_str(f"success {successes / done:.0%}")
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t0
+    cpu = {k: v - cpu0[k] for k, v in cpu_seconds().items()}
+    return {
+        "episodes": len(todo),
+        "already_there": len(seeds) - len(todo),
+        "successes": successes,
+        "success_rate": successes / len(todo) if todo else None,
+        "steps": steps,
+        "wall_s": wall,
+        "episodes_per_s": len(todo) / wall if todo else None,
+        "workers": workers,
+        # CPU seconds of this process and of the workers (reaped): on a shared machine the
+        # wall clock depends on the others; this says what the collection itself costs
+        "cpu_s": cpu["self"] + cpu["workers"],
+        "cpu_s_parent": cpu["self"],
+        "cpu_s_per_episode": (cpu["self"] + cpu["workers"]) / len(todo) if todo else None,
+        "outcomes": outcomes,
+        "seeds": [seeds.start, seeds.stop - 1],
+        "out": str(sink.out),
+        **({"format": "lerobot"} if isinstance(sink, LeRobotSink) else {}),
+        "total_episodes_in_folder": sink.total(),
+    }
+
+
+def cpu_seconds() -> dict[str, float]:
+    """User + system CPU seconds of this process, and of its children that have exited."""
+    import resource
+
+    own, children = (
+        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return {"self": own.ru_utime + own.ru_stime, "workers": children.ru_utime + children.ru_stime}
+
+
 def collect_grasps(
     out: Path,
     episodes: int,
@@ -146,65 +344,13 @@ def collect_grasps(
     progress: bool = True,
     make_env: Callable | None = None,
     log: Callable[[str], None] = tqdm.write,
+    workers: int = 1,
 ) -> dict:
-    """Records scripted grasps with seeds ``seed .. seed + episodes - 1`` into ``out`` and returns
-    a summary. Appends to what is there, skipping seeds already stored (so re-running after a
-    crash resumes, never stores a seed twice); a folder of another spec is refused."""
-    import gymnasium
-
-    import sim.envs  # noqa: F401  (registers kiwi/Grasp-v0)
-    from sim.scripted import ScriptedGrasp
-
-    out = Path(out)
-    spec = grasp_spec(cameras)
-    check_spec(out, spec)
-    stored = stored_seeds(out)
-    todo = [s for s in range(seed, seed + episodes) if s not in stored]
-    if len(todo) < episodes:
-        there = episodes - len(todo)
-        log(
-            f"{there} episode{'s' if there != 1 else ''} already there, "
-            + (f"collecting seeds {format_seeds(todo)}" if todo else "nothing to collect")
-        )
-    repeated = sorted(s for s, paths in stored.items() if len(paths) > 1)
-    if repeated:
-        log(
-            f"note: {out} stores seeds {format_seeds(repeated)} more than once (an earlier "
-            "run); training sees those episodes twice"
-        )
-    save_spec(out, spec)
-    env = (
-        make_env()
-        if make_env
-        else gymnasium.make(sim.ENV_ID, cameras=cameras, image_size=image_size)
-    )
-    policy = ScriptedGrasp()
-    successes, steps = 0, 0
-    outcomes = dict.fromkeys(OUTCOMES, 0)
-    t0 = time.perf_counter()
-    bar = tqdm(todo, desc="collect", unit="episode", disable=not progress, dynamic_ncols=True)
-    for i, episode_seed in enumerate(bar):
-        episode = record_grasp(env, policy, episode_seed)
-        save_episode(out, episode)
-        successes += bool(episode["success"][0])
-        outcomes[classify(episode)] += 1
-        steps += len(episode["action"])
-        bar.set_postfix_str(f"success {successes / (i + 1):.0%}")
-    env.close()
-    wall = time.perf_counter() - t0
-    summary = {
-        "episodes": len(todo),
-        "already_there": episodes - len(todo),
-        "successes": successes,
-        "success_rate": successes / len(todo) if todo else None,
-        "steps": steps,
-        "wall_s": wall,
-        "outcomes": outcomes,
-        "seeds": [seed, seed + episodes - 1],
-        "out": str(out),
-        "total_episodes_in_folder": len(episode_files(out)),
-    }
-    return summary
+    """Scripted grasps with seeds ``seed .. seed + episodes - 1`` as ``.npz`` episodes in
+    ``out`` (appended to; a folder of another spec is refused)."""
+    sink = NpzSink(Path(out), cameras, log)
+    env = make_env or partial(make_grasp_env, cameras, image_size)
+    return collect(sink, range(seed, seed + episodes), env, workers, progress, log)
 
 
 LEROBOT_CAMERAS = ("wrist", "front")
@@ -221,82 +367,11 @@ def collect_grasps_lerobot(
     progress: bool = True,
     make_env: Callable | None = None,
     log: Callable[[str], None] = tqdm.write,
+    workers: int = 1,
 ) -> dict:
-    """Records scripted grasps as a LeRobotDataset v3.0 folder (``so101_follower``, 50 fps):
-    ``observation.state``/``action`` in LeRobot's units, the cameras as ``observation.images.*``
-    (AV1 video by default), ``next.reward``/``next.done``/``next.success`` and the episode's
-    ``seed``; frames aligned as world_model/datasets/replay_to_lerobot.py says. Appends to a
-    folder of the same features, skipping seeds already stored (a crash loses at most the
-    episode in progress; re-running resumes)."""
-    import gymnasium
-
-    import sim.envs  # noqa: F401  (registers kiwi/Grasp-v0)
-    from sim.kiwi_grasp import CONTROL_HZ
-    from sim.scripted import ScriptedGrasp
-    from world_model.datasets import DatasetError, LeRobotReader, LeRobotWriter
-    from world_model.datasets.replay_to_lerobot import (
-        GRASP_TASK,
-        lerobot_frames,
-        replay_features,
-    )
-
-    out = Path(out)
-    features = replay_features(
-        {"state": 6},
-        {c: (image_size, image_size) for c in cameras},
-        6,
-        camera_dtype=camera_dtype,
-        seed=True,
-    )
-    stored: set[int] = set()
-    if (out / "meta" / "info.json").is_file():
-        with LeRobotReader(out) as ds:
-            have = {k: (f["dtype"], list(f["shape"])) for k, f in ds.features.items()}
-            want = {k: (f["dtype"], list(f["shape"])) for k, f in features.items()}
-            if any(have.get(k) != v for k, v in want.items()) or ds.fps != CONTROL_HZ:
-                raise DatasetError(
-                    f"{out} holds a dataset of other features ({sorted(have)}); these would be "
-                    f"{sorted(want)} at {CONTROL_HZ} fps: collect into another folder"
-                )
-            stored = {int(ds.read_episode(i, ["seed"])["seed"][0]) for i in range(ds.num_episodes)}
-        writer = LeRobotWriter.resume(out)
-    else:
-        writer = LeRobotWriter.create(out, CONTROL_HZ, features, "so101_follower")
-    todo = [s for s in range(seed, seed + episodes) if s not in stored]
-    if len(todo) < episodes:
-        log(
-            f"{episodes - len(todo)} of these seeds already there, "
-            + (f"collecting seeds {format_seeds(todo)}" if todo else "nothing to collect")
-        )
-    env = (
-        make_env()
-        if make_env
-        else gymnasium.make(sim.ENV_ID, cameras=cameras, image_size=image_size)
-    )
-    policy = ScriptedGrasp()
-    successes, frames = 0, 0
-    outcomes = dict.fromkeys(OUTCOMES, 0)
-    t0 = time.perf_counter()
-    bar = tqdm(todo, desc="collect", unit="episode", disable=not progress, dynamic_ncols=True)
-    for i, episode_seed in enumerate(bar):
-        episode = record_grasp(env, policy, episode_seed)
-        converted = lerobot_frames(episode, ["state"], list(cameras), features)
-        writer.add_episode(converted, task or GRASP_TASK)
-        successes += bool(converted["next.success"][-1])
-        outcomes[classify(episode)] += 1
-        frames += len(converted["action"])
-        bar.set_postfix_str(f"success {successes / (i + 1):.0%}")
-    env.close()
-    return {
-        "episodes": len(todo),
-        "already_there": episodes - len(todo),
-        "successes": successes,
-        "success_rate": successes / len(todo) if todo else None,
-        "steps": frames,
-        "wall_s": time.perf_counter() - t0,
-        "outcomes": outcomes,
-        "seeds": [seed, seed + episodes - 1],
-        "out": str(out),
-        "format": "lerobot",
-        "total_episodes_in_folder": int(writer.info["total_episodes"]),
-    }
+    """Scripted grasps as a LeRobotDataset v3.0 folder (``LeRobotSink``); appends to a folder of
+    the same features, skipping seeds already stored (a crash loses at most the episode in
+    progress; re-running resumes)."""
+    sink = LeRobotSink(Path(out), cameras, image_size, camera_dtype, task)
+    env = make_env or partial(make_grasp_env, cameras, image_size)
+    return collect(sink, range(seed, seed + episodes), env, workers, progress, log)

@@ -12,14 +12,16 @@ from . import add_config_args, command
 
 def cmd_collect(args) -> int:
     from ..collect import collect_grasps
-    from .learning import remove_temp_files
 
     cameras = tuple(c for c in args.cameras.split(",") if c) if args.cameras else ()
     lerobot = args.format == "lerobot"
+    if args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: at least 1")
     print(
         f"kiwi collect: {args.episodes} scripted grasps (seeds {args.seed}.."
         f"{args.seed + args.episodes - 1}) -> {args.out}"
         + (" (LeRobotDataset v3.0)" if lerobot else "")
+        + (f", {args.workers} simulator processes" if args.workers > 1 else "")
     )
     if lerobot:
         from ..collect import LEROBOT_CAMERAS, collect_grasps_lerobot
@@ -34,9 +36,9 @@ def cmd_collect(args) -> int:
             args.task,
             progress=not args.no_progress,
             log=print,
+            workers=args.workers,
         )
     else:
-        remove_temp_files(Path(args.out))
         summary = collect_grasps(
             Path(args.out),
             args.episodes,
@@ -45,6 +47,7 @@ def cmd_collect(args) -> int:
             args.image_size,
             progress=not args.no_progress,
             log=print,
+            workers=args.workers,
         )
     rate = summary["success_rate"]
     print(
@@ -195,7 +198,8 @@ def register(sub) -> None:
         "shows it; lerobot's LeRobotDataset loads it).",
         "kiwi collect --env grasp --episodes 200 --out data/grasp --seed 0\n"
         "kiwi collect --env grasp --episodes 20 --out data/grasp-img --cameras wrist\n"
-        "kiwi collect --env grasp --format lerobot --episodes 50 --out data/grasp-lerobot",
+        "kiwi collect --env grasp --format lerobot --episodes 50 --out data/grasp-lerobot\n"
+        "kiwi collect --env grasp --episodes 1000 --out data/grasp --workers 2",
     )
     p.add_argument("--env", choices=["grasp"], default="grasp", help="which simulated task")
     p.add_argument("--episodes", type=int, required=True, help="number of episodes")
@@ -227,6 +231,13 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--task", default=None, help="--format lerobot: the task string (pick up the red cube)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="simulator processes (one per core is right); the episodes are the same for any "
+        "number, and a LeRobot folder gets them in seed order",
     )
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

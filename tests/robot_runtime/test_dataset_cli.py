@@ -22,7 +22,7 @@ def test_collect_lerobot_records_what_the_npz_collection_records(tmp_path, capsy
     assert kiwi("collect", "--format", "lerobot", "--episodes", 1, "--out", out, *common) == 0
     # the same command for two episodes resumes: seed 4 is there, only seed 5 is collected
     assert kiwi("collect", "--format", "lerobot", "--episodes", 2, "--out", out, *common) == 0
-    assert "1 of these seeds already there" in capsys.readouterr().out
+    assert "1 episode already there" in capsys.readouterr().out
     assert kiwi("collect", "--episodes", 1, "--out", tmp_path / "npz", *common) == 0
     replay = Replay(tmp_path / "npz").episodes[0]
 

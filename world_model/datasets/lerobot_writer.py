@@ -18,10 +18,12 @@ Rewriting costs O(size of the current file) per episode, bounded by the rotation
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,68 @@ def _png(image: np.ndarray) -> bytes:
 def _cut_video(path: Path, end_s: float) -> None:
     if video_duration_s(path) > end_s + 1e-4:
         truncate_video(path, end_s)
+
+
+@dataclass
+class PreparedEpisode:
+    """An episode ready for ``LeRobotWriter.add_prepared``: its stored columns, the statistics of
+    its own features and each camera already encoded into an mp4 of its own. Preparing is the
+    costly part (encoding, image statistics) and needs no writer: a collection worker does it,
+    and the one writer only appends."""
+
+    length: int
+    columns: dict[str, np.ndarray]  # the features stored in the data parquet, [T, ...]
+    stats: dict[str, dict[str, np.ndarray]]  # per own feature (strings have none)
+    # per video key: an mp4 of this episode alone
+    videos: dict[str, Path] = dataclasses.field(default_factory=dict)
+
+
+def check_frames(features: dict, frames: dict[str, np.ndarray]) -> int:
+    """The episode's length; DatasetError when ``frames`` do not fit ``features``."""
+    own = [k for k in features if k not in DEFAULT_FEATURES]
+    missing = [k for k in own if k not in frames]
+    extra = sorted(set(frames) - set(own))
+    if missing or extra:
+        raise DatasetError(f"episode: missing features {missing}, unknown {extra}")
+    lengths = {k: len(frames[k]) for k in own}
+    length = next(iter(lengths.values()), 0)
+    if length == 0 or any(n != length for n in lengths.values()):
+        raise DatasetError(f"episode: features of unequal or zero length: {lengths}")
+    for k in own:
+        f, shape = features[k], np.shape(frames[k])[1:]
+        want = tuple(f["shape"])
+        if f["dtype"] == "string" or shape == want or (want == (1,) and shape == ()):
+            continue
+        raise DatasetError(f"episode: {k} has frames of shape {shape}, the feature {want}")
+    return length
+
+
+def prepare_episode(
+    frames: dict[str, np.ndarray], features: dict, fps: int, encoder: str | None, tmp_dir: Path
+) -> PreparedEpisode:
+    """Checks ``frames`` (as ``add_episode`` takes them), computes their statistics and encodes
+    each video feature into ``tmp_dir`` (files named like the atomic writer's temporary files,
+    so a crash's leftovers in a dataset folder are cleaned on resume)."""
+    length = check_frames(features, frames)
+    own = {k: f for k, f in features.items() if k not in DEFAULT_FEATURES}
+    stats = {
+        k: feature_stats(np.asarray(frames[k]), f["dtype"] in ("image", "video"))
+        for k, f in own.items()
+        if f["dtype"] != "string"
+    }
+    videos: dict[str, Path] = {}
+    try:
+        for key, f in own.items():
+            if f["dtype"] == "video":
+                tmp = Path(tmp_dir) / f".{key}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+                videos[key] = tmp
+                encode_video(np.asarray(frames[key]), tmp, fps, encoder)
+    except BaseException:
+        for path in videos.values():
+            path.unlink(missing_ok=True)
+        raise
+    columns = {k: np.asarray(frames[k]) for k, f in own.items() if f["dtype"] != "video"}
+    return PreparedEpisode(length, columns, stats, videos)
 
 
 class LeRobotWriter:
@@ -200,29 +264,45 @@ class LeRobotWriter:
         """Appends one episode: ``frames`` maps every feature to ``[T, ...]`` (``[T]`` or
         ``[T, 1]`` for shape-(1,) features; cameras ``[T, H, W, 3]`` uint8 RGB). Returns its
         index; on return it is committed."""
-        length = self._check(frames)
+        tmp_dir = self.root / "videos"
+        if self.video_keys:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+        prepared = prepare_episode(frames, self.features, self.fps, self.encoder, tmp_dir)
+        return self.add_prepared(prepared, task)
+
+    def add_prepared(self, episode: PreparedEpisode, task: str) -> int:
+        """Appends an episode ``prepare_episode`` made (for this dataset's features, fps and
+        encoder); its mp4 files are consumed. Returns its index; on return it is committed."""
+        try:
+            return self._add_prepared(episode, task)
+        finally:
+            for path in episode.videos.values():
+                Path(path).unlink(missing_ok=True)
+
+    def _add_prepared(self, episode: PreparedEpisode, task: str) -> int:
+        own = [k for k in self.features if k not in DEFAULT_FEATURES]
+        missing = [k for k in own if k not in episode.columns and k not in episode.videos]
+        if missing or set(episode.videos) != set(self.video_keys):
+            raise DatasetError(f"prepared episode: missing {missing or sorted(self.video_keys)}")
+        length = episode.length
         index = len(self.episodes)
         start = int(self.info["total_frames"])
         if task not in self.tasks:
             self.tasks.append(task)
         task_index = self.tasks.index(task)
-        own = {k: f for k, f in self.features.items() if k not in DEFAULT_FEATURES}
-        columns = {k: np.asarray(frames[k]) for k in own}
+        columns = dict(episode.columns)
         columns["timestamp"] = (np.arange(length) / self.fps).astype(np.float32)
         columns["frame_index"] = np.arange(length, dtype=np.int64)
         columns["episode_index"] = np.full(length, index, dtype=np.int64)
         columns["index"] = np.arange(start, start + length, dtype=np.int64)
         columns["task_index"] = np.full(length, task_index, dtype=np.int64)
-        stats = {
-            k: feature_stats(v, self.features[k]["dtype"] in ("image", "video"))
-            for k, v in columns.items()
-            if self.features[k]["dtype"] != "string"
-        }
+        stats = {k: episode.stats[k] for k in own if k in episode.stats}
+        stats.update({k: feature_stats(columns[k], False) for k in DEFAULT_FEATURES})
         row: dict = {"episode_index": index, "tasks": [task], "length": length}
         row.update(self._write_data(columns, length))
         row["dataset_from_index"], row["dataset_to_index"] = start, start + length
         for key in self.video_keys:
-            row.update(self._write_video(key, columns[key]))
+            row.update(self._write_video(key, episode.videos[key], length))
         if len(self.tasks) > int(self.info["total_tasks"]):
             _write_parquet(
                 self.root / TASKS_PATH, [tasks_table(self.tasks)], tasks_table(self.tasks).schema
@@ -242,24 +322,6 @@ class LeRobotWriter:
         )
         atomic_write_text(self.root / INFO_PATH, json.dumps(self.info, indent=4))
         return index
-
-    def _check(self, frames: dict[str, np.ndarray]) -> int:
-        own = [k for k in self.features if k not in DEFAULT_FEATURES]
-        missing = [k for k in own if k not in frames]
-        extra = sorted(set(frames) - set(own))
-        if missing or extra:
-            raise DatasetError(f"episode: missing features {missing}, unknown {extra}")
-        lengths = {k: len(frames[k]) for k in own}
-        length = next(iter(lengths.values()), 0)
-        if length == 0 or any(n != length for n in lengths.values()):
-            raise DatasetError(f"episode: features of unequal or zero length: {lengths}")
-        for k in own:
-            f, shape = self.features[k], np.shape(frames[k])[1:]
-            want = tuple(f["shape"])
-            if f["dtype"] == "string" or shape == want or (want == (1,) and shape == ()):
-                continue
-            raise DatasetError(f"episode: {k} has frames of shape {shape}, the feature {want}")
-        return length
 
     def _write_data(self, columns: dict[str, np.ndarray], length: int) -> dict:
         schema = data_schema(self.features)
@@ -294,34 +356,31 @@ class LeRobotWriter:
         _write_parquet(path, _row_groups(path) + [table], schema)
         return {"data/chunk_index": chunk, "data/file_index": file}
 
-    def _write_video(self, key: str, frames: np.ndarray) -> dict:
+    def _write_video(self, key: str, encoded: Path, length: int) -> dict:
+        """Appends ``encoded`` (this episode's mp4, ``length`` frames) to the camera's file."""
         chunk, file = self._current(f"videos/{key}")
         from_s = 0.0
         if self.episodes and f"videos/{key}/to_timestamp" in self.episodes[-1]:
             from_s = float(self.episodes[-1][f"videos/{key}/to_timestamp"])
         target = self.root / VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{key}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
-        try:
-            encode_video(frames, tmp, self.fps, self.encoder)
-            limit = float(self.info["video_files_size_in_mb"]) * _MB
-            too_long = round(from_s * self.fps) + len(frames) > self.video_file_max_frames
-            if target.exists() and (
-                too_long or target.stat().st_size + tmp.stat().st_size >= limit
-            ):
-                chunk, file = next_chunk_file(chunk, file, int(self.info["chunks_size"]))
-                target = self.root / VIDEO_PATH.format(
-                    video_key=key, chunk_index=chunk, file_index=file
-                )
-                from_s = 0.0
-            append_video(target, tmp, from_s)
-        finally:
-            tmp.unlink(missing_ok=True)
+        limit = float(self.info["video_files_size_in_mb"]) * _MB
+        too_long = round(from_s * self.fps) + length > self.video_file_max_frames
+        if target.exists() and (
+            too_long or target.stat().st_size + Path(encoded).stat().st_size >= limit
+        ):
+            chunk, file = next_chunk_file(chunk, file, int(self.info["chunks_size"]))
+            target = self.root / VIDEO_PATH.format(
+                video_key=key, chunk_index=chunk, file_index=file
+            )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            from_s = 0.0
+        append_video(target, Path(encoded), from_s)
         return {
             f"videos/{key}/chunk_index": chunk,
             f"videos/{key}/file_index": file,
             f"videos/{key}/from_timestamp": from_s,
-            f"videos/{key}/to_timestamp": from_s + len(frames) / self.fps,
+            f"videos/{key}/to_timestamp": from_s + length / self.fps,
         }
 
     def _current(self, prefix: str) -> tuple[int, int]:
