@@ -31,7 +31,7 @@ import numpy as np
 from sim.perception import PerceptionNoise
 
 from . import link
-from .client import Frame, FrameError, SlowClient
+from .client import FrameError, SlowClient, policy_observation
 from .client import parse_frame as parse_camera_frame
 from .config import GraspJob
 from .perception import CubePerception
@@ -52,16 +52,6 @@ def parse_frame(msg: link.Message, max_side: int, now: float) -> tuple[np.ndarra
     FrameError saying what is wrong otherwise (``client.parse_frame`` gives every camera)."""
     frame = parse_camera_frame(msg, max_side, now)
     return frame.images["wrist"], frame.state
-
-
-def observation_for_policy(frame: Frame, task: str) -> dict:
-    """The policy's input (the contract in policy_runner.py and docs/slow_process.md)."""
-    obs: dict = {"observation.state": frame.state.astype(np.float32)}
-    for name, image in frame.images.items():
-        obs[f"observation.images.{name}"] = image
-    obs["task"] = task
-    obs["timestamp"] = float(frame.t_capture)
-    return obs
 
 
 @dataclass
@@ -218,7 +208,7 @@ class SlowProcess:
             self.stats.misses += 1
         chunk = None
         if self.runner is not None:
-            chunk = self.runner(observation_for_policy(frame, self.task))
+            chunk = self.runner(policy_observation(frame, self.task))
             self.report()
         if obj is None and chunk is None:
             return False

@@ -6,8 +6,12 @@ answers are refused, counted by reason on both sides, and the watchdog holds."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ import zmq
 
 from drivers.sim_arm import SimArm
 from robot_runtime import link
+from robot_runtime.cli import main
 from robot_runtime.client import ClockSample, SlowClient, estimate_offset
 from robot_runtime.controllers import ChunkPolicy
 from robot_runtime.dryrun import free_ports
@@ -30,6 +35,7 @@ from robot_runtime.slow import SlowProcess
 
 from .runtime_helpers import grasp_job, tiny_grasp_model
 
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE = np.zeros((64, 64, 3), np.uint8)  # black: the perception finds no cube, only chunks go
 
 
@@ -298,3 +304,90 @@ def test_the_runner_counts_none_as_no_chunk_not_as_a_refusal():
     runner = PolicyRunner(lambda obs: None, timeout_s=1.0)
     assert runner({}) is None
     assert runner.counts() == {"calls": 1, "chunks": 0, "no_chunk": 1} and runner.rejections == {}
+
+
+def test_kiwi_slow_runs_a_policy_by_name_and_posts_its_chunks():
+    """`kiwi slow --policy MODULE:FACTORY --policy-arg ...` as its own process: frames from a
+    camera socket of the test in, the policy's chunks out on an observation socket of the
+    test, stamped with the frame's capture time and the policy's dt."""
+    camera, obs = (f"tcp://127.0.0.1:{p}" for p in free_ports(2))
+    ctx = link.Context()
+    pub = ctx.bind(zmq.PUB, camera, hwm=100)
+    pull = ctx.bind(zmq.PULL, obs, hwm=100)
+    cmd = [sys.executable, "-m", "robot_runtime.cli", "slow", "--duration", "60"]
+    cmd += ["--policy", "tests.robot_runtime.fake_slow_policies:make_hold"]
+    cmd += ["--policy-arg", "rows=5", "--policy-arg", "offset_deg=3"]
+    for override in (f"link.camera={camera}", f"link.obs={obs}", "slow.latency_ms=0"):
+        cmd += ["--set", override]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    state = np.array([1, 2, 3, 4, 5, 60], np.float32)
+    try:
+        deadline, sent = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            t = time.monotonic()
+            pub.send_multipart(link.encode("camera", {"wrist": IMAGE, "state": state}, t_capture=t))
+            sent[t] = True
+            if pull.poll(100):
+                msg = link.decode(pull.recv_multipart())
+                break
+        else:
+            raise AssertionError(f"no chunk from kiwi slow: {proc.communicate(timeout=5)[0]}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=20)[0].decode()
+        ctx.close()
+    assert msg.kind == "obs" and set(msg.arrays) == {"actions"}  # black frames: no cube
+    expected = np.tile(state + np.array([3, 0, 0, 0, 0, 0], np.float32), (5, 1))
+    np.testing.assert_array_equal(msg.arrays["actions"], expected)
+    assert msg.header.meta["dt"] == 0.1 and msg.header.t_capture in sent
+    assert msg.header.meta["t_first"] == msg.header.t_capture
+    assert "policy tests.robot_runtime.fake_slow_policies:make_hold" in out and "chunks" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--policy", "nocolon"], "is not MODULE:FACTORY"),
+        (["--policy", "lerobot:/no/such/folder"], "checkpoint folder /no/such/folder does not"),
+        (["--policy-arg", "a=1"], "--policy-arg needs --policy"),
+    ],
+)
+def test_kiwi_slow_policy_errors_are_one_line(args, message, capsys):
+    assert main(["slow", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_the_documented_example_runs_against_a_live_runtime(rig, capsys):
+    """docs/slow_process.md's 20-line example, as written (its loop bounded, its addresses
+    the test's), against the runtime: its chunks arrive, are followed and reported."""
+    job, rt, runtime, pub = rig
+    text = (ROOT / "docs" / "slow_process.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 22
+    for default, address in (("5604", job.link.camera), ("5601", job.link.obs)):
+        code = code.replace(f"tcp://127.0.0.1:{default}", address)
+    code = code.replace("tcp://127.0.0.1:5602", job.link.query)
+    code = code.replace("while True:", "for _ in range(10):")
+    stop = threading.Event()
+
+    def frames() -> None:
+        while not stop.is_set():
+            publish(pub, np.asarray(rt.joints, np.float32))
+            time.sleep(0.02)
+
+    camera = threading.Thread(target=frames, daemon=True)
+    camera.start()
+    try:
+        namespace: dict = {}
+        exec(compile(code, "slow_process.md", "exec"), namespace)
+        namespace["client"].close()
+        time.sleep(0.1)
+    finally:
+        stop.set()
+        camera.join(5)
+    status = rt.status()
+    assert "runtime phase: waiting" in capsys.readouterr().out
+    assert status["slow_process"]["counts"]["chunks"] >= 5
+    assert status["rejected"] == 0 and status["watchdog"] == "normal"
+    assert rt.policy.phase == "following"
