@@ -43,6 +43,7 @@ N_JOINTS = 6  # the five arm joints (degrees) and the gripper (0..100)
 LOG_FIRST_REJECTIONS = 10  # then every 100th
 DEFAULT_TASK = "grasp the cube"
 RESYNC_S = 30.0  # a remote runtime's clock offset is measured again this often
+REPORT_EVERY_S = 1.0  # the policy's counters go to the runtime at least this often
 
 __all__ = ["FrameError", "ScriptedVLA", "SlowProcess", "SlowStats", "parse_frame"]
 
@@ -158,6 +159,7 @@ class SlowProcess:
         self.stats = SlowStats()
         self._detection: tuple[int, np.ndarray | None] | None = None
         self._reported: dict[str, int] = {}
+        self._t_reported = -float("inf")
 
     # --- perception -------------------------------------------------------------------------
     def detect(self, image: np.ndarray, state: np.ndarray) -> np.ndarray | None:
@@ -225,11 +227,14 @@ class SlowProcess:
         return sent
 
     def report(self) -> None:
-        """Tells the runtime about refusals when their counts changed."""
+        """Tells the runtime the policy's counters: at once when its refusals changed, else
+        once every ``REPORT_EVERY_S``."""
         assert self.runner is not None
-        if self.runner.rejections != self._reported:
+        now = self.clock()
+        if self.runner.rejections != self._reported or now - self._t_reported >= REPORT_EVERY_S:
             if self.client.report(self.runner.counts(), self.runner.rejections):
                 self._reported = dict(self.runner.rejections)
+                self._t_reported = now
 
     def run(self, duration_s: float | None = None, stop=None) -> SlowStats:
         self.sync_clock()
