@@ -395,3 +395,28 @@ def test_the_documented_example_runs_against_a_live_runtime(rig, capsys):
     assert status["slow_process"]["counts"]["chunks"] >= 3
     assert len(followed) >= 3 and followed[-1].actions.shape == (25, 6)
     assert status["rejected"] == 0
+
+
+def test_the_scripted_vla_is_a_policy_like_any_other():
+    """`kiwi slow --vla`'s default policy through the same runner: a wrist frame rendered by
+    MuJoCo with the cube in view gives the scripted grasp's next 25 actions from the frame's
+    joints; a frame without the cube gives no chunk (not a refusal)."""
+    from robot_runtime.client import Frame, policy_observation
+    from robot_runtime.perception import CubePerception
+    from robot_runtime.slow import ScriptedVLA
+    from sim.kiwi_grasp import KiwiGraspEnv
+
+    env = KiwiGraspEnv()
+    try:
+        obs, _ = env.reset(seed=0)
+        image = env.render_camera("wrist", 128, 128)
+    finally:
+        env.close()
+    state = np.asarray(obs["state"], np.float32)
+    runner = PolicyRunner(ScriptedVLA(CubePerception()), timeout_s=10.0)
+    assert runner.dt == 0.02
+    chunk = runner(policy_observation(Frame(5.0, state, {"wrist": image}), "grasp"))
+    assert chunk is not None and chunk.shape == (25, 6) and runner.rejections == {}
+    black = Frame(5.1, state, {"wrist": np.zeros_like(image)})
+    assert runner(policy_observation(black, "grasp")) is None
+    assert runner.counts() == {"calls": 2, "chunks": 1, "no_chunk": 1}
