@@ -181,14 +181,32 @@ def test_a_good_policy_after_a_bad_one_moves_the_arm(rig):
 
 
 def test_clock_offset_over_the_status_socket_with_an_artificial_offset(rig):
-    job, rt, _, _ = rig
+    """A client whose clock is 1234.5678 s ahead of the runtime's measures the offset over the
+    query socket, and moves frames stamped by a camera on its own clock (``camera_clock``
+    local) onto the runtime's clock: a frame that would be 20 minutes in the future is
+    accepted, stamped within the measured error of the runtime's time of capture."""
+    job, rt, _, pub = rig
     offset = 1234.5678
-    client = SlowClient(None, job.link.obs, job.link.query, clock=lambda: time.monotonic() + offset)
+    client = SlowClient(
+        job.link.camera,
+        job.link.obs,
+        job.link.query,
+        clock=lambda: time.monotonic() + offset,
+        camera_clock="local",
+    )
     try:
         measured = client.sync_clock(samples=12)
         assert client.status()["phase"] == "waiting"
+        frame, deadline = None, time.monotonic() + 10
+        while frame is None and time.monotonic() < deadline:
+            t_true = time.monotonic()
+            arrays = {"wrist": IMAGE, "state": np.zeros(6)}
+            pub.send_multipart(link.encode("camera", arrays, t_capture=t_true + offset))
+            frame = client.wait_frame(0.05)
     finally:
         client.close()
+    assert frame is not None and client.stats.rejected == 0
+    assert abs(frame.t_capture - t_true) < 0.01
     error = abs(measured.offset_s + offset)
     print(f"\nclock offset error {error * 1e6:.0f} µs, round trip {measured.rtt_s * 1e3:.2f} ms")
     assert measured.samples == 12
@@ -420,3 +438,42 @@ def test_the_scripted_vla_is_a_policy_like_any_other():
     black = Frame(5.1, state, {"wrist": np.zeros_like(image)})
     assert runner(policy_observation(black, "grasp")) is None
     assert runner.counts() == {"calls": 2, "chunks": 1, "no_chunk": 1}
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"counts": {"calls": "3"}},
+        {"counts": {"calls": True}},
+        {"rejections": {"error": -1}},
+        {"rejections": {"x" * 33: 1}},
+        {"rejections": {f"r{i}": 1 for i in range(17)}},
+        {"counts": [1, 2]},
+    ],
+)
+def test_hostile_slow_reports_are_refused_and_counted(meta):
+    from robot_runtime.messages import Rejected, check_report
+
+    msg = link.decode(link.encode("slow_report", meta=meta))
+    with pytest.raises(Rejected) as e:
+        check_report(msg)
+    assert e.value.reason == "report"
+
+
+def test_a_slow_report_reaches_the_runtime_status_and_a_bad_one_is_counted(rig):
+    job, rt, _, _ = rig
+    client = SlowClient(None, job.link.obs, job.link.query)
+    try:
+        client.report({"calls": 7, "chunks": 5}, {"timeout": 2})
+        client.obs.send_multipart(link.encode("slow_report", meta={"rejections": {"x": -1}}))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status = client.status()
+            if status["rejections"].get("report") and status["slow_process"]:
+                break
+            time.sleep(0.05)
+    finally:
+        client.close()
+    assert status["slow_process"]["counts"] == {"calls": 7, "chunks": 5}
+    assert status["slow_process"]["rejections"] == {"timeout": 2}
+    assert status["rejections"]["report"] == 1
