@@ -236,8 +236,21 @@ class SlowProcess:
                 self._reported = dict(self.runner.rejections)
                 self._t_reported = now
 
+    def wait_for_clock(self, stop=None) -> None:
+        """A remote runtime's clock offset before anything is posted (times on the wire are
+        its clock): asks until it answers, saying so once."""
+        said = False
+        while self.remote and (stop is None or not stop.is_set()):
+            try:
+                self.sync_clock()
+                return
+            except TimeoutError as e:
+                if not said:
+                    print(f"waiting for the runtime's clock: {e}; asking again", flush=True)
+                    said = True
+
     def run(self, duration_s: float | None = None, stop=None) -> SlowStats:
-        self.sync_clock()
+        self.wait_for_clock(stop)
         start = self.clock()
         next_t = start
         while stop is None or not stop.is_set():
