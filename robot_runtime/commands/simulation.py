@@ -299,7 +299,12 @@ def register(sub) -> None:
         "Reads the camera stream (frames with the joints at capture), finds the cube, waits "
         "the configured latency and posts observations stamped with their capture time "
         "to the runtime; --vla also attaches action chunks (in sim: the scripted grasp as "
-        "a stand-in VLA).",
+        "a stand-in VLA), --policy those of any policy(observation) -> chunk: a "
+        "MODULE:FACTORY of yours or a LeRobot checkpoint folder. A policy that raises, hangs "
+        "past --policy-timeout, or answers NaN or the wrong shape sends nothing and is "
+        "counted by reason, here and in the runtime's status. A runtime on another machine: "
+        "--server-key/--client-key (`kiwi keys`); its clock offset is measured and applied. "
+        "The wire specification: docs/slow_process.md.",
         "kiwi slow --config configs/sim_grasp.yaml\n"
         "kiwi slow --config configs/sim_grasp.yaml --vla --set slow.latency_ms=300\n"
         "kiwi slow --policy my_pkg.policies:make_policy --policy-arg chunk=50 "
