@@ -155,11 +155,11 @@ class ChunkExecution(Frozen):
     object_shift: bool = Field(
         True,
         description="latent: move the chunk with the object's displacement between the "
-        "capture-time belief and the belief now (while the gripper is open)",
+        "capture-time belief and the belief now (until the hand closes)",
     )
     max_shift_m: float = Field(0.05, ge=0, description="latent: largest object shift applied")
     open_above: float = Field(
-        30.0, ge=0, le=100, description="latent: rows with the gripper above this are reaching"
+        30.0, ge=0, le=100, description="latent: a gripper command below this holds the object"
     )
 
 
