@@ -270,8 +270,12 @@ class ChunkPolicy:
         previous = self.last_action if self.last_action is not None else np.asarray(joints, float)
         anchor = queued if queued is not None else previous
         self.stats.last_join_deg = float(np.abs(anchor - rows[0])[:5].max())
+        # the chunk as the policy asked for it (placed): its own rows must not jump; then the
+        # join, whose fade is ours and which safety clamps like any target, must meet the arm
+        reason = unsafe_rows(rows, rows[0], self.limits, self.max_step_deg, c.limit_margin_deg)
         rows = join_offset(rows, anchor, c.join_rows, self.max_step_deg)
-        reason = unsafe_rows(rows, previous, self.limits, self.max_step_deg, c.limit_margin_deg)
+        if reason is None:
+            reason = unsafe_rows(rows[:1], previous, self.limits, self.max_step_deg, np.inf)
         if reason is None and start == tick:
             ahead = rows[: c.forecast_rows]
             forecast = forecast_joints(estimator.wm, estimator.state, ahead, seed=tick)

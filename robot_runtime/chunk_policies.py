@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from sim.kinematics import Unreachable
 from sim.perception import PerceptionNoise
 from sim.scripted import ScriptedGrasp
 
@@ -57,8 +58,13 @@ class ScriptedChunkPolicy:
             obs = {"state": state, "object": found}
             if p.target is None:
                 p.act(obs)  # the first look: sets the start pose and the aim
-            p.target = p.aim(obs)
-            p._q_pre = p._ik(p.target[0], tm.pregrasp_height_m, p.target[1], p._q_start[4])
+            assert p._q_start is not None  # set by the first act
+            try:
+                aim = p.aim(obs)
+                p._q_pre = p._ik(aim[0], tm.pregrasp_height_m, aim[1], p._q_start[4])
+                p.target = aim
+            except Unreachable:
+                pass  # keep the last aim
         if p.target is None:  # nothing seen yet: stay
             return np.repeat(state[None], self.rows, 0)
         rows = []

@@ -66,6 +66,21 @@ def cmd_eval_grasp(args) -> int:
     return 0
 
 
+def parse_episodes(text: str, tasks: list[str]) -> dict[str, int]:
+    """``--episodes 30`` or ``--episodes grasp=10,grasp_moving=20`` -> episodes per task."""
+    try:
+        if "=" not in text:
+            counts = dict.fromkeys(tasks, int(text))
+        else:
+            counts = {k: int(v) for k, v in (part.split("=", 1) for part in text.split(","))}
+    except ValueError:
+        raise ValueError(f"--episodes {text!r}: a count, or TASK=COUNT,...") from None
+    missing = [t for t in tasks if t not in counts]
+    if missing or any(c < 1 for c in counts.values()):
+        raise ValueError(f"--episodes {text!r}: at least 1 for each task ({', '.join(tasks)})")
+    return {t: counts[t] for t in tasks}
+
+
 def cmd_eval_chunks(args) -> int:
     import torch
 
@@ -89,9 +104,9 @@ def cmd_eval_chunks(args) -> int:
         raise ValueError("--delays: each must be within 0..5000 ms")
     if args.quick:
         delays = [d for d in delays if d in (0, 300)] or delays[:2]
-    episodes = 1 if args.quick else args.episodes
-    if episodes < 1 or args.workers < 1:
-        raise ValueError("--episodes and --workers must be at least 1")
+    episodes = {t: 1 for t in tasks} if args.quick else parse_episodes(args.episodes, tasks)
+    if args.workers < 1:
+        raise ValueError("--workers must be at least 1")
     outputs = [Path(args.plot)] + ([Path(args.json)] if args.json else [])
     for path in outputs:
         if path.exists() and not args.force:
@@ -101,9 +116,8 @@ def cmd_eval_chunks(args) -> int:
 
     load_policy(args.policy)  # a bad --policy fails here, in one line, before any worker
     print(
-        f"kiwi eval chunks: {episodes} episodes per cell (seeds {args.seed}..), tasks "
-        f"{','.join(tasks)}, modes {','.join(modes)}, delays {delays} ms, policy {args.policy}, "
-        f"{args.workers} workers"
+        f"kiwi eval chunks: episodes per cell {episodes} (seeds {args.seed}..), modes "
+        f"{','.join(modes)}, delays {delays} ms, policy {args.policy}, {args.workers} workers"
     )
     rows = run_grid(
         job,
@@ -209,6 +223,7 @@ def register(sub) -> None:
         "(see robot_runtime/chunk_policies.py for the observation's keys).",
         "kiwi eval chunks --json eval-chunks.json\n"
         "kiwi eval chunks --tasks grasp_moving --delays 0,300 --episodes 40\n"
+        "kiwi eval chunks --episodes grasp=20,grasp_moving=40 --workers 4\n"
         "kiwi eval chunks --policy my_policies:make_policy --quick",
     )
     p.add_argument("--tasks", default="grasp,grasp_moving", help="comma separated")
@@ -216,7 +231,12 @@ def register(sub) -> None:
     p.add_argument(
         "--delays", default="0,100,200,300,500,800", help="policy delays in ms, comma separated"
     )
-    p.add_argument("--episodes", type=int, default=30, help="episodes per (task, mode, delay)")
+    p.add_argument(
+        "--episodes",
+        default="grasp=6,grasp_moving=10",
+        help="episodes per (task, mode, delay): a count, or TASK=COUNT,... (the default is "
+        "sized for ~30 minutes on 2 loaded cores)",
+    )
     p.add_argument("--seed", type=int, default=CHUNK_EVAL_SEED, help="first held-out seed")
     p.add_argument(
         "--policy", default="scripted", help="scripted, or module:factory (a chunk policy)"
