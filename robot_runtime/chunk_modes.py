@@ -188,8 +188,9 @@ def forecast_joints(wm, state, rows: np.ndarray, seed: int) -> np.ndarray:
 
 class ChunkPolicy:
     """Follows a policy's action chunks (``messages.Chunk``, already checked) in one of
-    ``MODES``; no action queued: hold. ``limits`` ``[joints, 2]`` and ``max_step_deg`` are the
-    arm's (what safety will apply), for the latent mode's refusals."""
+    ``MODES``; no action queued: hold. ``limits`` ``[joints, 2]`` (until the control step
+    passes the arm's own: ``use_arm_limits``) and ``max_step_deg`` are what safety applies,
+    for the latent mode's refusals."""
 
     def __init__(
         self,
@@ -219,6 +220,10 @@ class ChunkPolicy:
         self._object_at_close: tuple[np.ndarray, float] | None = None
         self.stats = ChunkStats()
         self.phase = "waiting"
+
+    def use_arm_limits(self, limits: np.ndarray) -> None:
+        """The arm's joint limits ``[joints, 2]`` (the control step passes them at start)."""
+        self.limits = np.asarray(limits, float)
 
     def on_chunk(self, chunk, t: float) -> None:
         self.stats.received += 1

@@ -99,6 +99,7 @@ def test_bad_policy_specs_are_one_line_errors(capsys, monkeypatch, tmp_path):
     assert code == 2 and "not a callable policy" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_quick_eval_writes_rows_and_a_plot_and_refuses_to_overwrite(tmp_path, capsys):
     out, plot = tmp_path / "chunks.json", tmp_path / "chunks.png"
     args = [

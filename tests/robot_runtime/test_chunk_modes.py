@@ -143,6 +143,14 @@ def test_latent_refuses_a_chunk_past_a_limit_and_the_old_chunk_goes_on():
     assert np.allclose(commands[20:50], old[20:50], atol=1e-6)
 
 
+def test_the_control_step_gives_the_policy_the_arms_own_limits(monkeypatch):
+    step, policy, arm = control(LATENT)
+    narrow = arm.limits * 0.5  # a smaller arm than the simulator's
+    monkeypatch.setattr(SimArm, "limits", property(lambda self: narrow))
+    step.start(1.0, arm.read_joints())
+    assert np.array_equal(policy.limits, narrow)
+
+
 def test_latest_passes_the_same_chunk_through_safety_to_the_limit():
     step, policy, arm = control(LATEST)
     old, new, chunks = two_chunks(arm, 0.0)
