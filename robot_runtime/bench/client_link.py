@@ -56,8 +56,8 @@ class RuntimeThread:
     """``service.Runtime`` ticking at its rate on a thread, with the shipped world model."""
 
     def __init__(self, query: str, obs: str, telemetry: str):
+        from ..chunk_modes import ChunkPolicy
         from ..config import GraspJob, load_config
-        from ..controllers import ChunkPolicy
         from ..service import Runtime, load_world_model
 
         overrides = [f"link.query={query}", f"link.obs={obs}", f"link.telemetry={telemetry}"]
