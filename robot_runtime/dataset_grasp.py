@@ -220,7 +220,8 @@ def evaluate_grasp_on_dataset(
     every = job.data.holdout_every
     with LeRobotReader(data) as reader:
         check_spec(wm.spec, reader)
-        trained_here = str(meta.get("dataset", {}).get("root")) == str(reader.root)
+        root = meta.get("dataset", {}).get("root")
+        trained_here = root is not None and Path(root).resolve() == reader.root.resolve()
         ids = [i for i in range(reader.num_episodes) if not trained_here or i % every == every - 1][
             :episodes
         ]
