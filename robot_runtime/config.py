@@ -344,6 +344,11 @@ class LeRobotJob(Frozen):
     model: ModelConfig
     train: TrainConfig = TrainConfig()
     lab: DatasetLabConfig = DatasetLabConfig()
+    gate: GraspGateConfig = Field(
+        GraspGateConfig(obs_every=1, calibration_episodes=0),
+        description="`kiwi train grasp --data` on the dataset's next.success labels: horizon, "
+        "rollouts, epochs, calibration share (no simulator: calibrated on recorded decisions)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -59,10 +59,14 @@ def build_decisions(
     seed: int,
     batch: int = 128,
     progress: bool = True,
+    decide: Callable[[dict[str, np.ndarray]], int | None] = decision_tick,
+    outcome: Callable[[dict[str, np.ndarray]], float] = lambda ep: float(ep["success"][0]),
 ) -> Decisions:
+    """``decide``: an episode's decision tick (None: no decision in it); ``outcome``: its
+    label (1.0 = the grasp succeeded)."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    usable = [(ep, decision_tick(ep)) for ep in episodes]
+    usable = [(ep, decide(ep)) for ep in episodes]
     usable = [(ep, j) for ep, j in usable if j is not None and j + horizon <= len(ep["action"])]
     rollout, now, labels = [], [], []
     for lo in tqdm(
@@ -92,7 +96,7 @@ def build_decisions(
         plan = norm[:, context - 1 : context - 1 + horizon].repeat_interleave(samples, 0)
         imagined, _ = wm.imagine(start, plan, generator=gen)
         rollout.append(imagined.feat()[:, -1].view(len(part), samples, -1))
-        labels.append(torch.tensor([float(ep["success"][0]) for ep, _ in part]))
+        labels.append(torch.tensor([outcome(ep) for ep, _ in part]))
     return Decisions(torch.cat(rollout), torch.cat(now), torch.cat(labels))
 
 

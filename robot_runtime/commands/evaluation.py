@@ -40,6 +40,9 @@ def cmd_eval_latency(args) -> int:
 def cmd_eval_grasp(args) -> int:
     import torch
 
+    if args.data:
+        return eval_grasp_on_lerobot(args)
+
     from ..assets import resolve
     from ..config import GraspJob, load_config
     from ..grasp_eval import evaluate, print_summary, write
@@ -113,6 +116,36 @@ def cmd_eval_policy(args) -> int:
     if args.json:
         jsonout.write_json(Path(args.json), result, indent=1)
         print(f"wrote {args.json}")
+    return 0
+
+
+def eval_grasp_on_lerobot(args) -> int:
+    """`kiwi eval grasp --data DIR`: the forecast at every labelled episode's decision."""
+    import tempfile
+
+    import torch
+
+    from world_model.errors import KiwiError
+
+    from ..assets import resolve
+    from ..dataset_grasp import evaluate_grasp_on_dataset
+    from ..grasp_eval import write
+
+    torch.set_num_threads(1)
+    if not args.checkpoint:
+        raise KiwiError("--data needs --checkpoint: a model from `kiwi train grasp --data`")
+    path = resolve(args.checkpoint)
+    episodes = 3 if args.quick else args.dataset_episodes
+    with tempfile.TemporaryDirectory(prefix="kiwi-eval-grasp-") as cache:  # decoded frames
+        summary, records = evaluate_grasp_on_dataset(
+            path, Path(args.data), Path(cache), episodes, not args.no_progress
+        )
+    print(
+        f"AUROC {summary['auroc']:.3f} (no rollout {summary['auroc_no_rollout']:.3f}), Brier "
+        f"{summary['brier']:.3f}, ECE {summary['ece']:.3f} on {summary['episodes']} episodes "
+        f"({summary['which_episodes']}; success rate {summary['success_rate']:.0%})"
+    )
+    write(summary, records, args.json, Path(args.plot))
     return 0
 
 
@@ -277,6 +310,8 @@ def register(sub) -> None:
         "ECE (reliability diagram PNG), success of committed grasps with and without "
         "the gate, the share of would-be successes the gate skipped, and forecast latency.",
         "kiwi eval grasp --episodes 300 --json eval-grasp.json\n"
+        "kiwi eval grasp --data data/grasp-lerobot-heldout "
+        "--checkpoint runs/grasp-pixels/grasp_model.safetensors --json eval-grasp-pixels.json\n"
         "kiwi eval grasp --episodes 100 --threshold 0.6 --samples 128",
     )
     p.add_argument("--episodes", type=int, default=200)
@@ -284,6 +319,12 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, help="commit threshold (default: config)")
     p.add_argument("--samples", type=int, help="K rollouts per forecast (default: config)")
     p.add_argument("--checkpoint", help="model with success head (default: the shipped one)")
+    p.add_argument(
+        "--data",
+        help="score recorded episodes of a LeRobot dataset with next.success instead of "
+        "running the simulator (its held-out episodes, or all of a dataset the model never saw)",
+    )
+    p.add_argument("--dataset-episodes", type=int, help="with --data: at most this many episodes")
     add_config_args(p, "sim_grasp", presets=False)
     p.add_argument("--json", nargs="?", const="eval-grasp.json", metavar="FILE")
     p.add_argument("--plot", default="eval-grasp-reliability.png", help="reliability diagram")

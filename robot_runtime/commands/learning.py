@@ -357,7 +357,11 @@ def invoked_as(args) -> str:
 
 def cmd_train_grasp(args) -> int:
     from ..config import GraspJob, dump_config, load_config
+    from ..dataset_world_model import is_lerobot_dataset
     from ..grasp_training import GRASP_MODEL, train_grasp
+
+    if args.data and is_lerobot_dataset(Path(args.data)):
+        return train_grasp_on_lerobot(args)
 
     job, _ = load_config(args.config, GraspJob, args.overrides, "quick" if args.quick else None)
     set_threads(job.train.threads)
@@ -450,6 +454,36 @@ def cmd_train_policy(args) -> int:
     return 0
 
 
+def train_grasp_on_lerobot(args) -> int:
+    """`kiwi train grasp --data DIR` on a LeRobot dataset with next.success (robot_runtime/
+    dataset_grasp.py); the settings are the world model's job (its `gate` section), with --set."""
+    from ..dataset_grasp import train_grasp_on_dataset
+    from ..grasp_training import GRASP_MODEL
+
+    set_threads(1)
+    out = Path(args.out)
+    check_out(out, GRASP_MODEL, args, resumable=False)
+    remove_temp_files(out, out / "cache")
+    data = Path(args.data)
+    print(f"kiwi train grasp: success heads on {args.init} from the episodes of {data} -> {out}")
+    report = train_grasp_on_dataset(
+        Path(args.init), data, out, invoked_as(args), args.overrides, not args.no_progress
+    )
+    rows = [("decisions", "head", "AUROC", "Brier", "ECE")]
+    for name in ("rollout", "no_rollout"):
+        r = report[name]
+        rows.append(
+            ("calibration set", name, f"{r['auroc']:.3f}", f"{r['brier']:.3f}", f"{r['ece']:.3f}")
+        )
+    print(format_table(rows))
+    print(
+        f"({report['train_decisions']} decisions fitted, {report['holdout_decisions']} "
+        f"calibrated on, success rate {report['holdout_success_rate']:.0%}; score held-out "
+        f"episodes with `kiwi eval grasp --data {data} --checkpoint {out / GRASP_MODEL}`)"
+    )
+    return 0
+
+
 def register(sub) -> None:
     lab = sub.add_parser("lab", help="the RSSM lab", formatter_class=Formatter)
     lab_sub = lab.add_subparsers(dest="lab", metavar="LAB", required=True)
@@ -527,11 +561,18 @@ def register(sub) -> None:
         "ablation, one on the belief alone); calibrates both with a temperature on held-out "
         "episodes. --ship replaces the shipped model used by `kiwi sim` and `kiwi grasp-check`.",
         "kiwi train grasp --config configs/sim_grasp.yaml --data data/grasp "
-        "--init runs/grasp-wm/checkpoint.safetensors --out runs/grasp --ship",
+        "--init runs/grasp-wm/checkpoint.safetensors --out runs/grasp --ship\n"
+        "kiwi train grasp --data data/grasp-lerobot "
+        "--init runs/pixels/checkpoint.safetensors --out runs/grasp-pixels",
     )
     add_config_args(p, "sim_grasp")
     p.add_argument("--init", required=True, help="world model from `kiwi train world-model`")
-    p.add_argument("--data", help="episodes from `kiwi collect` (default: the config's)")
+    p.add_argument(
+        "--data",
+        help="episodes from `kiwi collect` (default: the config's), or a LeRobot dataset with "
+        "next.success (then --init is a world model trained on LeRobot data and the settings "
+        "are its job's `gate` section)",
+    )
     p.add_argument("--ship", action="store_true", help="also replace the shipped model")
     p.add_argument("--out", default="runs/grasp", help="output folder")
     add_resume_overwrite(p, resume=False)
