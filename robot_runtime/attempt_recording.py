@@ -18,9 +18,10 @@ One frame per control tick (the dataset's fps is the loop's rate), in LeRobot's 
   P(success) and 1 (commit) or 0 (back off); NaN at every other frame;
 - ``seed`` (`kiwi sim`): the simulated world's seed of the attempt.
 
-The tick pays only for appending two small arrays; frames are assembled and encoded on a writer
-thread when the attempt ends, each episode committed atomically by ``LeRobotWriter`` (a crash or
-Ctrl-C loses at most the episodes not yet written, and the folder loads). A folder that already
+The tick pays only for appending two small arrays; when the attempt ends a thread hands it to a
+writer process of lower priority (attempt_writer.py) that assembles the frames, encodes them and
+commits the episode atomically with ``LeRobotWriter`` (a crash or Ctrl-C loses at most the
+episodes not yet written, and the folder loads). A folder that already
 holds a dataset of the same features is appended to, its episode index continued.
 """
 
@@ -29,9 +30,8 @@ from __future__ import annotations
 import math
 import queue
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,7 +109,7 @@ def episode_frames(
     attempt: Attempt,
     success: bool,
     decisions: Sequence[tuple[float, float, bool]],
-    camera_frames: dict[str, Sequence[tuple[float, np.ndarray]]],
+    camera_frames: Mapping[str, Sequence[tuple[float, np.ndarray]]],
     features: dict,
 ) -> dict[str, np.ndarray]:
     """One attempt as LeRobot frames (see the module's docstring). ``decisions``: (t of the
@@ -243,8 +243,9 @@ def open_writer(root: Path, fps: int, features: dict, robot_type: str | None):
 
 class AttemptRecorder:
     """``begin(seed, t)`` at an attempt's start, ``tick(t, joints, command)`` every tick (cheap),
-    ``end(success, events)`` when it is over (the episode goes to the writer thread) or
-    ``discard()``; ``close()`` writes what is queued and returns the figures."""
+    ``end(success, events)`` when it is over (a thread hands the episode to the writer process,
+    attempt_writer.py) or ``discard()``; ``close()`` writes what is queued and returns the
+    figures."""
 
     def __init__(
         self,
@@ -260,11 +261,25 @@ class AttemptRecorder:
         max_episode_s: float = MAX_EPISODE_S,
         log: Callable[[str], None] = print,
     ):
+        import multiprocessing
+        import tempfile
+        from concurrent.futures import ProcessPoolExecutor
+
+        from . import attempt_writer
+
         cameras = dict(cameras or {}) if camera_address else {}
         self.root, self.fps, self.task, self.log = Path(root), int(fps), task, log
         self.features = record_features(n_joints, cameras, seed)
-        self.writer = open_writer(self.root, self.fps, self.features, robot_type)
-        self.first_index = int(self.writer.info["total_episodes"])
+        check_record_dir(self.root, self.fps, self.features)  # a clear error, here and now
+        self._tmp = tempfile.TemporaryDirectory(prefix="kiwi-record-")
+        self._pool = ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=attempt_writer.init_writer,
+            initargs=(str(self.root), self.fps, self.features, robot_type, task),
+        )
+        # started from this thread (the writer process dies with it), and ready before the loop
+        self.first_index = self._pool.submit(attempt_writer.ready).result()
         self.max_ticks = max(2, int(max_episode_s * fps))
         self.tap = None
         if cameras and camera_address:
@@ -274,6 +289,7 @@ class AttemptRecorder:
         self.skipped: list[str] = []
         self.error: str | None = None
         self._queue: queue.Queue = queue.Queue()
+        self._handed = 0
         self._thread = threading.Thread(target=self._write_loop, name="record-write", daemon=True)
         self._thread.start()
 
@@ -313,6 +329,9 @@ class AttemptRecorder:
         self.attempt = None
 
     def _write_loop(self) -> None:
+        """Hands each finished attempt to the writer process, one at a time."""
+        from .attempt_writer import save_attempt, write_attempt
+
         while True:
             job = self._queue.get()
             if job is None:
@@ -323,20 +342,11 @@ class AttemptRecorder:
                 if self.tap is not None and missing:
                     self.skipped.append(f"seed {a.seed}: no camera frames from {missing}")
                     continue
-                frames = episode_frames(a, success, decisions, shots, self.features)
-                t0 = time.perf_counter()
-                index = self.writer.add_episode(frames, self.task)
-                self.written.append(
-                    {
-                        "episode_index": index,
-                        "seed": a.seed,
-                        "frames": len(a.t),
-                        "success": success,
-                        "decisions": [round(p, 3) for _, p, _ in decisions],
-                        "write_s": round(time.perf_counter() - t0, 3),
-                        **({"note": why} if why else {}),
-                    }
-                )
+                self._handed += 1
+                path = Path(self._tmp.name) / f"attempt-{self._handed}.npz"
+                save_attempt(path, a, shots)
+                job = (str(path), a.seed, success, decisions, why)
+                self.written.append(self._pool.submit(write_attempt, *job).result())
             except Exception as e:  # a full disk must not take the robot's loop down with it
                 self.error = f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
                 self.log(f"record: episode of seed {a.seed} not written ({self.error})")
@@ -347,6 +357,8 @@ class AttemptRecorder:
         self.discard("the run stopped during it")
         self._queue.put(None)
         self._thread.join()
+        self._pool.shutdown(wait=True)
+        self._tmp.cleanup()
         if self.tap is not None:
             self.tap.close()
         return self.summary()
