@@ -58,7 +58,7 @@ def verdicts(rows: list[dict]) -> list[str]:
         for r in rows
         if r["metric"] == "jerk_rms" and r["value"] is not None
     }
-    n = max((r["episodes"] for r in rows), default=0)
+    n_of = {r["task"]: r["episodes"] for r in rows}
     zero, late = ("grasp_moving", "latent", 0), ("grasp_moving", "latent", 300)
     if zero in succ and late in succ:
         ok = succ[late] >= 0.9 * succ[zero]
@@ -88,6 +88,7 @@ def verdicts(rows: list[dict]) -> list[str]:
         )
     for task in dict.fromkeys(k[0] for k in succ):
         at0 = {m: v for (t, m, d), v in succ.items() if t == task and d == 0}
+        n = n_of.get(task, 0)
         if len(at0) > 1 and n:
             p = sum(at0.values()) / len(at0)
             noise = 1.96 * math.sqrt(max(p * (1 - p), 1e-9) * 2 / n)
