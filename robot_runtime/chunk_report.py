@@ -127,12 +127,19 @@ def plot(rows: list[dict], path: Path) -> None:
                     continue
                 x, y, ci = zip(*pts)
                 err = [c if c is not None and math.isfinite(c) else 0.0 for c in ci]
+                nudge = {"latest": -8.0, "latent": 8.0}.get(mode, 0.0)  # overlapping lines
                 ax.errorbar(
-                    x, y, yerr=err, marker="o", capsize=3, color=colors.get(mode), label=mode
+                    [v + nudge for v in x],
+                    y,
+                    yerr=err,
+                    marker="o",
+                    capsize=3,
+                    color=colors.get(mode),
+                    label=mode,
                 )
             n = next((r["episodes"] for r in rows if r["task"] == task), 0)
             if metric == "success_rate":
-                ax.set_title(f"{task}: success rate ({n} episodes per point, 95 % CI)")
+                ax.set_title(f"{task}: success (n={n} per point, 95 % CI)")
                 ax.set_ylim(-0.02, 1.02)
             else:
                 ax.set_title(f"{task}: RMS jerk at chunk boundaries")
