@@ -18,8 +18,9 @@ over from the one being executed:
   takeover tick and the new chunk's decays to zero with a smoothstep over ``join_rows`` or
   more (``join_offset``), so position and velocity stay continuous.
   Before the chunk takes over, the prior rolls it forward ``forecast_rows`` from the belief
-  now; a chunk whose rows pass a joint limit or jump more than the safety step, or whose
-  forecast joints pass a limit, is refused (the old one goes on) and counted by reason.
+  now; a chunk whose own rows pass a joint limit or jump more than the safety step, or whose
+  forecast joints pass a limit, is refused (the old one goes on) and counted by reason. The
+  placement itself (shift and join) is clipped to the limits: it is ours, not the policy's.
 
 Why anchor on the executing rows and not on the decoded joint state: targets lead the measured
 joints by the servos' tracking lag, so re-anchoring rows on the joints would pull the arm back
@@ -266,6 +267,8 @@ class ChunkPolicy:
             self._refuse("stale")
             return
         rows = np.asarray(rows[start - first :], float)
+        # the chunk as the policy sent it: past a limit, or jumping on its own, it is refused
+        reason = unsafe_rows(rows, rows[0], self.limits, self.max_step_deg, c.limit_margin_deg)
         t_capture = chunk.t_capture if math.isfinite(chunk.t_capture) else chunk.t_first
         shift = self._object_shift(estimator, t_capture, tick)
         if shift.any():
@@ -275,12 +278,10 @@ class ChunkPolicy:
         previous = self.last_action if self.last_action is not None else np.asarray(joints, float)
         anchor = queued if queued is not None else previous
         self.stats.last_join_deg = float(np.abs(anchor - rows[0])[:5].max())
-        # the chunk as the policy asked for it (placed): its own rows must not jump; then the
-        # join, whose fade is ours and which safety clamps like any target, must meet the arm
-        reason = unsafe_rows(rows, rows[0], self.limits, self.max_step_deg, c.limit_margin_deg)
+        # the placement is ours: it starts where the arm is headed, and the shift never takes
+        # a row past a limit (safety would clamp it there anyway)
         rows = join_offset(rows, anchor, c.join_rows, self.max_step_deg)
-        if reason is None:
-            reason = unsafe_rows(rows[:1], previous, self.limits, self.max_step_deg, np.inf)
+        rows = np.clip(rows, self.limits[:, 0], self.limits[:, 1])
         if reason is None and start == tick:
             ahead = rows[: c.forecast_rows]
             forecast = forecast_joints(estimator.wm, estimator.state, ahead, seed=tick)

@@ -58,7 +58,7 @@ def verdicts(rows: list[dict]) -> list[str]:
         for r in rows
         if r["metric"] == "jerk_rms" and r["value"] is not None
     }
-    n = max((r["episodes"] for r in rows), default=0)
+    n_of = {r["task"]: r["episodes"] for r in rows}
     zero, late = ("grasp_moving", "latent", 0), ("grasp_moving", "latent", 300)
     if zero in succ and late in succ:
         ok = succ[late] >= 0.9 * succ[zero]
@@ -88,6 +88,7 @@ def verdicts(rows: list[dict]) -> list[str]:
         )
     for task in dict.fromkeys(k[0] for k in succ):
         at0 = {m: v for (t, m, d), v in succ.items() if t == task and d == 0}
+        n = n_of.get(task, 0)
         if len(at0) > 1 and n:
             p = sum(at0.values()) / len(at0)
             noise = 1.96 * math.sqrt(max(p * (1 - p), 1e-9) * 2 / n)
@@ -126,12 +127,19 @@ def plot(rows: list[dict], path: Path) -> None:
                     continue
                 x, y, ci = zip(*pts)
                 err = [c if c is not None and math.isfinite(c) else 0.0 for c in ci]
+                nudge = {"latest": -8.0, "latent": 8.0}.get(mode, 0.0)  # overlapping lines
                 ax.errorbar(
-                    x, y, yerr=err, marker="o", capsize=3, color=colors.get(mode), label=mode
+                    [v + nudge for v in x],
+                    y,
+                    yerr=err,
+                    marker="o",
+                    capsize=3,
+                    color=colors.get(mode),
+                    label=mode,
                 )
             n = next((r["episodes"] for r in rows if r["task"] == task), 0)
             if metric == "success_rate":
-                ax.set_title(f"{task}: success rate ({n} episodes per point, 95 % CI)")
+                ax.set_title(f"{task}: success (n={n} per point, 95 % CI)")
                 ax.set_ylim(-0.02, 1.02)
             else:
                 ax.set_title(f"{task}: RMS jerk at chunk boundaries")

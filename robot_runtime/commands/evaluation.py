@@ -202,6 +202,32 @@ def parse_episodes(text: str, tasks: list[str]) -> dict[str, int]:
     return {t: counts[t] for t in tasks}
 
 
+def report_chunks(args) -> int:
+    """The table, verdicts and plot again from a finished run's JSON rows."""
+    import json
+
+    from ..chunk_report import plot, print_table, verdicts
+
+    try:
+        rows = json.loads(Path(args.from_json).read_text())
+        if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and {"task", "mode", "delay_ms", "metric", "value"} <= set(r)
+            for r in rows
+        ):
+            raise ValueError("not a list of {task, mode, delay_ms, metric, value} rows")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--from-json {args.from_json}: {e}") from None
+    if Path(args.plot).exists() and not args.force:
+        raise ValueError(f"{args.plot} exists (pass --force to replace it)")
+    print_table(rows)
+    print()
+    for line in verdicts(rows):
+        print(line)
+    plot(rows, Path(args.plot))
+    print(f"wrote {args.plot}")
+    return 0
+
+
 def cmd_eval_chunks(args) -> int:
     import torch
 
@@ -211,6 +237,8 @@ def cmd_eval_chunks(args) -> int:
     from ..jsonout import write_json
 
     torch.set_num_threads(1)
+    if args.from_json:
+        return report_chunks(args)
     tasks = [t for t in args.tasks.split(",") if t]
     modes = [m for m in args.modes.split(",") if m]
     for name, given, known in (("task", tasks, TASKS), ("mode", modes, MODES)):
@@ -404,7 +432,8 @@ def register(sub) -> None:
         "kiwi eval chunks --json eval-chunks.json\n"
         "kiwi eval chunks --tasks grasp_moving --delays 0,300 --episodes 40\n"
         "kiwi eval chunks --episodes grasp=20,grasp_moving=40 --workers 4\n"
-        "kiwi eval chunks --policy my_policies:make_policy --quick",
+        "kiwi eval chunks --policy my_policies:make_policy --quick\n"
+        "kiwi eval chunks --from-json eval-chunks.json --plot eval-chunks.png --force",
     )
     p.add_argument("--tasks", default="grasp,grasp_moving", help="comma separated")
     p.add_argument("--modes", default="latest,blend,latent", help="comma separated")
@@ -426,6 +455,9 @@ def register(sub) -> None:
     p.add_argument("--json", nargs="?", const="eval-chunks.json", metavar="FILE")
     p.add_argument("--plot", default="eval-chunks.png", help="where the plot goes")
     p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--from-json", metavar="FILE", help="no run: the table, verdicts and plot of FILE's rows"
+    )
     p.add_argument(
         "--quick", action="store_true", help="1 short episode per cell, delays 0 and 300 (smoke)"
     )

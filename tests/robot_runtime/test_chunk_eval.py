@@ -134,3 +134,54 @@ def test_quick_eval_writes_rows_and_a_plot_and_refuses_to_overwrite(tmp_path, ca
     capsys.readouterr()
     assert main(args) == 2
     assert "exists (pass --force" in capsys.readouterr().err
+
+
+def rows_of(table: dict) -> list[dict]:
+    """``{(task, mode, delay): (success, jerk)}`` -> JSON rows as the eval writes them."""
+    out = []
+    for (task, mode, delay), (success, jerk) in table.items():
+        base = {"task": task, "mode": mode, "delay_ms": delay, "episodes": 20}
+        out += [
+            {**base, "metric": "success_rate", "value": success, "ci95": 0.2},
+            {**base, "metric": "completion_s", "value": 4.2, "ci95": 0.01},
+            {**base, "metric": "jerk_rms", "value": jerk, "ci95": None, "refused": {}},
+        ]
+    return out
+
+
+def test_verdicts_check_the_issues_targets():
+    from robot_runtime.chunk_report import verdicts
+
+    good = rows_of(
+        {
+            ("grasp_moving", "blend", 0): (0.8, 2e5),
+            ("grasp_moving", "blend", 300): (0.5, 2e5),
+            ("grasp_moving", "latent", 0): (0.8, 5e4),
+            ("grasp_moving", "latent", 300): (0.75, 5e4),
+        }
+    )
+    lines = "\n".join(verdicts(good))
+    assert "0.75 vs 0.80 at 0 ms (within 10 %)" in lines
+    assert "blend fell 0.30 from 0 ms; latent +0.25 over blend (meets" in lines
+    assert "latent below blend at every delay on both tasks: yes" in lines
+    assert "spread 0.00, within" in lines
+    bad = rows_of(
+        {
+            ("grasp_moving", "blend", 0): (0.8, 2e5),
+            ("grasp_moving", "blend", 300): (0.5, 4e4),
+            ("grasp_moving", "latent", 0): (0.8, 5e4),
+            ("grasp_moving", "latent", 300): (0.6, 5e4),
+        }
+    )
+    lines = "\n".join(verdicts(bad))
+    assert "NOT within 10 %" in lines and "MISSES" in lines and "NO (grasp_moving 300 ms)" in lines
+
+
+def test_from_json_remakes_the_report_without_a_run(tmp_path, capsys):
+    path, plot = tmp_path / "rows.json", tmp_path / "rows.png"
+    path.write_text(json.dumps(rows_of({("grasp", "blend", 0): (1.0, 2e5)})))
+    assert main(["eval", "chunks", "--from-json", str(path), "--plot", str(plot)]) == 0
+    assert plot.stat().st_size > 1000 and "blend" in capsys.readouterr().out
+    path.write_text('{"not": "rows"}')
+    assert main(["eval", "chunks", "--from-json", str(path), "--plot", str(plot), "--force"]) == 2
+    assert "not a list of" in capsys.readouterr().err
