@@ -112,6 +112,10 @@ def test_the_chunk_is_in_the_datasets_units(trained):
     chunk = policy(observation(policy))
     assert chunk is not None
     np.testing.assert_allclose(chunk, np.tile(policy.norm["action_mean"], (5, 1)), rtol=1e-6)
+    with torch.no_grad():  # a gripper asked past its range is clipped to 0..100
+        last.bias[5::6] = 10.0
+    chunk = policy(observation(policy))
+    assert chunk is not None and (chunk[:, 5] == 100.0).all()
     # the mean of the writer's stats over all three episodes: actions are state + 1
     t = np.arange(LENGTH)
     gripper_mean = (100 - 8 * t + 1).mean()
