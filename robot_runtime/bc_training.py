@@ -42,7 +42,7 @@ class PolicyDataConfig(Frozen):
 
 
 class PolicyTrainConfig(Frozen):
-    steps: int = Field(4000, ge=1)
+    steps: int = Field(5000, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, description="peak learning rate (cosine decay to 0)")
     warmup_steps: int = Field(100, ge=0)
