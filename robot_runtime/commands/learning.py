@@ -67,11 +67,15 @@ def cmd_lab(args) -> int:
 
     job, path = load_job(args, PendulumJob)
     set_threads(job.train.threads)
+    device, dtype = training_device(args)
     out = Path(args.out)
     resume = check_out(out, CHECKPOINT, args)
     remove_temp_files(out, out / "replay", out / "holdout")
     print(f"kiwi lab pendulum: config {path}{' (quick preset)' if args.quick else ''} -> {out}")
-    report = run_lab(job, out, resume=resume, progress=not args.no_progress)
+    options = dict(device=device, autocast_dtype=dtype, compile=args.compile)
+    report = run_lab(
+        job, out, resume=resume, progress=not args.no_progress, trainer_options=options
+    )
     rows = [("horizon", "world model nMSE", "persistence nMSE")]
     for h, v in report["nmse_open_loop"].items():
         rows.append((h, f"{v:.4g}", f"{report['nmse_persistence'][h]:.4g}"))
@@ -182,7 +186,7 @@ def training_device(args, local_rank: int | None = None):
     from world_model.device import resolve_device, resolve_precision
 
     device = resolve_device(args.device, local_rank)
-    return device, resolve_precision(args.precision, device)
+    return device, resolve_precision(getattr(args, "precision", "float32"), device)
 
 
 def launch_torchrun(args) -> int:
@@ -365,6 +369,7 @@ def cmd_train_grasp(args) -> int:
 
     job, _ = load_config(args.config, GraspJob, args.overrides, "quick" if args.quick else None)
     set_threads(job.train.threads)
+    device, _ = training_device(args)
     out = Path(args.out)
     check_out(out, GRASP_MODEL, args, resumable=False)
     remove_temp_files(out)
@@ -373,7 +378,9 @@ def cmd_train_grasp(args) -> int:
     command = invoked_as(args)
     data = Path(args.data or job.data.episodes)
     print(f"kiwi train grasp: success head on {args.init} with episodes from {data} -> {out}")
-    report = train_grasp(job, Path(args.init), data, out, command, not args.no_progress)
+    report = train_grasp(
+        job, Path(args.init), data, out, command, not args.no_progress, device=device
+    )
     rows = [("decisions", "head", "AUROC", "Brier", "ECE")]
     sets = [("recorded, held out", report)]
     if report.get("closed_loop_calibration"):
@@ -501,6 +508,7 @@ def register(sub) -> None:
     add_config_args(p, "pendulum")
     p.add_argument("--out", default="runs/lab", help="output folder")
     add_resume_overwrite(p)
+    add_device_args(p)
 
     train = sub.add_parser(
         "train", help="train a world model or an agent", formatter_class=Formatter
@@ -576,6 +584,13 @@ def register(sub) -> None:
     p.add_argument("--ship", action="store_true", help="also replace the shipped model")
     p.add_argument("--out", default="runs/grasp", help="output folder")
     add_resume_overwrite(p, resume=False)
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where the world model's rollouts run (auto: cuda if torch sees a GPU); the heads "
+        "and the closed-loop calibration stay on the CPU",
+    )
 
     p = command(
         train_sub,
