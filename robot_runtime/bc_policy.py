@@ -10,8 +10,9 @@ then ``policy(observation)`` with
 - ``"task"``: str (this policy learned one task and ignores it); ``"timestamp"``: capture
   time in seconds (row 0 of the answer is for that time).
 
-It returns float32 [K, 6] in the same units, rows ``policy.dt`` apart (1 / the dataset's fps),
-or None when an image it needs is absent. A malformed observation (wrong shape, dtype,
+It returns float32 [K, 6] in the same units (the gripper column clipped to 0..100; joint
+limits are the safety step's business), rows ``policy.dt`` apart (1 / the dataset's fps), or
+None when an image it needs is absent. A malformed observation (wrong shape, dtype,
 non-finite state) raises ValueError. ``kiwi slow --policy robot_runtime.bc_policy:load``.
 """
 
@@ -65,7 +66,9 @@ class BCPolicy:
         state_n = (state - self.norm["state_mean"]) / self.norm["state_std"]
         with torch.no_grad():
             out = self.net(images, torch.from_numpy(state_n)[None])[0].numpy()
-        return (out * self.norm["action_std"] + self.norm["action_mean"]).astype(np.float32)
+        chunk = out * self.norm["action_std"] + self.norm["action_mean"]
+        chunk[:, 5] = np.clip(chunk[:, 5], 0.0, 100.0)  # the gripper's range, not a limit
+        return chunk.astype(np.float32)
 
 
 def load_policy(path: Path) -> BCPolicy:

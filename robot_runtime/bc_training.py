@@ -42,12 +42,19 @@ class PolicyDataConfig(Frozen):
 
 
 class PolicyTrainConfig(Frozen):
-    steps: int = Field(4000, ge=1)
+    steps: int = Field(5000, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, description="peak learning rate (cosine decay to 0)")
     warmup_steps: int = Field(100, ge=0)
     weight_decay: float = Field(1e-4, ge=0)
     shift_px: int = Field(4, ge=0, description="random image shift (augmentation), pixels")
+    state_noise: float = Field(
+        0.1,
+        ge=0,
+        description="Gaussian noise on the normalised joint input (targets unchanged), so a "
+        "small deviation, e.g. a gripper at 97 where the demonstrations always show 100 before "
+        "closing, is not taken for the next phase",
+    )
     log_every: int = Field(100, ge=1, description="steps between metrics lines")
     checkpoint_every: int = Field(1000, ge=1)
     val_samples: int = Field(512, ge=1, description="held-out frames scored at each log")
@@ -213,6 +220,8 @@ def train_policy(
         samples = train_idx[rng.integers(0, len(train_idx), tc.batch_size)]
         images, state_n, target_n = batches.get(samples)
         images = {c: random_shift(x, tc.shift_px, gen) for c, x in images.items()}
+        if tc.state_noise > 0:
+            state_n = state_n + tc.state_noise * torch.randn(state_n.shape, generator=gen)
         loss = chunk_l1(net(images, state_n), target_n)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -12,13 +12,15 @@ over from the one being executed:
 - ``latent``: the chunk is placed on the world model's belief at execution time. It was
   computed from the world at capture; the estimator's belief at the capture tick and its belief
   now (late observations replayed to now) say how far the object moved meanwhile, and the
-  chunk's reaching rows (gripper open) are moved by that displacement through the arm's
-  Jacobian (``shift_rows``). Then its rows are joined to what the loop is executing: the offset
-  between the old chunk's row at the takeover tick and the new chunk's decays to zero over
-  ``join_rows`` with a smoothstep (``join_offset``), so position and velocity stay continuous.
+  chunk's rows are moved by that displacement through the arm's Jacobian (``shift_rows``;
+  once the hand closes, the object moves with it, so the shift stops growing). Then its rows
+  are joined to what the loop is executing: the offset between the old chunk's row at the
+  takeover tick and the new chunk's decays to zero with a smoothstep over ``join_rows`` or
+  more (``join_offset``), so position and velocity stay continuous.
   Before the chunk takes over, the prior rolls it forward ``forecast_rows`` from the belief
-  now; a chunk whose rows pass a joint limit or jump more than the safety step, or whose
-  forecast joints pass a limit, is refused (the old one goes on) and counted by reason.
+  now; a chunk whose own rows pass a joint limit or jump more than the safety step, or whose
+  forecast joints pass a limit, is refused (the old one goes on) and counted by reason. The
+  placement itself (shift and join) is clipped to the limits: it is ours, not the policy's.
 
 Why anchor on the executing rows and not on the decoded joint state: targets lead the measured
 joints by the servos' tracking lag, so re-anchoring rows on the joints would pull the arm back
@@ -104,20 +106,21 @@ def grasp_jacobian(q_deg: np.ndarray) -> np.ndarray:
 def shift_rows(
     rows: np.ndarray,
     shift_xy_m: np.ndarray,
-    open_above: float,
+    every: int = 10,
     damping: float = 1e-6,
     iterations: int = 3,
 ) -> np.ndarray:
-    """Rows whose gripper is above ``open_above`` (reaching, not holding) moved so the grasp
-    point moves ``shift_xy_m`` on the table (height kept): a few Gauss-Newton steps of damped
-    least squares on the Jacobian; the wrist joints keep the hand's pitch and heading."""
-    out = np.array(rows, float)
+    """Rows moved so the grasp point moves ``shift_xy_m`` on the table (height kept): a few
+    Gauss-Newton steps of damped least squares on the Jacobian, solved at every ``every``-th
+    row (and the last) and interpolated between (the rows of a chunk change smoothly); the
+    wrist joints keep the hand's pitch and heading."""
+    rows = np.asarray(rows, float)
     delta = np.array([shift_xy_m[0], shift_xy_m[1], 0.0])
-    for k, row in enumerate(out):
-        if row[5] <= open_above:
-            continue
-        goal = forward(np.radians(row[:5])).grasp + delta
-        q = row.copy()
+    solved = sorted({*range(0, len(rows), every), len(rows) - 1})
+    dqs = []
+    for k in solved:
+        goal = forward(np.radians(rows[k, :5])).grasp + delta
+        q = rows[k].copy()
         for _ in range(iterations):
             err = goal - forward(np.radians(q[:5])).grasp
             if np.linalg.norm(err) < 1e-4:
@@ -127,8 +130,11 @@ def shift_rows(
             q[:3] += dq
             q[3] -= dq[1] + dq[2]
             q[4] -= dq[0]
-        out[k] = q
-    return out
+        dqs.append(q - rows[k])
+    dqs_arr = np.array(dqs)
+    steps = np.arange(len(rows))
+    offsets = np.stack([np.interp(steps, solved, dqs_arr[:, j]) for j in range(rows.shape[1])], 1)
+    return rows + offsets
 
 
 def unsafe_rows(
@@ -183,8 +189,9 @@ def forecast_joints(wm, state, rows: np.ndarray, seed: int) -> np.ndarray:
 
 class ChunkPolicy:
     """Follows a policy's action chunks (``messages.Chunk``, already checked) in one of
-    ``MODES``; no action queued: hold. ``limits`` ``[joints, 2]`` and ``max_step_deg`` are the
-    arm's (what safety will apply), for the latent mode's refusals."""
+    ``MODES``; no action queued: hold. ``limits`` ``[joints, 2]`` (until the control step
+    passes the arm's own: ``use_arm_limits``) and ``max_step_deg`` are what safety applies,
+    for the latent mode's refusals."""
 
     def __init__(
         self,
@@ -211,8 +218,13 @@ class ChunkPolicy:
         self.follower = ChunkFollower(weight, self.max_steps, replace=self.mode != BLEND)
         self.pending = None
         self.last_action: np.ndarray | None = None
+        self._object_at_close: tuple[np.ndarray, float] | None = None
         self.stats = ChunkStats()
         self.phase = "waiting"
+
+    def use_arm_limits(self, limits: np.ndarray) -> None:
+        """The arm's joint limits ``[joints, 2]`` (the control step passes them at start)."""
+        self.limits = np.asarray(limits, float)
 
     def on_chunk(self, chunk, t: float) -> None:
         self.stats.received += 1
@@ -255,32 +267,53 @@ class ChunkPolicy:
             self._refuse("stale")
             return
         rows = np.asarray(rows[start - first :], float)
-        wm = estimator.wm
+        # the chunk as the policy sent it: past a limit, or jumping on its own, it is refused
+        reason = unsafe_rows(rows, rows[0], self.limits, self.max_step_deg, c.limit_margin_deg)
         t_capture = chunk.t_capture if math.isfinite(chunk.t_capture) else chunk.t_first
-        then = estimator.state_at(t_capture) if estimator.stats.applied else None
-        shift = np.zeros(2)
-        if c.object_shift and then is not None:
-            shift = object_xy(wm, estimator.state) - object_xy(wm, then)
-            norm = float(np.linalg.norm(shift))
-            if norm > c.max_shift_m:
-                shift *= c.max_shift_m / norm
-            rows = shift_rows(rows, shift, c.open_above)
+        shift = self._object_shift(estimator, t_capture, tick)
+        if shift.any():
+            rows = shift_rows(rows, shift)
         self.stats.last_shift_mm = float(np.linalg.norm(shift) * 1e3)
         queued = self.follower.queue.get(start)
         previous = self.last_action if self.last_action is not None else np.asarray(joints, float)
         anchor = queued if queued is not None else previous
         self.stats.last_join_deg = float(np.abs(anchor - rows[0])[:5].max())
+        # the placement is ours: it starts where the arm is headed, and the shift never takes
+        # a row past a limit (safety would clamp it there anyway)
         rows = join_offset(rows, anchor, c.join_rows, self.max_step_deg)
-        reason = unsafe_rows(rows, previous, self.limits, self.max_step_deg, c.limit_margin_deg)
+        rows = np.clip(rows, self.limits[:, 0], self.limits[:, 1])
         if reason is None and start == tick:
             ahead = rows[: c.forecast_rows]
-            forecast = forecast_joints(wm, estimator.state, ahead, seed=tick)
+            forecast = forecast_joints(estimator.wm, estimator.state, ahead, seed=tick)
             reason = unsafe_forecast(forecast, self.limits, c.forecast_margin_deg)
         if reason is not None:
             self._refuse(reason)
             return
         self.follower.add(start, rows)
         self._taken(start)
+
+    def _object_shift(self, estimator, t_capture: float, tick: int) -> np.ndarray:
+        """How far the object moved on the table between the chunk's capture and now, as the
+        belief says. Once the hand closes, the belief's object moves with the hand: the object
+        is then taken to stay where it was believed to be when the hand began to close, and a
+        chunk captured after that is not moved."""
+        c = self.config
+        if not c.object_shift or not estimator.stats.applied:
+            return np.zeros(2)
+        then = estimator.state_at(t_capture)
+        if then is None:
+            return np.zeros(2)
+        hand_open = self.last_action is None or self.last_action[5] > c.open_above
+        if hand_open:
+            now = object_xy(estimator.wm, estimator.state)
+            self._object_at_close = (now, tick * self.period + self.t0)
+        elif self._object_at_close is None or t_capture >= self._object_at_close[1]:
+            return np.zeros(2)
+        else:
+            now = self._object_at_close[0]
+        shift = now - object_xy(estimator.wm, then)
+        norm = float(np.linalg.norm(shift))
+        return shift * (c.max_shift_m / norm) if norm > c.max_shift_m else shift
 
     def _taken(self, tick: int) -> None:
         self.stats.taken += 1

@@ -78,6 +78,18 @@ def parse_frame(msg: link.Message, max_side: int, now: float) -> Frame:
     return Frame(msg.header.t_capture, state.astype(np.float32), images, msg.header.seq)
 
 
+def policy_observation(frame: Frame, task: str) -> dict:
+    """A policy's input (the contract of policy_runner.py and docs/slow_process.md):
+    ``observation.state`` float32 (6,), ``observation.images.<camera>`` uint8 (H, W, 3) for
+    each camera of the frame, ``task``, and ``timestamp`` (the capture time, seconds)."""
+    obs: dict = {"observation.state": frame.state.astype(np.float32)}
+    for name, image in frame.images.items():
+        obs[f"observation.images.{name}"] = image
+    obs["task"] = task
+    obs["timestamp"] = float(frame.t_capture)
+    return obs
+
+
 # --- the clock offset (pure) ------------------------------------------------------------------
 
 
@@ -256,16 +268,19 @@ class SlowClient:
         chunk: np.ndarray | None = None,
         dt: float = 0.02,
         t_first: float | None = None,
+        meta: dict | None = None,
     ) -> bool:
         """One ``obs`` message: observation fields (the model's, e.g. ``state`` and
         ``object``) and/or an action chunk ``[T, 6]`` whose row 0 is for ``t_first`` (default:
-        the capture time) and rows ``dt`` seconds apart. Times on the runtime's clock. False
-        when the runtime's queue was full or nothing was given."""
+        the capture time) and rows ``dt`` seconds apart. Times on the runtime's clock. ``meta``:
+        extra header fields (JSON; the runtime ignores names it does not know). False when the
+        runtime's queue was full or nothing was given."""
         arrays = dict(obs or {})
-        meta = {}
+        meta = dict(meta or {})
         if chunk is not None:
             arrays["actions"] = np.asarray(chunk, np.float32)
-            meta = {"t_first": float(t_capture if t_first is None else t_first), "dt": float(dt)}
+            meta["t_first"] = float(t_capture if t_first is None else t_first)
+            meta["dt"] = float(dt)
         if not arrays:
             return False
         return self._send(

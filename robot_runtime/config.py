@@ -155,11 +155,11 @@ class ChunkExecution(Frozen):
     object_shift: bool = Field(
         True,
         description="latent: move the chunk with the object's displacement between the "
-        "capture-time belief and the belief now (while the gripper is open)",
+        "capture-time belief and the belief now (until the hand closes)",
     )
     max_shift_m: float = Field(0.05, ge=0, description="latent: largest object shift applied")
     open_above: float = Field(
-        30.0, ge=0, le=100, description="latent: rows with the gripper above this are reaching"
+        30.0, ge=0, le=100, description="latent: a gripper command below this holds the object"
     )
 
 
@@ -344,6 +344,11 @@ class LeRobotJob(Frozen):
     model: ModelConfig
     train: TrainConfig = TrainConfig()
     lab: DatasetLabConfig = DatasetLabConfig()
+    gate: GraspGateConfig = Field(
+        GraspGateConfig(obs_every=1, calibration_episodes=0),
+        description="`kiwi train grasp --data` on the dataset's next.success labels: horizon, "
+        "rollouts, epochs, calibration share (no simulator: calibrated on recorded decisions)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -371,6 +376,9 @@ class LeRobotJob(Frozen):
 JOBS = {"pendulum": PendulumJob, "grasp": GraspJob, "lerobot": LeRobotJob}
 GRASP_EVAL_SEED = 200_000  # evaluations start here, far from `kiwi collect`'s training seeds
 GRASP_CALIBRATION_SEED = 150_000  # `kiwi train grasp` calibrates on these
+# `kiwi eval chunks`: held out from every range in configs/sim_grasp.yaml's header (0..2516,
+# 9000.., 100000.., 150000.., 200000.., 300000..)
+CHUNK_EVAL_SEED = 400_000
 Job = TypeVar("Job", bound=BaseModel)
 
 

@@ -99,6 +99,9 @@ class ControlStep:
         self.watchdog = Watchdog(self.safety, t)
         self.joints = np.asarray(joints, float).copy()
         self.command = self.joints.copy()
+        use_limits = getattr(self.policy, "use_arm_limits", None)
+        if use_limits is not None:  # the chunk modes refuse rows past this arm's own limits
+            use_limits(self.arm.limits)
         self.policy.reset(t)
 
     # --- what the slow process sends (already checked by messages.py) -----------------------

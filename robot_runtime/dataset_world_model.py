@@ -154,7 +154,7 @@ def cached_episodes(
 def dataset_meta(reader: LeRobotReader, job: LeRobotJob, train: list[int], held: list[int]) -> dict:
     """What a checkpoint records about the data it learned from."""
     return {
-        "root": str(reader.root),
+        "root": str(reader.root.resolve()),
         "robot_type": reader.robot_type,
         "fps": reader.fps,
         "train_episodes": len(train),

@@ -302,12 +302,14 @@ def run_sim(
     live: bool = True,
     rerun: Path | None = None,
     record: Path | None = None,
+    vla: str | None = None,
 ) -> dict:
     """Runs `kiwi sim` into ``out`` and returns the summary; ``rerun``: also write a Rerun
     recording there; ``record``: the runtime writes each attempt into this LeRobot dataset
-    folder (attempt_recording.py). A run that did not complete still writes its summary and
-    plot, prints the summary, and then raises: ChildProcessError (one line: what died) or
-    KeyboardInterrupt (Ctrl-C or SIGTERM)."""
+    folder (attempt_recording.py); ``vla``: a policy (``module:factory``, or ``scripted``) the
+    slow process runs, whose chunks the runtime follows instead of the grasp state machine. A
+    run that did not complete still writes its summary and plot, prints the summary, and then
+    raises: ChildProcessError (one line: what died) or KeyboardInterrupt (Ctrl-C or SIGTERM)."""
     out.mkdir(parents=True, exist_ok=True)
     ports = free_ports(len(LINK_KEYS))
     addresses = {k: f"tcp://127.0.0.1:{p}" for k, p in zip(LINK_KEYS, ports)}
@@ -341,14 +343,23 @@ def run_sim(
                     ["robot_runtime.sim_world", "--config", str(config)],
                     out / "sim_world.log",
                 )
+                vla_args = [] if not vla else ["--vla"] if vla == "scripted" else ["--policy", vla]
                 children.start(
-                    "slow", ["robot_runtime.cli", "slow", "--config", str(config)], out / "slow.log"
+                    "slow",
+                    ["robot_runtime.cli", "slow", "--config", str(config), *vla_args],
+                    out / "slow.log",
                 )
                 time.sleep(0.5)
                 record_args = ["--record", str(Path(record).resolve())] if record else []
                 children.start(
                     "runtime",
-                    ["robot_runtime.runtime_process", "--config", str(config), *record_args],
+                    [
+                        "robot_runtime.runtime_process",
+                        "--config",
+                        str(config),
+                        *record_args,
+                        *(["--controller", "chunk"] if vla else []),
+                    ],
                     out / "runtime.log",
                 )
                 hold_wait_s = job.safety.hold_after_s + HOLD_MARGIN_S

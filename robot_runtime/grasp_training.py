@@ -59,10 +59,16 @@ def build_decisions(
     seed: int,
     batch: int = 128,
     progress: bool = True,
+    decide: Callable[[dict[str, np.ndarray]], int | None] = decision_tick,
+    outcome: Callable[[dict[str, np.ndarray]], float] = lambda ep: float(ep["success"][0]),
 ) -> Decisions:
-    gen = torch.Generator().manual_seed(seed)
+    """``decide``: an episode's decision tick (None: no decision in it); ``outcome``: its
+    label (1.0 = the grasp succeeded). The rollouts run where the model is (``kiwi train grasp
+    --device``); the features come back to the CPU."""
+    device = next(wm.parameters()).device
+    gen = torch.Generator(device).manual_seed(seed)
     rng = np.random.default_rng(seed)
-    usable = [(ep, decision_tick(ep)) for ep in episodes]
+    usable = [(ep, decide(ep)) for ep in episodes]
     usable = [(ep, j) for ep, j in usable if j is not None and j + horizon <= len(ep["action"])]
     rollout, now, labels = [], [], []
     for lo in tqdm(
@@ -74,25 +80,26 @@ def build_decisions(
             k: torch.as_tensor(np.stack([ep[k][j + 1 - context : j + 1] for ep, j in part]))
             for k in wm.obs_keys
         }
+        obs = {k: v.to(device) for k, v in obs.items()}
         actions = torch.as_tensor(
             np.stack([ep["action"][j + 1 - context : j + horizon] for ep, j in part])
-        ).float()
+        ).to(device, torch.float32)
         norm = wm.normalize_action(actions)
         prev = torch.cat([torch.zeros_like(norm[:, :1]), norm[:, : context - 1]], 1)
-        first = torch.zeros(len(part), context, dtype=torch.bool)
+        first = torch.zeros(len(part), context, dtype=torch.bool, device=device)
         first[:, 0] = True
-        phase = torch.as_tensor(rng.integers(0, obs_every, (len(part), 1)))
-        observed = (torch.arange(context)[None] - phase) % obs_every == 0
+        phase = torch.as_tensor(rng.integers(0, obs_every, (len(part), 1)), device=device)
+        observed = (torch.arange(context, device=device)[None] - phase) % obs_every == 0
         states, _ = wm.observe(
             {k: v.float() for k, v in obs.items()}, prev, first, generator=gen, observed=observed
         )
         belief = State(*(x[:, -1] for x in states))
-        now.append(belief.feat())
+        now.append(belief.feat().cpu())
         start = State(*(x.repeat_interleave(samples, 0) for x in belief))
         plan = norm[:, context - 1 : context - 1 + horizon].repeat_interleave(samples, 0)
         imagined, _ = wm.imagine(start, plan, generator=gen)
-        rollout.append(imagined.feat()[:, -1].view(len(part), samples, -1))
-        labels.append(torch.tensor([float(ep["success"][0]) for ep, _ in part]))
+        rollout.append(imagined.feat()[:, -1].reshape(len(part), samples, -1).cpu())
+        labels.append(torch.tensor([outcome(ep) for ep, _ in part]))
     return Decisions(torch.cat(rollout), torch.cat(now), torch.cat(labels))
 
 
@@ -167,6 +174,7 @@ def train_grasp(
     command: str,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    device: torch.device | None = None,
 ) -> dict:
     """Heads on top of the world model in ``init``; writes ``out/GRASP_MODEL``
     (world model + success heads + calibration) and returns the held-out figures."""
@@ -174,7 +182,7 @@ def train_grasp(
     from world_model.replay import Replay
 
     g = job.gate
-    wm, meta, _ = WorldModel.load(init)
+    wm, meta, _ = WorldModel.load(init, device)
     wm.eval()
     episodes = Replay(data).episodes
     if len(episodes) < 20:
@@ -194,6 +202,7 @@ def train_grasp(
     hold = build_decisions(
         wm, hold_eps, g.horizon, g.train_samples, g.obs_every, 2, progress=progress
     )
+    wm.cpu()  # the heads, the calibration and the file: on the CPU
     log("success head on the rollouts' states")
     head = train_head(train.rollout_feat, train.labels, g.epochs, 0, log)
     log("no-rollout ablation: a head on the belief at the decision")

@@ -71,9 +71,13 @@ def run_lab(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = tqdm.write,
+    trainer_options: dict | None = None,
 ) -> dict:
     """The whole lab in ``out``: continues its checkpoint with ``resume``, otherwise starts
-    again (the CLI asks for --overwrite first); the collected data are kept either way."""
+    again (the CLI asks for --overwrite first); the collected data are kept either way.
+    ``trainer_options`` (device, autocast_dtype, compile) go to the WorldModelTrainer; the
+    evaluation after training runs on the CPU."""
+    options = trainer_options or {}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(job))
@@ -88,13 +92,13 @@ def run_lab(
         if not ckpt.is_file():
             raise CheckpointError(f"cannot resume: {ckpt} does not exist")
         wm, meta, groups = WorldModel.load(ckpt)
-        trainer = WorldModelTrainer(wm, job.train)
+        trainer = WorldModelTrainer(wm, job.train, **options)
         trainer.restore(groups, meta)
         log(f"resuming from {ckpt} at step {trainer.step}")
     else:
         ckpt.unlink(missing_ok=True)  # a fresh run: the folder never mixes two runs
         wm = WorldModel(job.model, spec)
-        trainer = WorldModelTrainer(wm, job.train)
+        trainer = WorldModelTrainer(wm, job.train, **options)
     t0 = time.perf_counter()
     train_world_model(
         wm,
@@ -108,7 +112,7 @@ def run_lab(
         log,
     )
     train_wall = time.perf_counter() - t0
-    wm.eval()
+    wm.cpu().eval()
     report = evaluate_lab(wm, job, holdout, out)
     report["train_wall_s"] = train_wall
     report["train_steps"] = trainer.step

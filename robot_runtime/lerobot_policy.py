@@ -114,7 +114,7 @@ class LeRobotPolicy:
         state = np.asarray(observation[STATE_KEY], np.float32).reshape(N_JOINTS)
         batch: dict[str, Any] = {STATE_KEY: torch.from_numpy(state.copy())[None].to(self.device)}
         for key, shape in self.image_shapes.items():
-            image = np.ascontiguousarray(observation[self.frame_camera(key, observation)])
+            image = np.array(observation[self.frame_camera(key, observation)], np.uint8)
             x = torch.from_numpy(image).to(torch.float32).div(255).permute(2, 0, 1)[None]
             if len(shape) == 3 and tuple(x.shape[-2:]) != shape[-2:]:
                 x = F.interpolate(x, size=shape[-2:], mode="bilinear", align_corners=False)

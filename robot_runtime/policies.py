@@ -53,11 +53,10 @@ def build_policy(
         raise ValueError(f"policy kind must be one of {KINDS}, got {kind!r}")
     if kind == "chunk":
         r = job.runtime
-        return Built(
-            ChunkPolicy(
-                1.0 / r.rate_hz, r.chunk_mode, r.chunk, max_step_deg=job.safety.max_step_deg
-            )
+        chunks = ChunkPolicy(
+            1.0 / r.rate_hz, r.chunk_mode, r.chunk, max_step_deg=job.safety.max_step_deg
         )
+        return Built(chunks)
     controller = GraspController(
         job.controller,
         max_retries=job.gate.retries if max_retries is None else max_retries,

@@ -99,11 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="sim_grasp")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--record", help="LeRobot dataset folder: each attempt an episode")
+    parser.add_argument(
+        "--controller",
+        choices=["grasp", "chunk"],
+        default="grasp",
+        help="grasp: the gated grasp state machine; chunk: follow the slow process's chunks",
+    )
     args = parser.parse_args(argv)
     job, _ = load_config(args.config, GraspJob, args.overrides)
     torch.set_num_threads(job.runtime.threads)
     wm = load_world_model(job.runtime.checkpoint)
-    built = build_policy(job, "grasp")
+    built = build_policy(job, args.controller)
     if built.note:
         print(built.note, flush=True)
     policy = built.policy

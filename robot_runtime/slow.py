@@ -31,7 +31,7 @@ import numpy as np
 from sim.perception import PerceptionNoise
 
 from . import link
-from .client import Frame, FrameError, SlowClient
+from .client import FrameError, SlowClient, policy_observation
 from .client import parse_frame as parse_camera_frame
 from .config import GraspJob
 from .perception import CubePerception
@@ -43,6 +43,7 @@ N_JOINTS = 6  # the five arm joints (degrees) and the gripper (0..100)
 LOG_FIRST_REJECTIONS = 10  # then every 100th
 DEFAULT_TASK = "grasp the cube"
 RESYNC_S = 30.0  # a remote runtime's clock offset is measured again this often
+REPORT_EVERY_S = 1.0  # the policy's counters go to the runtime at least this often
 
 __all__ = ["FrameError", "ScriptedVLA", "SlowProcess", "SlowStats", "parse_frame"]
 
@@ -52,16 +53,6 @@ def parse_frame(msg: link.Message, max_side: int, now: float) -> tuple[np.ndarra
     FrameError saying what is wrong otherwise (``client.parse_frame`` gives every camera)."""
     frame = parse_camera_frame(msg, max_side, now)
     return frame.images["wrist"], frame.state
-
-
-def observation_for_policy(frame: Frame, task: str) -> dict:
-    """The policy's input (the contract in policy_runner.py and docs/slow_process.md)."""
-    obs: dict = {"observation.state": frame.state.astype(np.float32)}
-    for name, image in frame.images.items():
-        obs[f"observation.images.{name}"] = image
-    obs["task"] = task
-    obs["timestamp"] = float(frame.t_capture)
-    return obs
 
 
 @dataclass
@@ -168,6 +159,7 @@ class SlowProcess:
         self.stats = SlowStats()
         self._detection: tuple[int, np.ndarray | None] | None = None
         self._reported: dict[str, int] = {}
+        self._t_reported = -float("inf")
 
     # --- perception -------------------------------------------------------------------------
     def detect(self, image: np.ndarray, state: np.ndarray) -> np.ndarray | None:
@@ -218,7 +210,7 @@ class SlowProcess:
             self.stats.misses += 1
         chunk = None
         if self.runner is not None:
-            chunk = self.runner(observation_for_policy(frame, self.task))
+            chunk = self.runner(policy_observation(frame, self.task))
             self.report()
         if obj is None and chunk is None:
             return False
@@ -235,14 +227,30 @@ class SlowProcess:
         return sent
 
     def report(self) -> None:
-        """Tells the runtime about refusals when their counts changed."""
+        """Tells the runtime the policy's counters: at once when its refusals changed, else
+        once every ``REPORT_EVERY_S``."""
         assert self.runner is not None
-        if self.runner.rejections != self._reported:
+        now = self.clock()
+        if self.runner.rejections != self._reported or now - self._t_reported >= REPORT_EVERY_S:
             if self.client.report(self.runner.counts(), self.runner.rejections):
                 self._reported = dict(self.runner.rejections)
+                self._t_reported = now
+
+    def wait_for_clock(self, stop=None) -> None:
+        """A remote runtime's clock offset before anything is posted (times on the wire are
+        its clock): asks until it answers, saying so once."""
+        said = False
+        while self.remote and (stop is None or not stop.is_set()):
+            try:
+                self.sync_clock()
+                return
+            except TimeoutError as e:
+                if not said:
+                    print(f"waiting for the runtime's clock: {e}; asking again", flush=True)
+                    said = True
 
     def run(self, duration_s: float | None = None, stop=None) -> SlowStats:
-        self.sync_clock()
+        self.wait_for_clock(stop)
         start = self.clock()
         next_t = start
         while stop is None or not stop.is_set():

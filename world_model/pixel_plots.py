@@ -47,8 +47,8 @@ def plot_pixel_reconstruction(
     cams = list(real)
     dims = state_true.shape[-1]
     cols = len(steps)
-    fig = plt.figure(figsize=(max(9, 1.15 * cols), 1.2 * 2 * len(cams) + 1.0 * dims + 1.2))
-    outer = fig.add_gridspec(2, 1, height_ratios=[1.2 * 2 * len(cams), 1.0 * dims], hspace=0.12)
+    fig = plt.figure(figsize=(max(9, 1.15 * cols), 1.0 * 2 * len(cams) + 1.0 * dims + 1.2))
+    outer = fig.add_gridspec(2, 1, height_ratios=[1.0 * 2 * len(cams), 1.0 * dims], hspace=0.12)
     top = outer[0].subgridspec(2 * len(cams), cols, wspace=0.05, hspace=0.08)
     rows = []
     for cam in cams:
@@ -101,8 +101,8 @@ def plot_pixel_imagination(
         if diverge_at is None
         else {c for c, s in enumerate(steps) if s >= context + diverge_at}
     )
-    fig = plt.figure(figsize=(max(9, 1.15 * cols), 1.2 * 2 * len(cams) + 1.0 * dims + 1.4))
-    outer = fig.add_gridspec(2, 1, height_ratios=[1.2 * 2 * len(cams), 1.0 * dims], hspace=0.12)
+    fig = plt.figure(figsize=(max(9, 1.15 * cols), 1.0 * 2 * len(cams) + 1.0 * dims + 1.4))
+    outer = fig.add_gridspec(2, 1, height_ratios=[1.0 * 2 * len(cams), 1.0 * dims], hspace=0.12)
     top = outer[0].subgridspec(2 * len(cams), cols, wspace=0.05, hspace=0.08)
     rows = []
     for cam in cams:

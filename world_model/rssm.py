@@ -60,16 +60,20 @@ def unimix_logprobs(logits: torch.Tensor, unimix: float) -> torch.Tensor:
 
 
 def sample_onehot(
-    logits: torch.Tensor, unimix: float, generator: torch.Generator | None = None
+    logits: torch.Tensor,
+    unimix: float,
+    generator: torch.Generator | None = None,
+    u: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One-hot sample of each categorical in ``[..., C]`` logits, mixed with ``unimix`` uniform.
 
     Inverse-CDF sampling: one uniform number per variable (far cheaper than torch.multinomial or
-    Gumbel noise for many small categoricals). While gradients are on, the straight-through
-    estimator passes the gradient of the probabilities.
+    Gumbel noise for many small categoricals), drawn here or passed in as ``u [..., 1]``. While
+    gradients are on, the straight-through estimator passes the gradient of the probabilities.
     """
     classes = logits.shape[-1]
-    u = torch.rand(*logits.shape[:-1], 1, generator=generator, device=logits.device)
+    if u is None:
+        u = torch.rand(*logits.shape[:-1], 1, generator=generator, device=logits.device)
     if not (torch.is_grad_enabled() and logits.requires_grad):
         cdf = logits.softmax(-1).mul_(1.0 - unimix).add_(unimix / classes).cumsum_(-1)
         # cdf[..., -1] may round to just below 1: the clamp keeps such a u in the last class.
@@ -104,6 +108,7 @@ class RSSM(nn.Module):
         super().__init__()
         self.deter, self.hidden, self.stoch, self.classes = deter, hidden, stoch, classes
         self.action_dim, self.unimix = action_dim, unimix
+        self.fused_observe = True  # False: training runs the plain step loop (for comparison)
         sc = stoch * classes
         # Input layer, split into a z table and an action table: with a one-hot z and no
         # gradients, z's product is a sum of one row per latent (32 rows instead of the table).
@@ -156,9 +161,14 @@ class RSSM(nn.Module):
         return logits.view(*logits.shape[:-1], self.stoch, self.classes)
 
     def img_step(
-        self, state: State, action: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        state: State,
+        action: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> State:
-        """Prior step: ``state`` at t-1 and the action taken then -> prior state at t."""
+        """Prior step: ``state`` at t-1 and the action taken then -> prior state at t.
+        ``noise [B, S, 1]``: the sample's uniforms (default: drawn from ``generator``)."""
         # Parameters are read from the dict: nn.Module's attribute lookup costs ~0.5 us each,
         # a tenth of this step's budget over a dozen weights.
         p = self._parameters
@@ -171,11 +181,12 @@ class RSSM(nn.Module):
             p["gru_norm_b"],
             1e-3,
         )
-        reset, cand, update = gates.chunk(3, -1)
+        # float32 (a no-op unless autocast left bfloat16): the recurrent state stays float32
+        reset, cand, update = gates.float().chunk(3, -1)
         cand = torch.tanh(torch.sigmoid(reset) * cand)
         deter = torch.lerp(state.deter, cand, torch.sigmoid(update - 1.0))  # biased to keep h
         logits = self._prior_logits(deter)
-        return State(deter, sample_onehot(logits, self.unimix, generator), logits)
+        return State(deter, sample_onehot(logits, self.unimix, generator, noise), logits)
 
     def obs_step(
         self,
@@ -184,14 +195,17 @@ class RSSM(nn.Module):
         embed: torch.Tensor,
         is_first: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[State, State]:
         """Posterior step: returns (posterior, prior) at t. Where ``is_first``, the state and the
-        previous action are reset first, so sequences of several episodes can run in one batch."""
+        previous action are reset first, so sequences of several episodes can run in one batch.
+        ``noise [2, B, S, 1]``: uniforms of the prior's and the posterior's samples."""
         if is_first is not None:
             state, prev_action = self.reset_where(state, prev_action, is_first)
-        prior = self.img_step(state, prev_action, generator)
+        prior = self.img_step(state, prev_action, generator, None if noise is None else noise[0])
         logits = self.posterior_logits(prior.deter, embed)
-        post = State(prior.deter, sample_onehot(logits, self.unimix, generator), logits)
+        u = None if noise is None else noise[1]
+        post = State(prior.deter, sample_onehot(logits, self.unimix, generator, u), logits)
         return post, prior
 
     def posterior_logits(self, deter: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
@@ -214,7 +228,7 @@ class RSSM(nn.Module):
         self, state: State, action: torch.Tensor, is_first: torch.Tensor
     ) -> tuple[State, torch.Tensor]:
         first = is_first.bool()
-        if not first.any():
+        if not torch.compiler.is_compiling() and not first.any():  # a branch compile would break
             return state, action
         init = self.initial(first.shape[0])
         state = State(
@@ -239,13 +253,48 @@ class RSSM(nn.Module):
         follows the prior, as on the robot between two late, sparse observations.
         Returns the states (posterior where observed, prior elsewhere) and the priors, stacked
         as ``[B, T, ...]``.
+
+        While gradients are on (training), the uniforms of every sample are drawn at once and
+        the sequence runs through ``observe_fused``: the same layers, with the work that does
+        not depend on the recurrence taken out of the loop (see there). Without gradients the
+        plain step loop runs, drawing from ``generator`` step by step.
         """
         if state is None:
             state = self.initial(embed.shape[0])
+        if not torch.is_grad_enabled():
+            return self.observe_stepwise(embed, prev_action, is_first, state, generator, observed)
+        batch, length = embed.shape[:2]
+        # [T, 2, B, S, 1]: noise[t, 0] is step t's prior's uniforms, noise[t, 1] its posterior's
+        noise = torch.rand(
+            length, 2, batch, self.stoch, 1, generator=generator, device=embed.device
+        )
+        if self.fused_observe and not torch.compiler.is_compiling():
+            from .sequence import observe_fused
+
+            return observe_fused(self, embed, prev_action, is_first, state, noise, observed)
+        return self.observe_stepwise(embed, prev_action, is_first, state, None, observed, noise)
+
+    def observe_stepwise(
+        self,
+        embed: torch.Tensor,
+        prev_action: torch.Tensor,
+        is_first: torch.Tensor,
+        state: State,
+        generator: torch.Generator | None = None,
+        observed: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[State, State]:
+        """``observe`` as a loop over ``obs_step``: the reference the fused loop must match.
+        ``noise [T, 2, B, S, 1]`` (optional): the uniforms of every sample."""
         posts, priors = [], []
         for t in range(embed.shape[1]):
             post, prior = self.obs_step(
-                state, prev_action[:, t], embed[:, t], is_first[:, t], generator
+                state,
+                prev_action[:, t],
+                embed[:, t],
+                is_first[:, t],
+                generator,
+                None if noise is None else noise[t],
             )
             if observed is not None:
                 seen = (observed[:, t] | is_first[:, t].bool()).view(-1, 1)

@@ -81,7 +81,7 @@ def write_sample_dataset(root: Path, episodes: int, length: int) -> Path:
     writer = LeRobotWriter.create(root, 50, features, "so101_follower")
     rng = np.random.default_rng(0)
     for e in range(episodes):
-        frames = {STATE: rng.normal(size=(length, 6)).astype(np.float32)}
+        frames: dict[str, np.ndarray] = {STATE: rng.normal(size=(length, 6)).astype(np.float32)}
         frames["action"] = frames[STATE] + 1
         for c, cam in enumerate(CAMERAS):
             video = np.full((length, 64, 64, 3), 40 * (c + 1), np.uint8)

@@ -11,6 +11,12 @@ def cmd_bench_world_model(args) -> int:
     return run(args)
 
 
+def cmd_bench_train(args) -> int:
+    from ..bench.train import run
+
+    return run(args)
+
+
 def cmd_bench_sim(args) -> int:
     from ..bench.sim import run
 
@@ -82,6 +88,34 @@ def register(sub) -> None:
         help="torch threads of the headline figures (1 thread is always measured too)",
     )
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    p = command(
+        bench_sub,
+        "train",
+        cmd_bench_train,
+        "the world model's full training update: eager, stepwise, compiled; CPU and CUDA",
+        "Times one full world-model update (posterior over the sequence, KL balancing, "
+        "reconstruction, reward and continue heads, backward, clipping, Adam) at batch 16 x 64 "
+        "for the reference config (deter 256, hidden 256, 32x32 stoch, action 6, vector obs "
+        "16) and a pixel config (one 64x64 image), at 1 and --threads threads: the update as "
+        "trained (fused sequence), the plain step loop it replaced, and the update through "
+        "torch.compile (its compile time too); on CUDA as well when torch sees a GPU. "
+        "--against PATH also times NM512/dreamerv3-torch (a checkout at PATH) at the same "
+        "sizes, interleaved with ours: update, batch-1 prior step, K=256 x H=16 rollout, and "
+        "a GEMM rate measured in the same run.",
+        "kiwi bench train --json bench-train.json\n"
+        "git clone https://github.com/NM512/dreamerv3-torch /tmp/d3 && "
+        "git -C /tmp/d3 checkout 6ef8646d\n"
+        "kiwi bench train --against /tmp/d3 --json bench-train.json",
+    )
+    p.add_argument("--json", nargs="?", const="bench-train.json", metavar="FILE", help="write JSON")
+    p.add_argument("--threads", type=int, default=2, help="threads (1 is measured too)")
+    p.add_argument("--repeats", type=int, default=5, help="timed updates per figure")
+    p.add_argument("--against", metavar="PATH", help="a checkout of NM512/dreamerv3-torch")
+    p.add_argument(
+        "--no-compile", action="store_true", help="skip torch.compile (it takes minutes)"
+    )
+    p.add_argument("--cpu-only", action="store_true", help="skip CUDA even where present")
+    p.add_argument("--quick", action="store_true", help="reference only, 2 repetitions")
     p = command(
         bench_sub,
         "sim",

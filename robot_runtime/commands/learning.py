@@ -67,11 +67,15 @@ def cmd_lab(args) -> int:
 
     job, path = load_job(args, PendulumJob)
     set_threads(job.train.threads)
+    device, dtype = training_device(args)
     out = Path(args.out)
     resume = check_out(out, CHECKPOINT, args)
     remove_temp_files(out, out / "replay", out / "holdout")
     print(f"kiwi lab pendulum: config {path}{' (quick preset)' if args.quick else ''} -> {out}")
-    report = run_lab(job, out, resume=resume, progress=not args.no_progress)
+    options = dict(device=device, autocast_dtype=dtype, compile=args.compile)
+    report = run_lab(
+        job, out, resume=resume, progress=not args.no_progress, trainer_options=options
+    )
     rows = [("horizon", "world model nMSE", "persistence nMSE")]
     for h, v in report["nmse_open_loop"].items():
         rows.append((h, f"{v:.4g}", f"{report['nmse_persistence'][h]:.4g}"))
@@ -182,7 +186,7 @@ def training_device(args, local_rank: int | None = None):
     from world_model.device import resolve_device, resolve_precision
 
     device = resolve_device(args.device, local_rank)
-    return device, resolve_precision(args.precision, device)
+    return device, resolve_precision(getattr(args, "precision", "float32"), device)
 
 
 def launch_torchrun(args) -> int:
@@ -357,10 +361,15 @@ def invoked_as(args) -> str:
 
 def cmd_train_grasp(args) -> int:
     from ..config import GraspJob, dump_config, load_config
+    from ..dataset_world_model import is_lerobot_dataset
     from ..grasp_training import GRASP_MODEL, train_grasp
+
+    if args.data and is_lerobot_dataset(Path(args.data)):
+        return train_grasp_on_lerobot(args)
 
     job, _ = load_config(args.config, GraspJob, args.overrides, "quick" if args.quick else None)
     set_threads(job.train.threads)
+    device, _ = training_device(args)
     out = Path(args.out)
     check_out(out, GRASP_MODEL, args, resumable=False)
     remove_temp_files(out)
@@ -369,7 +378,9 @@ def cmd_train_grasp(args) -> int:
     command = invoked_as(args)
     data = Path(args.data or job.data.episodes)
     print(f"kiwi train grasp: success head on {args.init} with episodes from {data} -> {out}")
-    report = train_grasp(job, Path(args.init), data, out, command, not args.no_progress)
+    report = train_grasp(
+        job, Path(args.init), data, out, command, not args.no_progress, device=device
+    )
     rows = [("decisions", "head", "AUROC", "Brier", "ECE")]
     sets = [("recorded, held out", report)]
     if report.get("closed_loop_calibration"):
@@ -450,6 +461,36 @@ def cmd_train_policy(args) -> int:
     return 0
 
 
+def train_grasp_on_lerobot(args) -> int:
+    """`kiwi train grasp --data DIR` on a LeRobot dataset with next.success (robot_runtime/
+    dataset_grasp.py); the settings are the world model's job (its `gate` section), with --set."""
+    from ..dataset_grasp import train_grasp_on_dataset
+    from ..grasp_training import GRASP_MODEL
+
+    set_threads(1)
+    out = Path(args.out)
+    check_out(out, GRASP_MODEL, args, resumable=False)
+    remove_temp_files(out, out / "cache")
+    data = Path(args.data)
+    print(f"kiwi train grasp: success heads on {args.init} from the episodes of {data} -> {out}")
+    report = train_grasp_on_dataset(
+        Path(args.init), data, out, invoked_as(args), args.overrides, not args.no_progress
+    )
+    rows = [("decisions", "head", "AUROC", "Brier", "ECE")]
+    for name in ("rollout", "no_rollout"):
+        r = report[name]
+        rows.append(
+            ("calibration set", name, f"{r['auroc']:.3f}", f"{r['brier']:.3f}", f"{r['ece']:.3f}")
+        )
+    print(format_table(rows))
+    print(
+        f"({report['train_decisions']} decisions fitted, {report['holdout_decisions']} "
+        f"calibrated on, success rate {report['holdout_success_rate']:.0%}; score held-out "
+        f"episodes with `kiwi eval grasp --data {data} --checkpoint {out / GRASP_MODEL}`)"
+    )
+    return 0
+
+
 def register(sub) -> None:
     lab = sub.add_parser("lab", help="the RSSM lab", formatter_class=Formatter)
     lab_sub = lab.add_subparsers(dest="lab", metavar="LAB", required=True)
@@ -467,6 +508,7 @@ def register(sub) -> None:
     add_config_args(p, "pendulum")
     p.add_argument("--out", default="runs/lab", help="output folder")
     add_resume_overwrite(p)
+    add_device_args(p)
 
     train = sub.add_parser(
         "train", help="train a world model or an agent", formatter_class=Formatter
@@ -527,14 +569,28 @@ def register(sub) -> None:
         "ablation, one on the belief alone); calibrates both with a temperature on held-out "
         "episodes. --ship replaces the shipped model used by `kiwi sim` and `kiwi grasp-check`.",
         "kiwi train grasp --config configs/sim_grasp.yaml --data data/grasp "
-        "--init runs/grasp-wm/checkpoint.safetensors --out runs/grasp --ship",
+        "--init runs/grasp-wm/checkpoint.safetensors --out runs/grasp --ship\n"
+        "kiwi train grasp --data data/grasp-lerobot "
+        "--init runs/pixels/checkpoint.safetensors --out runs/grasp-pixels",
     )
     add_config_args(p, "sim_grasp")
     p.add_argument("--init", required=True, help="world model from `kiwi train world-model`")
-    p.add_argument("--data", help="episodes from `kiwi collect` (default: the config's)")
+    p.add_argument(
+        "--data",
+        help="episodes from `kiwi collect` (default: the config's), or a LeRobot dataset with "
+        "next.success (then --init is a world model trained on LeRobot data and the settings "
+        "are its job's `gate` section)",
+    )
     p.add_argument("--ship", action="store_true", help="also replace the shipped model")
     p.add_argument("--out", default="runs/grasp", help="output folder")
     add_resume_overwrite(p, resume=False)
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where the world model's rollouts run (auto: cuda if torch sees a GPU); the heads "
+        "and the closed-loop calibration stay on the CPU",
+    )
 
     p = command(
         train_sub,

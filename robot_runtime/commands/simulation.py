@@ -108,11 +108,21 @@ def cmd_sim(args) -> int:
         size = job.slow.image_size
         features = record_features(6, {"wrist": (size, size)}, seed=True)
         check_record_dir(record, int(round(job.runtime.rate_hz)), features)
-    summary = run_sim(job, out, live=not args.no_live, rerun=rerun, record=record)
+    vla = args.policy or (DEFAULT_VLA if args.vla else None)
+    if vla is not None:
+        print(
+            f"VLA mode: the slow process runs {vla} and posts its action chunks; the runtime "
+            f"follows them ({job.runtime.chunk_mode} mode), the grasp state machine is off"
+        )
+    summary = run_sim(job, out, live=not args.no_live, rerun=rerun, record=record, vla=vla)
     print_summary(summary, out)
     if record is not None:
         print_recorded(record)
     return 0
+
+
+# `kiwi sim --vla`: the project's own learned chunk policy (`kiwi train policy`)
+DEFAULT_VLA = "robot_runtime.bc_policy:load"
 
 
 def print_recorded(record: Path) -> None:
@@ -255,7 +265,8 @@ def register(sub) -> None:
         "kiwi sim\nkiwi sim --quick --out runs/sim-quick\n"
         "kiwi sim --attempts 10 --set runtime.mode=stale\n"
         "kiwi sim --rerun runs/sim.rrd && rerun runs/sim.rrd\n"
-        "kiwi sim --attempts 20 --record data/my-grasps && kiwi dataset info data/my-grasps",
+        "kiwi sim --attempts 20 --record data/my-grasps && kiwi dataset info data/my-grasps\n"
+        "kiwi sim --vla --set runtime.chunk_mode=latent     (the learned chunk policy drives)",
     )
     add_config_args(sim, "sim_grasp")
     sim.add_argument("--out", help="run folder (default runs/sim-<time>)")
@@ -273,6 +284,20 @@ def register(sub) -> None:
         help="write each attempt as an episode of a LeRobotDataset v3.0 folder (created, or "
         "appended to): joints read, targets commanded, wrist frames, the gate's P(success) "
         "at each decision and the outcome; `kiwi dataset info DIR` shows it",
+    )
+    sim.add_argument(
+        "--vla",
+        action="store_true",
+        help="a policy drives instead of the grasp state machine: the slow process runs it on "
+        f"each frame and posts action chunks, the runtime follows them in runtime.chunk_mode "
+        f"(default policy: the shipped learned one, {DEFAULT_VLA})",
+    )
+    sim.add_argument(
+        "--policy",
+        metavar="MODULE:FACTORY",
+        help="with or without --vla: this policy instead (factory() -> policy(observation) -> "
+        "[T, 6] chunk; docs/slow_process.md), or `scripted`: the scripted grasp replanned from "
+        "each detection (the stand-in the learned policy was cloned from)",
     )
     sim_sub = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
     p = command(
@@ -299,7 +324,12 @@ def register(sub) -> None:
         "Reads the camera stream (frames with the joints at capture), finds the cube, waits "
         "the configured latency and posts observations stamped with their capture time "
         "to the runtime; --vla also attaches action chunks (in sim: the scripted grasp as "
-        "a stand-in VLA).",
+        "a stand-in VLA), --policy those of any policy(observation) -> chunk: a "
+        "MODULE:FACTORY of yours or a LeRobot checkpoint folder. A policy that raises, hangs "
+        "past --policy-timeout, or answers NaN or the wrong shape sends nothing and is "
+        "counted by reason, here and in the runtime's status. A runtime on another machine: "
+        "--server-key/--client-key (`kiwi keys`); its clock offset is measured and applied. "
+        "The wire specification: docs/slow_process.md.",
         "kiwi slow --config configs/sim_grasp.yaml\n"
         "kiwi slow --config configs/sim_grasp.yaml --vla --set slow.latency_ms=300\n"
         "kiwi slow --policy my_pkg.policies:make_policy --policy-arg chunk=50 "

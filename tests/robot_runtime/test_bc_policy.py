@@ -112,6 +112,10 @@ def test_the_chunk_is_in_the_datasets_units(trained):
     chunk = policy(observation(policy))
     assert chunk is not None
     np.testing.assert_allclose(chunk, np.tile(policy.norm["action_mean"], (5, 1)), rtol=1e-6)
+    with torch.no_grad():  # a gripper asked past its range is clipped to 0..100
+        last.bias[5::6] = 10.0
+    chunk = policy(observation(policy))
+    assert chunk is not None and (chunk[:, 5] == 100.0).all()
     # the mean of the writer's stats over all three episodes: actions are state + 1
     t = np.arange(LENGTH)
     gripper_mean = (100 - 8 * t + 1).mean()
@@ -245,9 +249,19 @@ def test_image_helpers():
 def test_eval_policy_runs_closed_loop_in_mujoco(trained, tmp_path):
     out = tmp_path / "eval.json"
     argv = ["eval", "policy", "--quick", "--checkpoint", trained, "--json", out, "--no-progress"]
-    assert main([str(a) for a in [*argv, "--execute", "5", "--image-size", "32"]]) == 0
+    argv += ["--execute", "5", "--image-size", "32", "--scripted"]
+    assert main([str(a) for a in argv]) == 0
     result = json.loads(out.read_text())
     summary = result["summary"]
     assert summary["episodes"] == 2 and summary["seeds"] == [500000, 500001]
     assert summary["success_rate"] == 0.0  # an untrained policy does not grasp in one second
     assert [r["queries"] for r in result["episodes"]] == [10, 10]  # 50 steps, every 5th
+    # nor does the scripted teacher (its grasp takes ~4 s), played on the same seeds
+    assert [r["seed"] for r in result["scripted_episodes"]] == [500000, 500001]
+    assert summary["scripted"]["success_rate"] == 0.0
+
+
+def test_eval_refuses_more_rows_than_the_chunk_holds(trained, capsys):
+    argv = ["eval", "policy", "--quick", "--checkpoint", trained, "--execute", "6"]
+    assert main([str(a) for a in argv]) == 2
+    assert "must be 1..the policy's chunk (5)" in capsys.readouterr().err

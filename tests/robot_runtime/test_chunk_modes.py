@@ -17,11 +17,11 @@ from robot_runtime.chunk_modes import (
     shift_rows,
     unsafe_rows,
 )
-from robot_runtime.config import ChunkExecution
+from robot_runtime.config import ChunkExecution, SafetySection
 from robot_runtime.control import ControlStep
 from robot_runtime.estimator import LatentEstimator
 from robot_runtime.messages import Chunk
-from robot_runtime.safety import BusHealth, SafetyConfig
+from robot_runtime.safety import BusHealth
 from sim.kinematics import JOINT_LIMITS_DEG, forward, reach_top_down
 
 from .runtime_helpers import tiny_grasp_model
@@ -49,7 +49,7 @@ def control(mode: str, config: ChunkExecution | None = None, seed: int = 3):
         LatentEstimator(wm, PERIOD, buffer_ticks=256, seed=seed, budget_s=1e9),
         policy,
         arm,
-        SafetyConfig(MAX_STEP, 0.6, 1.5),
+        SafetySection(max_step_deg=MAX_STEP, slow_after_s=0.6, hold_after_s=1.5),
         BusHealth(25, 0.2, 500),
         PERIOD,
     )
@@ -91,16 +91,14 @@ def test_join_offset_starts_at_the_anchor_fades_out_and_keeps_steps_small():
     assert extra <= 0.5 * MAX_STEP + 1e-9
 
 
-def test_shift_rows_moves_the_grasp_point_on_the_table_and_leaves_holding_rows():
-    rows = reaching_rows(5)
-    rows[3:, 5] = 0.0  # closed: holding the cube
-    shifted = shift_rows(rows, np.array([0.01, -0.02]), open_above=30.0)
-    for k in range(3):
+def test_shift_rows_moves_the_grasp_point_on_the_table_keeping_the_hand_top_down():
+    rows = reaching_rows(25, speed_mps=0.05)
+    shifted = shift_rows(rows, np.array([0.01, -0.02]), every=10)
+    for k in range(25):  # solved at rows 0, 10, 20, 24; interpolated between
         before = forward(np.radians(rows[k, :5]))
         after = forward(np.radians(shifted[k, :5]))
         assert np.allclose(after.grasp - before.grasp, [0.01, -0.02, 0.0], atol=1.5e-3)
         assert np.allclose(after.hand[:, 2], before.hand[:, 2], atol=0.02), "still top-down"
-    assert np.array_equal(shifted[3:], rows[3:])
 
 
 def test_unsafe_rows_names_limits_and_jumps():
@@ -143,6 +141,14 @@ def test_latent_refuses_a_chunk_past_a_limit_and_the_old_chunk_goes_on():
     commands = run(step, chunks, 50)
     assert policy.stats.refused == {"limits": 1} and policy.stats.taken == 1
     assert np.allclose(commands[20:50], old[20:50], atol=1e-6)
+
+
+def test_the_control_step_gives_the_policy_the_arms_own_limits(monkeypatch):
+    step, policy, arm = control(LATENT)
+    narrow = arm.limits * 0.5  # a smaller arm than the simulator's
+    monkeypatch.setattr(SimArm, "limits", property(lambda self: narrow))
+    step.start(1.0, arm.read_joints())
+    assert np.array_equal(policy.limits, narrow)
 
 
 def test_latest_passes_the_same_chunk_through_safety_to_the_limit():

@@ -169,3 +169,19 @@ def test_a_lerobot_act_checkpoint_loads_and_answers_in_the_arm_units(tmp_path):
     with torch.inference_mode():
         direct = post(policy.eval().predict_action_chunk(batch))[0].numpy()
     np.testing.assert_allclose(chunk, direct, atol=1e-5)
+
+
+def test_without_lerobot_the_command_says_how_to_set_it_up(tmp_path, capsys):
+    try:
+        import lerobot  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("lerobot is installed here")
+    from robot_runtime.cli import main
+
+    for name in ("config.json", "model.safetensors", "policy_preprocessor.json"):
+        (tmp_path / name).write_text("{}")
+    assert main(["slow", "--policy", f"lerobot:{tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "lerobot is not installed" in err and "[lerobot]" in err and "\n" not in err

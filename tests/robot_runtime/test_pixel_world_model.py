@@ -26,7 +26,7 @@ def kiwi(*argv) -> int:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("pixels") / "ds", episodes=10, length=24)
+    return write_dataset(tmp_path_factory.mktemp("pixels") / "ds", episodes=22, length=24)
 
 
 def test_the_cache_is_decoded_once_and_reused(dataset, tmp_path):
@@ -89,7 +89,7 @@ def test_train_quick_then_resume_reuses_the_cache_then_eval_writes_the_lab(
     common = ["--config", "so101_pixels", "--quick", "--data", dataset, "--no-progress"]
     assert kiwi("train", "world-model", *common, "--out", out) == 0
     first = capsys.readouterr().out
-    assert "decoded 216 frames of 9 episodes" in first and "1 held out" in first
+    assert "decoded 480 frames of 20 episodes" in first and "2 held out" in first
     config = (out / "config.yaml").read_text()
     assert "observation.images.front" in config and "task: lerobot" in config
     assert kiwi("train", "world-model", *common, "--out", out, "--resume", "--steps", 6) == 0
@@ -106,7 +106,7 @@ def test_train_quick_then_resume_reuses_the_cache_then_eval_writes_the_lab(
     assert set(report["nmse_open_loop"]) == set(report["nmse_persistence"]) == {"1", "5"}
     assert set(report["image_mse_open_loop"]) == set(CAMERAS)
     assert all(v >= 0 for v in report["image_mse_persistence"][CAMERAS[0]].values())
-    assert report["holdout_episodes"] == [9] and report["state_key"] == "observation.state"
+    assert report["holdout_episodes"] == [9, 19] and report["state_key"] == "observation.state"
     capsys.readouterr()
     assert kiwi(*args, "--no-progress") == 2  # never silently overwritten
     assert "--overwrite" in capsys.readouterr().err
@@ -161,3 +161,48 @@ def test_bench_pixel_figures_on_a_tiny_dataset(dataset):
     read = time_dataset_read(dataset, 3)
     assert read["read_frames"] == 3 * 24 and read["read_cameras"] == 2
     assert read["camera_frames_per_s"] == pytest.approx(2 * read["read_frames_per_s"])
+
+
+def test_close_frame_is_where_the_gripper_command_starts_to_fall():
+    from robot_runtime.dataset_grasp import close_frame
+
+    action = np.zeros((10, 6), np.float32)
+    action[:, 5] = [90, 100, 100, 98, 97, 60, 20, 0, 0, 0]  # a 3-unit dip is not a close
+    assert close_frame(action, 5) == 5
+    action[:, 5] = 100
+    assert close_frame(action, 5) is None
+
+
+def test_train_and_eval_grasp_on_a_labelled_dataset(dataset, tmp_path, capsys):
+    data = dataset
+    common = ["--no-progress"]
+    assert kiwi(
+        "train", "world-model", "--config", "so101_pixels", "--quick", "--data", data,
+        "--out", tmp_path / "wm", *common,
+    ) == 0  # fmt: skip
+    grasp = tmp_path / "grasp"
+    assert kiwi(
+        "train", "grasp", "--data", data, "--init", tmp_path / "wm" / "checkpoint.safetensors",
+        "--out", grasp, *common,
+    ) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "starts to close" in out and "calibration set" in out
+    report = tmp_path / "eval.json"
+    assert kiwi(
+        "eval", "grasp", "--data", data, "--checkpoint", grasp / "grasp_model.safetensors",
+        "--json", report, "--plot", tmp_path / "reliability.png", *common,
+    ) == 0  # fmt: skip
+    summary = json.loads(report.read_text())
+    assert {"auroc", "brier", "ece", "episodes"} <= set(summary)
+    assert summary["episodes"] == 2 and "held out" in summary["which_episodes"]  # 9 and 19
+    assert (tmp_path / "reliability.png").stat().st_size > 10_000
+
+
+def test_grasp_on_a_dataset_without_success_labels_is_one_line(dataset, tmp_path, capsys):
+    from robot_runtime.dataset_grasp import labelled_episodes
+
+    job, _ = load_config("so101_pixels", LeRobotJob, preset="quick")
+    with LeRobotReader(dataset) as reader:
+        reader.features = {k: v for k, v in reader.features.items() if k != "next.success"}
+        with pytest.raises(DatasetError, match="no next.success labels"):
+            labelled_episodes(reader, resolve_job(job, reader), [0], tmp_path, False, print)

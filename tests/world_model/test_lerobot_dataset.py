@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from world_model.datasets import (
     DatasetError,
     LeRobotReader,
     LeRobotWriter,
+    lerobot_video,
     lerobot_writer,
 )
 
@@ -279,3 +281,34 @@ def test_lerobot_itself_loads_a_dataset_written_here(tmp_path, monkeypatch):
             front = (item["observation.images.front"].numpy().transpose(1, 2, 0) * 255).round()
             assert mean_abs_error(front, truth["observation.images.front"][t]) < 1e-6
             i += 1
+
+
+def test_a_hung_video_encoder_is_abandoned_and_the_episode_encoded_again(tmp_path, monkeypatch):
+    """SVT-AV1 now and then deadlocks under CPU contention. A fake encoder that hangs on its first
+    call (named a fake: it blocks on an event instead of encoding) is left behind after the
+    timeout; the real encoder then writes the episode, which decodes; a hang every time is a
+    one-line DatasetError and the episode's file is not written."""
+    real, calls, release = lerobot_video._encode, [], threading.Event()
+
+    def fake_hanging_then_real(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait(10)  # "hung" until the test ends
+            return
+        real(*args)
+
+    monkeypatch.setattr(lerobot_video, "ENCODE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(lerobot_video, "_encode", fake_hanging_then_real)
+    frames = np.random.default_rng(0).integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "episode.mp4"
+    lerobot_video.encode_video(frames, path, 50)
+    assert len(calls) == 2 and path.stat().st_size > 0
+    reader = lerobot_video.VideoReader(path, 1e-3)
+    assert len(list(reader.iter_frames(0.0, np.arange(10) / 50))) == 10
+    reader.close()
+
+    monkeypatch.setattr(lerobot_video, "_encode", lambda *args: release.wait(10))
+    with pytest.raises(DatasetError, match="hung 3 times"):
+        lerobot_video.encode_video(frames, tmp_path / "never.mp4", 50)
+    release.set()
+    assert not (tmp_path / "never.mp4").exists()

@@ -3,11 +3,13 @@
 Training samples thousands of windows per epoch; decoding AV1 for each would cost more than the
 update. So the chosen episodes are decoded once into ``CACHE/<fingerprint>/``: one ``.npy`` file
 per feature (frames of all episodes concatenated, cameras ``[N, S, S, 3]`` uint8 at the model's
-image size) and ``index.json`` (the fingerprint, the episodes and their offsets). The folder is
-built under a temporary name and renamed when complete, ``index.json`` last, so a killed build
-leaves nothing that looks finished. The fingerprint covers the dataset's features and fps, the
-chosen episodes' metadata rows (where their frames and video spans are) and the keys and image
-size, so a rerun or resume on the same episodes reuses the cache and anything else rebuilds it.
+image size: resized whole, not cropped, so a 4:3 camera is squeezed) and ``index.json`` (the
+fingerprint, the episodes and their offsets). The folder is built under a temporary name and
+renamed when complete, ``index.json`` last, so a killed build leaves nothing that looks
+finished. The fingerprint covers the dataset's features and fps, the chosen episodes' metadata
+rows (where their frames and video spans are) and the keys and image size, so a rerun or resume
+on the same episodes reuses the cache (also while the dataset grows) and anything else rebuilds
+it.
 
 Episodes come back as dicts of arrays (memmap slices for cameras) in world_model/replay.py's
 convention: ``action[t]`` is LeRobot's action at frame t (taken after seeing it); ``reward[t]``

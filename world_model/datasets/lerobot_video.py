@@ -10,6 +10,8 @@ yuv420p, a keyframe every 2 frames (lerobot's ``g=2``) so seeking to any episode
 from __future__ import annotations
 
 import os
+import secrets
+import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -46,14 +48,55 @@ def available_encoder(preferred: str | None = None) -> tuple[str, str, dict]:
     )
 
 
+# An encoder that has not finished in this long is hung, not slow (SVT-AV1 3.1.x deadlocks now and
+# then under CPU contention: one episode in ~650 on a loaded 2-core machine): seconds plus seconds
+# per pixel (a 261-frame 64x64 episode takes ~0.3 s; 640x480 ~100x that)
+ENCODE_TIMEOUT_S = 30.0
+ENCODE_TIMEOUT_S_PER_MPIXEL = 5.0
+ENCODE_ATTEMPTS = 3
+
+
 def encode_video(
     frames: np.ndarray, path: Path, fps: int, encoder: str | None = None
 ) -> tuple[str, str]:
     """Writes ``frames [T, H, W, 3]`` uint8 RGB to a new mp4 at ``path``, frame t at t/fps s.
-    Returns (encoder, codec)."""
+    Returns (encoder, codec). An encoder that hangs is abandoned (its thread left blocked, its
+    output discarded) and the episode encoded again by a fresh one, up to ``ENCODE_ATTEMPTS``
+    times; then a DatasetError says so."""
     enc, codec, options = available_encoder(encoder)
-    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration otherwise
     frames = np.ascontiguousarray(frames)
+    timeout_s = ENCODE_TIMEOUT_S + ENCODE_TIMEOUT_S_PER_MPIXEL * frames.size / 3e6
+    for attempt in range(ENCODE_ATTEMPTS):
+        # each attempt writes its own file: a hung encoder that wakes later writes only there
+        tag = f"{attempt}.{os.getpid()}-{secrets.token_hex(4)}"
+        out = path.with_name(f".{path.stem}-{tag}.kiwi.tmp")
+        failure: list[BaseException] = []
+
+        def run(out: Path = out, failure: list[BaseException] = failure) -> None:
+            try:
+                _encode(frames, out, fps, enc, options)
+            except BaseException as e:  # reported by the caller's thread
+                failure.append(e)
+
+        worker = threading.Thread(target=run, name="kiwi-video-encode", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            continue  # hung: leave it, try a fresh encoder
+        if failure:
+            out.unlink(missing_ok=True)
+            raise failure[0]
+        os.replace(out, path)
+        return enc, codec
+    raise DatasetError(
+        f"the {enc} encoder hung {ENCODE_ATTEMPTS} times on {path.name} ({len(frames)} frames, "
+        f"over {timeout_s:.0f} s each); run it again (the same command resumes) or store "
+        "cameras as images (`--image-storage image`)"
+    )
+
+
+def _encode(frames: np.ndarray, path: Path, fps: int, enc: str, options: dict) -> None:
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration otherwise
     t, h, w, _ = frames.shape
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream(enc, rate=fps, options=options)
@@ -65,7 +108,6 @@ def encode_video(
             frame.time_base = Fraction(1, fps)
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    return enc, codec
 
 
 def _copy_stream(out, template):
