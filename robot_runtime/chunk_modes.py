@@ -18,8 +18,9 @@ over from the one being executed:
   takeover tick and the new chunk's decays to zero with a smoothstep over ``join_rows`` or
   more (``join_offset``), so position and velocity stay continuous.
   Before the chunk takes over, the prior rolls it forward ``forecast_rows`` from the belief
-  now; a chunk whose own rows pass a joint limit or jump more than the safety step, or whose
-  forecast joints pass a limit, is refused (the old one goes on) and counted by reason. The
+  now; a chunk whose own rows over that horizon pass a joint limit or jump more than the
+  safety step, or whose forecast joints pass a limit, is refused (the old one goes on) and
+  counted by reason. The
   placement itself (shift and join) is clipped to the limits: it is ours, not the policy's.
 
 Why anchor on the executing rows and not on the decoded joint state: targets lead the measured
@@ -267,8 +268,11 @@ class ChunkPolicy:
             self._refuse("stale")
             return
         rows = np.asarray(rows[start - first :], float)
-        # the chunk as the policy sent it: past a limit, or jumping on its own, it is refused
-        reason = unsafe_rows(rows, rows[0], self.limits, self.max_step_deg, c.limit_margin_deg)
+        # the chunk as the policy sent it, over the horizon the prior forecasts: past a limit,
+        # or jumping on its own, it is refused (a jump further ahead is judged by the chunks
+        # that arrive before it runs)
+        ahead = rows[: c.forecast_rows]
+        reason = unsafe_rows(ahead, ahead[0], self.limits, self.max_step_deg, c.limit_margin_deg)
         t_capture = chunk.t_capture if math.isfinite(chunk.t_capture) else chunk.t_first
         shift = self._object_shift(estimator, t_capture, tick)
         if shift.any():
