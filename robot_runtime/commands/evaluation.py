@@ -175,8 +175,6 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="3 episodes (smoke)")
     p.add_argument("--no-progress", action="store_true")
 
-    from ..bc_training import EVAL_SEED as POLICY_SEED
-
     p = command(
         ev_sub,
         "policy",
@@ -193,7 +191,7 @@ def register(sub) -> None:
     )
     p.add_argument("--checkpoint", help="from `kiwi train policy` (default: the shipped one)")
     p.add_argument("--episodes", type=int, default=50)
-    p.add_argument("--seed", type=int, help=f"first held-out seed (default: {POLICY_SEED})")
+    p.add_argument("--seed", type=int, help="first held-out seed (default: the config's eval.seed)")
     p.add_argument("--execute", type=int, help="rows executed per query (default: config)")
     p.add_argument("--episode-s", type=float, help="longest episode, s (default: config)")
     p.add_argument(
