@@ -242,7 +242,7 @@ def train_policy(
                 f"train L1 {record['train_l1']:.3f}"
                 + (f", held-out L1 {val:.3f}" if val is not None else "")
             )
-        if done % tc.checkpoint_every == 0 or done == tc.steps:
+        if done % tc.checkpoint_every == 0 and done < tc.steps:  # the last one: below
             save_policy(path, net, norm, demos.fps, meta(done))
     bar.close()
     figures.update(

@@ -265,3 +265,27 @@ def test_eval_refuses_more_rows_than_the_chunk_holds(trained, capsys):
     argv = ["eval", "policy", "--quick", "--checkpoint", trained, "--execute", "6"]
     assert main([str(a) for a in argv]) == 2
     assert "must be 1..the policy's chunk (5)" in capsys.readouterr().err
+
+
+def test_the_shipped_policy_keeps_the_contract():
+    """``load()`` with no path: the shipped grasp policy, as `kiwi slow --policy
+    robot_runtime.bc_policy:load` gets it, fed what the simulated world's camera sends."""
+    from robot_runtime.bc_eval import make_grasp_env
+
+    policy = load()
+    assert policy.cameras == ("wrist",) and policy.dt == pytest.approx(0.02)
+    env = make_grasp_env()
+    state = env.reset(seed=600_000)[0]["state"]
+    wrist = env.unwrapped.render_camera("wrist", 128, 128)
+    env.close()
+    obs = {
+        "observation.state": state,
+        "observation.images.wrist": wrist,
+        "task": "pick up the cube",
+        "timestamp": 3.0,
+    }
+    chunk = policy(obs)
+    assert chunk is not None and chunk.shape == (25, 6) and chunk.dtype == np.float32
+    # from the home pose it starts near home: degrees and 0..100, not normalised units
+    assert np.abs(chunk[0] - obs["observation.state"]).max() < 10
+    assert policy.meta["made_by"].startswith("kiwi train policy")
