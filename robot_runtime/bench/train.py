@@ -232,7 +232,7 @@ def run(args) -> int:
         for device in devices:
             for name in names:
                 results.setdefault(device.type, {})[name] = measure_config(
-                    name, device, threads, repeats, not args.no_compile, log
+                    name, device, threads, repeats, args.compile, log
                 )
         against = measure_against(args.against, threads, repeats, log) if args.against else None
     finally:
@@ -282,6 +282,9 @@ def run(args) -> int:
         {
             "update_ms": main["update_ms"],
             "update_ms_compiled": main.get("update_ms_compiled"),
+            "compile_note": None
+            if "update_ms_compiled" in main
+            else (cpu.get("compile_error") or "not measured (run with --compile)"),
             "updates_per_s": main["updates_per_s"],
             "threads": args.threads,
             "batch": [BATCH, LENGTH],

@@ -9,12 +9,13 @@ from robot_runtime.cli import main
 
 def test_bench_train_quick_writes_update_figures(tmp_path, capsys):
     out = tmp_path / "train.json"
-    args = ["bench", "train", "--quick", "--no-compile", "--cpu-only", "--threads", "1"]
+    args = ["bench", "train", "--quick", "--cpu-only", "--threads", "1"]
     assert main([*args, "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     figures = r["results"]["cpu"]["reference"]["1"]
     assert r["update_ms"] == figures["update_ms"] > 0
-    assert r["update_ms_compiled"] is None  # --no-compile: said, not made up
+    assert r["update_ms_compiled"] is None  # not asked for (--compile): said, not made up
+    assert "--compile" in r["compile_note"]
     assert figures["update_ms_stepwise"] > 0
     assert r["updates_per_s"] == 1e3 / r["update_ms"]
     assert r["batch"] == [16, 64] and r["against_dreamerv3_torch"] is None
