@@ -216,6 +216,10 @@ def _fmt(fig: dict) -> str:
 def run(args) -> int:
     from tqdm import tqdm
 
+    if args.against:  # before minutes of timing, not after
+        from .dreamerv3_torch import check_checkout
+
+        check_checkout(Path(args.against))
     threads = sorted({1, args.threads})
     repeats = 2 if args.quick else args.repeats
     before = torch.get_num_threads()

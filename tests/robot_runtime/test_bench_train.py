@@ -31,3 +31,11 @@ def test_the_timed_update_trains_the_model():
     update.run()
     assert update.trainer.step == 2  # the first, untimed call and this one
     assert any(not torch.equal(a, b) for a, b in zip(before, update.wm.parameters()))
+
+
+def test_against_a_folder_that_is_no_checkout_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "networks.py").write_text("")
+    assert main(["bench", "train", "--quick", "--against", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a dreamerv3-torch checkout (no models.py, tools.py)" in err
+    assert "Traceback" not in err
