@@ -86,7 +86,7 @@ class ReturnNormalizer:
     def update(self, returns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = returns.detach().flatten().float()
         if flat.numel() > 1_000_000:  # torch.quantile has an input size limit
-            flat = flat[torch.randperm(flat.numel())[:1_000_000]]
+            flat = flat[torch.randperm(flat.numel(), device=flat.device)[:1_000_000]]
         now = torch.quantile(flat, self.q.to(flat.device))
         self.range = now if self.range is None else self.decay * self.range + (1 - self.decay) * now
         low, high = self.range
@@ -123,7 +123,9 @@ class Behavior(nn.Module):
         cfg = self.config
         start = flatten_state(start).detach()
         if cfg.imag_starts is not None and cfg.imag_starts < start.deter.shape[0]:
-            pick = torch.randperm(start.deter.shape[0], generator=generator)[: cfg.imag_starts]
+            pick = torch.randperm(
+                start.deter.shape[0], generator=generator, device=start.deter.device
+            )[: cfg.imag_starts]
             start = State(*(x[pick] for x in start))
         world_model.requires_grad_(False)
         try:

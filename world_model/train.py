@@ -291,8 +291,9 @@ class Agent:
         self.reset()
 
     def reset(self) -> None:
+        self.device = next(self.wm.parameters()).device
         self.state = self.wm.initial(1)
-        self.prev_action = torch.zeros(1, self.wm.spec.action_dim)
+        self.prev_action = torch.zeros(1, self.wm.spec.action_dim, device=self.device)
         self.first = True
 
     @torch.no_grad()
@@ -300,13 +301,12 @@ class Agent:
         self, obs: dict[str, np.ndarray], sample: bool, generator: torch.Generator | None = None
     ) -> np.ndarray:
         """Returns the action in [-1, 1] (model units)."""
-        first = torch.tensor([self.first])
-        self.state, _ = self.wm.obs_step(
-            self.state, self.prev_action, obs_to_torch(obs, self.wm.obs_keys), first, generator
-        )
+        first = torch.tensor([self.first], device=self.device)
+        obs_t = {k: v.to(self.device) for k, v in obs_to_torch(obs, self.wm.obs_keys).items()}
+        self.state, _ = self.wm.obs_step(self.state, self.prev_action, obs_t, first, generator)
         action = self.behavior.policy(self.state, sample, generator)
         self.prev_action, self.first = action, False
-        return action[0].numpy()
+        return action[0].cpu().numpy()
 
 
 def step_record(
@@ -444,9 +444,14 @@ def train_agent(
     job_config: dict | None = None,
     progress: bool = True,
     log: Callable[[str], None] = tqdm.write,
+    device: torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Learns a policy from scratch: random prefill, then act / train world model and behaviour
-    at ``train_ratio`` replayed steps per environment step. Writes eval.json and returns it."""
+    at ``train_ratio`` replayed steps per environment step. Writes eval.json and returns it.
+    ``device``: where the networks learn and act (the environment steps on the CPU);
+    ``autocast_dtype`` applies to the world model's updates."""
+    device = device or torch.device("cpu")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if agent_config.obs_every_max is not None:
@@ -455,11 +460,11 @@ def train_agent(
     env = make_env()
     spec = spec_from_env(env)
     wm = WorldModel(model_config, spec)
-    behavior = Behavior(wm.rssm.feat_dim, spec.action_dim, behavior_config)
-    trainer = WorldModelTrainer(wm, train_config)
+    behavior = Behavior(wm.rssm.feat_dim, spec.action_dim, behavior_config).to(device)
+    trainer = WorldModelTrainer(wm, train_config, device=device, autocast_dtype=autocast_dtype)
     replay = Replay(out_dir / "replay")
     rng = np.random.default_rng(train_config.seed)
-    gen = torch.Generator().manual_seed(train_config.seed)
+    gen = torch.Generator(device).manual_seed(train_config.seed)
     agent = Agent(wm, behavior)
     random_act = random_policy(spec.action_dim, rng)
     per_update = train_config.batch_size * train_config.seq_len

@@ -25,11 +25,20 @@ import numpy as np
 import torch
 
 
+def check_checkout(path: Path) -> None:
+    """A one-line ValueError unless ``path`` holds dreamerv3-torch's modules."""
+    missing = [f for f in ("networks.py", "models.py", "tools.py") if not (path / f).is_file()]
+    if missing:
+        raise ValueError(
+            f"--against {path}: not a dreamerv3-torch checkout (no {', '.join(missing)}); "
+            "clone https://github.com/NM512/dreamerv3-torch there"
+        )
+
+
 def import_modules(path: Path) -> tuple[Any, Any, Any]:
     """(networks, models, tools) imported from the checkout at ``path``."""
     path = Path(path).resolve()
-    if not (path / "networks.py").is_file() or not (path / "models.py").is_file():
-        raise ValueError(f"--against {path}: not a dreamerv3-torch checkout (no networks.py)")
+    check_checkout(path)
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -157,7 +158,7 @@ def measure_against(path: str, names: list[str], threads: list[int], repeats: in
     out: dict = {}
     for name in names:
         ours = OurUpdate(name, cpu)
-        theirs = TheirWorldModel(path, pixel=name == "pixel")
+        theirs = TheirWorldModel(Path(path), pixel=name == "pixel")
         data = theirs.batch()
         step, rollout = theirs.prior_step_fn(), theirs.rollout_fn(256, 16)
         for n in threads:
@@ -215,6 +216,10 @@ def _fmt(fig: dict) -> str:
 def run(args) -> int:
     from tqdm import tqdm
 
+    if args.against:  # before minutes of timing, not after
+        from .dreamerv3_torch import check_checkout
+
+        check_checkout(Path(args.against))
     threads = sorted({1, args.threads})
     repeats = 2 if args.quick else args.repeats
     before = torch.get_num_threads()
@@ -232,14 +237,18 @@ def run(args) -> int:
         for device in devices:
             for name in names:
                 results.setdefault(device.type, {})[name] = measure_config(
-                    name, device, threads, repeats, not args.no_compile, log
+                    name, device, threads, repeats, args.compile, log
                 )
-        against = measure_against(args.against, threads, repeats, log) if args.against else None
+        against = (
+            measure_against(args.against, names, threads, repeats, log) if args.against else None
+        )
     finally:
         torch.set_num_threads(before)
     cpu = results["cpu"]["reference"]
     main = cpu[str(args.threads)]
-    rows = [("config", "device", "threads", "update ms", "updates/s", "stepwise ms", "compiled ms")]
+    rows: list[tuple[str, ...]] = [
+        ("config", "device", "threads", "update ms", "updates/s", "stepwise ms", "compiled ms")
+    ]
     for dev, by_name in results.items():
         for name, by_threads in by_name.items():
             for n, f in by_threads.items():
@@ -258,7 +267,7 @@ def run(args) -> int:
                 )
     print(format_table(rows))
     if against:
-        rows = [("figure", *[f"{n} thr" for n in against["reference"]])]
+        rows = [("figure", *[f"{n} thr" for n in against["reference"]])]  # a new table
         for key in (
             "update_ms",
             "theirs_update_ms",
@@ -282,6 +291,9 @@ def run(args) -> int:
         {
             "update_ms": main["update_ms"],
             "update_ms_compiled": main.get("update_ms_compiled"),
+            "compile_note": None
+            if "update_ms_compiled" in main
+            else (cpu.get("compile_error") or "not measured (run with --compile)"),
             "updates_per_s": main["updates_per_s"],
             "threads": args.threads,
             "batch": [BATCH, LENGTH],

@@ -105,14 +105,18 @@ def register(sub) -> None:
         "kiwi bench train --json bench-train.json\n"
         "git clone https://github.com/NM512/dreamerv3-torch /tmp/d3 && "
         "git -C /tmp/d3 checkout 6ef8646d\n"
-        "kiwi bench train --against /tmp/d3 --json bench-train.json",
+        "kiwi bench train --against /tmp/d3 --json bench-train.json\n"
+        "kiwi bench train --compile --json bench-train.json   # on a GPU box",
     )
     p.add_argument("--json", nargs="?", const="bench-train.json", metavar="FILE", help="write JSON")
     p.add_argument("--threads", type=int, default=2, help="threads (1 is measured too)")
     p.add_argument("--repeats", type=int, default=5, help="timed updates per figure")
     p.add_argument("--against", metavar="PATH", help="a checkout of NM512/dreamerv3-torch")
     p.add_argument(
-        "--no-compile", action="store_true", help="skip torch.compile (it takes minutes)"
+        "--compile",
+        action="store_true",
+        help="also time the update through torch.compile (compiling takes minutes on a CPU: "
+        "over 40 on a loaded 2-core machine)",
     )
     p.add_argument("--cpu-only", action="store_true", help="skip CUDA even where present")
     p.add_argument("--quick", action="store_true", help="reference only, 2 repetitions")

@@ -261,6 +261,7 @@ def cmd_train_agent(args) -> int:
         args.overrides = [*args.overrides, f"agent.env_steps={args.env_steps}"]
     job, _ = load_job(args, PendulumJob)
     set_threads(job.train.threads)
+    device, dtype = training_device(args)
     out = Path(args.out)
     check_out(out, CHECKPOINT, args, resumable=False)
     replay = out / "replay"
@@ -286,6 +287,8 @@ def cmd_train_agent(args) -> int:
         out,
         job.model_dump(mode="json"),
         progress=not args.no_progress,
+        device=device,
+        autocast_dtype=dtype,
     )
     print(
         format_table(
@@ -557,6 +560,18 @@ def register(sub) -> None:
         "--ship",
         action="store_true",
         help="also replace the shipped agent (robot_runtime/assets/pendulum_agent.safetensors)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where the networks learn and act (auto: cuda if torch sees a GPU, else cpu)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="of the world model's updates; auto: bfloat16 autocast on CUDA, float32 elsewhere",
     )
     p = command(
         train_sub,

@@ -20,6 +20,13 @@ def loss_and_grads(wm, batch, fused: bool, observed=None):
     return metrics, post, {n: p.grad.clone() for n, p in wm.named_parameters()}
 
 
+def assert_close_to_scale(a: torch.Tensor, b: torch.Tensor, name: str) -> None:
+    """Equal up to float rounding: summation order differs (batched vs per-step products),
+    so the error is measured against the gradient's own scale."""
+    error, scale = float((a - b).abs().max()), float(b.abs().max())
+    assert error <= 1e-4 * scale + 1e-7, f"{name}: off by {error:.3g} (scale {scale:.3g})"
+
+
 @pytest.mark.parametrize("sparse", [False, True])
 def test_fused_sequence_matches_the_step_loop(sparse):
     wm = tiny_model()
@@ -37,7 +44,7 @@ def test_fused_sequence_matches_the_step_loop(sparse):
         assert m_fused[key] == pytest.approx(m_loop[key], rel=1e-5, abs=1e-6), key
     assert torch.equal(post_fused.stoch.argmax(-1), post_loop.stoch.argmax(-1))  # same samples
     for name, g in g_loop.items():
-        torch.testing.assert_close(g_fused[name], g, rtol=1e-4, atol=1e-6, msg=name)
+        assert_close_to_scale(g_fused[name], g, name)
     assert any(g.abs().sum() > 0 for g in g_fused.values())
 
 
@@ -84,3 +91,29 @@ def test_bfloat16_autocast_keeps_state_and_losses_in_float32():
     assert loss.dtype == torch.float32 and post.deter.dtype == torch.float32
     assert metrics["loss"] == pytest.approx(full[1]["loss"], rel=0.05)
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in wm.parameters())
+
+
+def test_an_image_model_trains_through_the_fused_sequence():
+    from world_model.config import ModelConfig, ModelSpec
+    from world_model.model import WorldModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        deter=16,
+        hidden=16,
+        stoch=4,
+        classes=4,
+        units=16,
+        layers=1,
+        cnn_keys=("image",),
+        cnn_depth=2,
+    )
+    wm = WorldModel(cfg, ModelSpec(vector_dims={}, image_keys=("image",), action_dim=1))
+    batch = random_batch(2, 3)
+    batch["image"] = torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8)
+    m_fused, _, g_fused = loss_and_grads(wm, batch, True)
+    m_loop, _, g_loop = loss_and_grads(wm, batch, False)
+    assert m_fused["loss_obs"] == pytest.approx(m_loop["loss_obs"], rel=1e-5)
+    assert wm.decode(wm.initial(2))["image"].shape == (2, 64, 64, 3)
+    for name, g in g_loop.items():
+        assert_close_to_scale(g_fused[name], g, name)
