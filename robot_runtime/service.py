@@ -481,6 +481,8 @@ class Runtime:
                 "phase": final,
                 "loop": loop.stats.summary(),
                 "estimator": self.estimator.stats.summary(),
+                # a chunk-following policy's chunks: received, taken over, refused by reason
+                **chunk_summary(self.policy),
             },
         )
         return final
@@ -582,6 +584,13 @@ def serve(
             print(f"could not turn torque off: {e}", flush=True)
         finally:
             runtime.close()
+
+
+def chunk_summary(policy) -> dict:
+    """``{"chunks": ...}`` for a policy that follows chunks (``chunk_modes.ChunkPolicy``), else
+    nothing."""
+    summary = getattr(getattr(policy, "stats", None), "summary", None)
+    return {"chunks": summary()} if callable(summary) else {}
 
 
 def load_world_model(spec: str):

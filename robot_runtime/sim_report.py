@@ -183,6 +183,7 @@ def attempt_records(rec: Recorder, episode_s: float, stopped: str) -> list[dict]
                 "success": success,
                 "loop": end["loop"] if end is not None else None,
                 "estimator": end["estimator"] if end is not None else None,
+                "chunks": end.get("chunks") if end is not None else None,
                 "estimate_error_mm_median": _median(est_err, 0),
                 "estimate_error_deg_median": _median(est_err, 1),
                 "perception_error_mm_median": _median(obs_err, 0),
@@ -239,7 +240,24 @@ def summarize(rec: Recorder, job: GraspJob, wall_s: float, end: RunEnd) -> dict:
         "rejected_messages": rec.last.get("rejected", 0),
         "world_rejected_commands": rec.world.get("rejected", 0),
         "wall_s": wall_s,
+        "chunks": chunk_totals([a["chunks"] for a in attempts if a.get("chunks")]),
         "per_attempt": attempts,
+    }
+
+
+def chunk_totals(per_attempt: list[dict]) -> dict | None:
+    """Action chunks over the run (`kiwi sim --vla`): received, taken over, refused by reason;
+    None when no attempt followed chunks."""
+    if not per_attempt:
+        return None
+    refused: dict[str, int] = {}
+    for c in per_attempt:
+        for reason, n in c.get("refused", {}).items():
+            refused[reason] = refused.get(reason, 0) + n
+    return {
+        "received": sum(c.get("received", 0) for c in per_attempt),
+        "taken": sum(c.get("taken", 0) for c in per_attempt),
+        "refused": refused,
     }
 
 
@@ -289,4 +307,11 @@ def print_summary(summary: dict, out: Path) -> None:
         f"{_fmt(s.get('perception_error_mm_median'), '.1f')} mm "
         f"{_fmt(s.get('perception_error_deg_median'), '.1f')} deg"
     )
+    chunks = s.get("chunks")
+    if chunks:
+        refused = ", ".join(f"{k} {v}" for k, v in chunks["refused"].items()) or "none"
+        print(
+            f"action chunks: {chunks['received']} received, {chunks['taken']} took over, "
+            f"refused: {refused}"
+        )
     print(f"run folder: {out} (telemetry.jsonl, summary.json, estimate_vs_truth.png)")

@@ -186,3 +186,21 @@ def test_kiwi_sim_quick_runs_end_to_end(tmp_path):
         p = ep["gate.p_success"]  # the tiny model has no success head: no decision
         assert len(p) == ep.length and np.isnan(p).all()
     assert summary["record"] == str(tmp_path / "rec")
+
+
+@pytest.mark.slow
+def test_kiwi_sim_vla_runs_the_learned_policy_and_follows_its_chunks(tmp_path):
+    """`kiwi sim --vla`: the slow process runs the shipped learned chunk policy on the camera
+    frames, the runtime follows its chunks (the grasp state machine is off) and the summary
+    counts them."""
+    ckpt = tiny_checkpoint(tmp_path / "wm.safetensors")
+    out = tmp_path / "run"
+    argv = ["sim", "--quick", "--no-live", "--vla", "--out", str(out)]
+    argv += ["--set", f"runtime.checkpoint={ckpt}", "--set", "sim.episode_s=8"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["outcome"] == "completed" and summary["died"] is None
+    assert summary["per_attempt"][0]["phase"] != "waiting", "no chunk ever took over"
+    chunks = summary["chunks"]
+    assert chunks["received"] > 0 and chunks["taken"] > 0, chunks
+    assert "policy robot_runtime.bc_policy:load" in (out / "slow.log").read_text()
