@@ -63,7 +63,7 @@ class PolicyTrainConfig(Frozen):
 
 
 class PolicyEvalConfig(Frozen):
-    execute_steps: int = Field(10, ge=1, description="rows of each chunk executed, then re-query")
+    execute_steps: int = Field(25, ge=1, description="rows of each chunk executed, then re-query")
     episode_s: float = Field(10.0, gt=0, description="longest episode")
     seed: int = Field(EVAL_SEED, description="first held-out seed")
 

@@ -25,7 +25,7 @@ class BCPolicyConfig(BaseModel):
         ("wrist",), description="camera names (observation.images.<name>) the policy sees"
     )
     image_size: int = Field(64, ge=16, le=256, description="images are resized to this square")
-    chunk: int = Field(25, ge=1, le=200, description="actions predicted per query (K)")
+    chunk: int = Field(50, ge=1, le=200, description="actions predicted per query (K)")
     channels: tuple[int, ...] = Field((16, 32, 32), description="CNN widths before keypoints")
     keypoints: int = Field(32, ge=1, description="spatial-softmax keypoints per camera")
     hidden: int = Field(512, ge=8, description="MLP width")

@@ -613,7 +613,7 @@ def register(sub) -> None:
         cmd_train_policy,
         "behaviour-clone a chunk policy from a LeRobot dataset",
         "Trains the project's own action-chunk policy (ACT-style: wrist image and joint state "
-        "in, the next 25 actions out; L1 loss on actions normalised by the dataset's "
+        "in, the next 50 actions out; L1 loss on actions normalised by the dataset's "
         "stats.json) on a LeRobot v3.0 folder, by default its successful episodes "
         "(next.success at an episode's end). The videos are decoded once and kept in memory. "
         "Writes OUT/policy.safetensors (weights, normalisation, config and this command), "
