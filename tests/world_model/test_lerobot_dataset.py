@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -214,6 +215,7 @@ def test_a_crash_mid_episode_loses_only_that_episode(tmp_path, monkeypatch):
         assert ds.num_episodes == 2 and ds.num_frames == 20
         assert len(ds.read_episode(1)["action"]) == 10
 
+    writer.close()  # the crashed process is gone, and its lock with it
     writer = LeRobotWriter.resume(root)  # cuts the orphan rows and video, then appends
     assert pq.read_table(root / "data" / "chunk-000" / "file-000.parquet").num_rows == 20
     writer.add_episode(sample_frames(3, 8), "pick up the red cube")
@@ -312,3 +314,28 @@ def test_a_hung_video_encoder_is_abandoned_and_the_episode_encoded_again(tmp_pat
         lerobot_video.encode_video(frames, tmp_path / "never.mp4", 50)
     release.set()
     assert not (tmp_path / "never.mp4").exists()
+
+
+def test_one_writer_per_folder_a_second_is_refused_until_the_first_is_done(tmp_path):
+    """Two writers appending to one folder interleave their episodes (two `kiwi collect` runs on
+    one OUT once left info.json and the episode table disagreeing); the second is refused with
+    the first's pid, in this process and in another, and may write once the first is closed."""
+    import subprocess
+    import sys
+
+    write(tmp_path / "ds", 1)  # its writer is gone with the function
+    first = LeRobotWriter.resume(tmp_path / "ds")
+    with pytest.raises(DatasetError, match=rf"another writer \(pid {os.getpid()}\)"):
+        LeRobotWriter.resume(tmp_path / "ds")
+    other = subprocess.run(
+        [sys.executable, "-c", "from world_model.datasets import LeRobotWriter as W; "
+         f"W.resume({str(tmp_path / 'ds')!r})"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert other.returncode != 0 and "being written by another writer" in other.stderr
+    first.add_episode(sample_frames(1, 12), "pick up the cube")
+    first.close()
+    with LeRobotWriter.resume(tmp_path / "ds") as again:
+        again.add_episode(sample_frames(2, 13), "pick up the cube")
+    with LeRobotReader(tmp_path / "ds") as ds:
+        assert ds.num_episodes == 3

@@ -166,12 +166,42 @@ def prepare_episode(
     return PreparedEpisode(length, columns, stats, videos)
 
 
+WRITER_LOCK = ".kiwi-writer.lock"
+
+
+def writer_lock(root: Path):
+    """An exclusive lock on ``root`` for one writer (an flock on ``root/.kiwi-writer.lock``, held
+    while the returned file is open: released by ``close()`` or when the process ends, however
+    it ends). A second writer, in this process or another, gets a DatasetError naming the pid
+    that holds it: two writers appending to one folder would interleave their episodes."""
+    import fcntl
+
+    path = Path(root) / WRITER_LOCK
+    handle = open(path, "a+")  # noqa: SIM115 (held open: the lock lives as long as the file)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise DatasetError(
+            f"{root} is being written by another writer (pid {holder}); wait for it to finish, "
+            "or write into another folder"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 class LeRobotWriter:
     """Appends episodes to a v3.0 folder. ``create`` starts one; ``resume`` continues one (after
     cutting off what a crash left beyond its last committed episode)."""
 
     def __init__(self, root: Path, info: dict, video_encoder: str | None = None):
         self.root = Path(root)
+        self._lock = writer_lock(self.root)  # one writer per folder, for this object's life
         self.info = info
         self.features: dict = info["features"]
         self.fps = int(info["fps"])
@@ -257,6 +287,17 @@ class LeRobotWriter:
             writer.episode_stats = [reader.episode_stats(i) for i in range(reader.num_episodes)]
         writer._cut_uncommitted()
         return writer
+
+    def close(self) -> None:
+        """Lets another writer open the folder (the process ending does the same)."""
+        if not self._lock.closed:
+            self._lock.close()
+
+    def __enter__(self) -> LeRobotWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---- one episode ----------------------------------------------------------------------
 
