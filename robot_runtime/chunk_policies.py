@@ -19,7 +19,6 @@ of the grasp as seen in this frame": a late chunk reaches for where the cube was
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import numpy as np
@@ -79,27 +78,13 @@ def scripted(noise: PerceptionNoise | None = None) -> ScriptedChunkPolicy:
 
 
 def load_policy(spec: str, noise: PerceptionNoise | None = None) -> Callable:
-    """``scripted`` or ``module:factory`` -> the policy callable; ValueError naming what is
-    wrong otherwise."""
+    """``scripted`` or anything `kiwi slow --policy` takes (``module:factory``, ``lerobot:PATH``:
+    ``policy_runner.load_policy``) -> the policy callable; ValueError naming what is wrong."""
     if spec == "scripted":
         return scripted(noise)
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"--policy {spec!r}: expected 'scripted' or 'module:factory'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"--policy {spec!r}: cannot import {module_name!r} ({e})") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ValueError(f"--policy {spec!r}: {module_name} has no callable {attr!r}")
-    policy = factory()
-    if not callable(policy):
-        raise ValueError(
-            f"--policy {spec!r}: the factory returned {type(policy).__name__}, "
-            "not a callable policy(observation) -> [T, 6]"
-        )
-    return policy
+    from .policy_runner import load_policy as load_slow_policy
+
+    return load_slow_policy(spec)
 
 
 def check_chunk_rows(rows, joints: int = 6) -> np.ndarray:

@@ -172,7 +172,10 @@ def load_policy(spec: str, kwargs: dict[str, str] | None = None) -> Callable[[di
     kwargs = kwargs or {}
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--policy {spec!r} is not MODULE:FACTORY or lerobot:PATH")
+        raise ValueError(
+            f"--policy {spec!r} is not MODULE:FACTORY or lerobot:PATH (or, where a command "
+            "offers it, scripted)"
+        )
     if module_name == "lerobot":
         from .lerobot_policy import load_lerobot_policy
 

@@ -75,7 +75,7 @@ def test_the_scripted_policy_keeps_the_contract():
 
 def test_bad_policy_specs_are_one_line_errors(capsys, monkeypatch, tmp_path):
     for spec, says in (
-        ("nonsense", "expected 'scripted' or 'module:factory'"),
+        ("nonsense", "is not MODULE:FACTORY or lerobot:PATH"),
         ("no_such_module_xyz:make", "cannot import"),
         ("json:no_such_factory", "no callable"),
     ):
