@@ -27,7 +27,14 @@ from world_model.model import WorldModel
 from .config import LeRobotJob
 from .dataset_lab import job_of
 from .dataset_world_model import cached_episodes, check_spec
-from .grasp_training import GRASP_MODEL, build_decisions, mean_logits, scores, train_head
+from .grasp_training import (
+    GRASP_MODEL,
+    build_decisions,
+    fit_heads,
+    mean_logits,
+    save_grasp_model,
+    scores,
+)
 
 CLOSE_DROP = 5.0  # gripper units (LeRobot's 0..100): a smaller dip is not a close
 SUCCESS = "next.success"
@@ -146,12 +153,7 @@ def train_grasp_on_dataset(
     )
     fit = decisions(wm, fit_eps, column, job, 1, progress)
     cal = decisions(wm, cal_eps, column, job, 2, progress)
-    log("success head on the rollouts' states")
-    head = train_head(fit.rollout_feat, fit.labels, g.epochs, 0, log)
-    log("no-rollout ablation: a head on the belief at the decision")
-    head_now = train_head(fit.now_feat, fit.labels, g.epochs, 0, log)
-    labels = cal.labels.numpy()
-    logits, logits_now = mean_logits(head, cal.rollout_feat), mean_logits(head_now, cal.now_feat)
+    head, head_now, logits, logits_now, labels = fit_heads(fit, cal, g.epochs, log)
     calib, calib_now = fit_platt(logits, labels), fit_platt(logits_now, labels)
     report = {
         "rollout": scores(logits, labels, calib),
@@ -165,27 +167,18 @@ def train_grasp_on_dataset(
         "holdout_success_rate": float(labels.mean()),
         "calibrated_on": "recorded decisions of the last training episodes (in-sample figures)",
     }
-    grasp_meta = {
-        "horizon": g.horizon,
-        "samples": g.samples,
-        "temperature": calib.temperature,
-        "bias": calib.bias,
-        "temperature_now": calib_now.temperature,
-        "bias_now": calib_now.bias,
-        "obs_every": g.obs_every,
-        "threshold": g.threshold,
-        "decision": f"action column {column} falls {CLOSE_DROP} below its most open command",
-        "holdout": report,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    wm.save(
+    save_grasp_model(
         out / GRASP_MODEL,
-        {
-            **{k: v for k, v in meta.items() if k not in ("model_config", "spec")},
-            "grasp": grasp_meta,
-            "made_by": command,
-        },
-        {"success_head": head.state_dict(), "success_head_now": head_now.state_dict()},
+        wm,
+        meta,
+        g,
+        calib,
+        calib_now,
+        report,
+        command,
+        head,
+        head_now,
+        decision=f"action column {column} falls {CLOSE_DROP} below its most open command",
     )
     return report
 

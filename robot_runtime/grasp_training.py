@@ -203,12 +203,7 @@ def train_grasp(
         wm, hold_eps, g.horizon, g.train_samples, g.obs_every, 2, progress=progress
     )
     wm.cpu()  # the heads, the calibration and the file: on the CPU
-    log("success head on the rollouts' states")
-    head = train_head(train.rollout_feat, train.labels, g.epochs, 0, log)
-    log("no-rollout ablation: a head on the belief at the decision")
-    head_now = train_head(train.now_feat, train.labels, g.epochs, 0, log)
-    labels = hold.labels.numpy()
-    logits, logits_now = mean_logits(head, hold.rollout_feat), mean_logits(head_now, hold.now_feat)
+    head, head_now, logits, logits_now, labels = fit_heads(train, hold, g.epochs, log)
     calib, calib_now = fit_platt(logits, labels), fit_platt(logits_now, labels)
     closed_loop = None
     if g.calibration_episodes:  # refit on decisions the runtime itself makes
@@ -227,6 +222,39 @@ def train_grasp(
         "holdout_success_rate": float(labels.mean()),
         "closed_loop_calibration": closed_loop,
     }
+    save_grasp_model(
+        out / GRASP_MODEL, wm, meta, g, calib, calib_now, report, command, head, head_now
+    )
+    return report
+
+
+def fit_heads(train: Decisions, hold: Decisions, epochs: int, log: Callable[[str], None]):
+    """The success head on the rollouts' states and the no-rollout ablation on the belief at
+    the decision, both fitted on ``train``; their mean logits on ``hold`` and its labels:
+    (head, head_now, logits, logits_now, labels)."""
+    log("success head on the rollouts' states")
+    head = train_head(train.rollout_feat, train.labels, epochs, 0, log)
+    log("no-rollout ablation: a head on the belief at the decision")
+    head_now = train_head(train.now_feat, train.labels, epochs, 0, log)
+    logits, logits_now = mean_logits(head, hold.rollout_feat), mean_logits(head_now, hold.now_feat)
+    return head, head_now, logits, logits_now, hold.labels.numpy()
+
+
+def save_grasp_model(
+    path: Path,
+    wm: WorldModel,
+    meta: dict,
+    g,
+    calib: Calibration,
+    calib_now: Calibration,
+    report: dict,
+    command: str,
+    head: SuccessHead,
+    head_now: SuccessHead,
+    **extra,
+) -> None:
+    """The world model with both heads and what the gate needs (``g``: the job's gate section;
+    ``extra``: more fields of the file's ``grasp`` metadata)."""
     grasp_meta = {
         "horizon": g.horizon,
         "samples": g.samples,
@@ -236,9 +264,10 @@ def train_grasp(
         "bias_now": calib_now.bias,
         "obs_every": g.obs_every,
         "threshold": g.threshold,
+        **extra,
         "holdout": report,
     }
-    path = out / GRASP_MODEL
+    path.parent.mkdir(parents=True, exist_ok=True)
     wm.save(
         path,
         {
@@ -248,7 +277,6 @@ def train_grasp(
         },
         {"success_head": head.state_dict(), "success_head_now": head_now.state_dict()},
     )
-    return report
 
 
 def calibrate_closed_loop(
