@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .lerobot_format import (
@@ -57,6 +58,14 @@ def _decode_png(cell: dict) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
+def read_table(path: Path) -> pa.Table:
+    """A whole parquet file through one open handle. ``pq.read_table(path)`` looks the size up
+    and opens the file separately: a writer renaming a new version over it in between (a folder
+    read while `kiwi collect` appends) gives "Page was smaller than expected"."""
+    with open(path, "rb") as f:
+        return pq.read_table(f)
+
+
 class LeRobotReader:
     """An open dataset folder. Use as a context manager (or call ``close``) to release the
     video files it keeps open."""
@@ -94,7 +103,7 @@ class LeRobotReader:
         path = self.root / TASKS_PATH
         if not path.is_file():
             return []
-        table = pq.read_table(path)
+        table = read_table(path)
         names = [n for n in table.column_names if n != "task_index"]
         if "task_index" not in table.column_names or not names:
             raise DatasetError(f"{path}: expected task_index and the task strings")
@@ -111,7 +120,7 @@ class LeRobotReader:
         total = int(self.info["total_episodes"])
         rows = []
         for path in sorted(folder.glob("chunk-*/file-*.parquet")):
-            rows += pq.read_table(path).to_pylist()
+            rows += read_table(path).to_pylist()
         rows = sorted(
             (r for r in rows if r["episode_index"] < total), key=lambda r: r["episode_index"]
         )
