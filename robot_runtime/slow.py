@@ -157,17 +157,17 @@ class SlowProcess:
         )
         self.vla = policy
         self.stats = SlowStats()
-        self._detection: tuple[int, np.ndarray | None] | None = None
+        self._detection: tuple[np.ndarray, np.ndarray | None] | None = None
         self._reported: dict[str, int] = {}
         self._t_reported = -float("inf")
 
     # --- perception -------------------------------------------------------------------------
     def detect(self, image: np.ndarray, state: np.ndarray) -> np.ndarray | None:
         """The cube in ``image``, perceived once per frame (the policy asks for the same)."""
-        if self._detection is not None and self._detection[0] == id(image):
+        if self._detection is not None and self._detection[0] is image:
             return self._detection[1]
         obj = self.perception(image, state)
-        self._detection = (id(image), obj)
+        self._detection = (image, obj)  # the image itself, not its id: ids are reused
         return obj
 
     # --- logging ----------------------------------------------------------------------------
