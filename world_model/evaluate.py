@@ -237,6 +237,24 @@ def plot_reconstruction(
     plt.close(fig)
 
 
+def draw_dream_traces(
+    ax,
+    context: int,
+    samples: np.ndarray,
+    truth: np.ndarray,
+    names: tuple[str, str, str] = ("imagined samples", "imagined mean", "true environment"),
+) -> None:
+    """One dimension of a dream against reality on ``ax``: the posterior's context shaded, the
+    prior's ``samples [S, H]`` from ``context`` on, their mean, and ``truth [T]``."""
+    t_future = np.arange(context, context + samples.shape[1])
+    ax.axvspan(0, context - 1, color="tab:blue", alpha=0.08, label="posterior context")
+    for s in range(samples.shape[0]):
+        ax.plot(t_future, samples[s], color="tab:orange", lw=0.6, alpha=0.35,
+                label=names[0] if s == 0 else None)  # fmt: skip
+    ax.plot(t_future, samples.mean(0), color="tab:red", lw=1.4, label=names[1])
+    ax.plot(np.arange(len(truth)), truth, color="black", lw=1.4, label=names[2])
+
+
 def plot_imagination(
     true: np.ndarray,
     imagined: np.ndarray,
@@ -249,22 +267,9 @@ def plot_imagination(
     """true ``[context + H, D]``; imagined ``[samples, H, D]`` starting after the context."""
     plt = _pyplot()
     dims = true.shape[-1]
-    horizon = imagined.shape[1]
-    t_future = np.arange(context, context + horizon)
     fig, axes = plt.subplots(dims, 1, figsize=(9, 1.9 * dims + 0.6), sharex=True, squeeze=False)
     for d, ax in enumerate(axes[:, 0]):
-        ax.axvspan(0, context - 1, color="tab:blue", alpha=0.08, label="posterior context")
-        for s in range(imagined.shape[0]):
-            ax.plot(
-                t_future,
-                imagined[s, :, d],
-                color="tab:orange",
-                lw=0.6,
-                alpha=0.35,
-                label="imagined samples" if s == 0 else None,
-            )
-        ax.plot(t_future, imagined[:, :, d].mean(0), color="tab:red", lw=1.4, label="imagined mean")
-        ax.plot(np.arange(len(true)), true[:, d], color="black", lw=1.4, label="true environment")
+        draw_dream_traces(ax, context, imagined[:, :, d], true[:, d])
         if diverge_at is not None:
             ax.axvline(
                 context + diverge_at,

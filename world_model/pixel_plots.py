@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import _pyplot, draw_horizon
+from .evaluate import _pyplot, draw_dream_traces, draw_horizon
 
 
 def _strip_rows(
@@ -94,8 +94,6 @@ def plot_pixel_imagination(
     cams = list(real)
     dims = state_true.shape[-1]
     cols = len(steps)
-    horizon = state_dream.shape[1]
-    t_future = np.arange(context, context + horizon)
     diverged = (
         set()
         if diverge_at is None
@@ -112,19 +110,12 @@ def plot_pixel_imagination(
     bottom = outer[1].subgridspec(dims, 1, hspace=0.15)
     for d in range(dims):
         ax = fig.add_subplot(bottom[d])
-        ax.axvspan(0, context - 1, color="tab:blue", alpha=0.08, label="posterior context")
-        for s in range(state_dream.shape[0]):
-            ax.plot(
-                t_future,
-                state_dream[s, :, d],
-                color="tab:orange",
-                lw=0.6,
-                alpha=0.4,
-                label="dreamed samples" if s == 0 else None,
-            )
-        ax.plot(t_future, state_dream[:, :, d].mean(0), color="tab:red", lw=1.3, label="dream mean")
-        ax.plot(
-            np.arange(len(state_true)), state_true[:, d], color="black", lw=1.3, label="reality"
+        draw_dream_traces(
+            ax,
+            context,
+            state_dream[:, :, d],
+            state_true[:, d],
+            ("dreamed samples", "dream mean", "reality"),
         )
         if diverge_at is not None:
             ax.axvline(context + diverge_at, color="tab:red", ls=":", lw=1.2, label="diverges")
