@@ -200,7 +200,6 @@ def test_kiwi_sim_vla_runs_the_learned_policy_and_follows_its_chunks(tmp_path):
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["outcome"] == "completed" and summary["died"] is None
-    assert summary["per_attempt"][0]["phase"] != "waiting", "no chunk ever took over"
     chunks = summary["chunks"]
     assert chunks["received"] > 0 and chunks["taken"] > 0, chunks
     assert "policy robot_runtime.bc_policy:load" in (out / "slow.log").read_text()
