@@ -197,6 +197,14 @@ class WorldModel(nn.Module):
             out["cont"] = torch.sigmoid(self.cont(feat))
         return out
 
+    def decode_vectors(self, state: State) -> dict[str, torch.Tensor]:
+        """The vector observations alone, in their own units (the image decoder's cost is
+        skipped: dreams labelled from the decoded joints need no pixels)."""
+        return {
+            key: self._unfeature(key, self._from_decoder(key, value))
+            for key, value in self.decoder.vectors(state.feat()).items()
+        }
+
     # --- training ------------------------------------------------------------------------
     def loss(
         self,

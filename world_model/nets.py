@@ -130,13 +130,16 @@ class Decoder(nn.Module):
             self.deconv = nn.Sequential(*layers_)
             self.cnn_depth = d
 
+    def vectors(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The symlog-space vectors alone (no image decoding)."""
+        if not self.vector_dims:
+            return {}
+        flat = self.vector_out(self.mlp(feat))
+        return dict(zip(self.vector_dims, flat.split(list(self.vector_dims.values()), -1)))
+
     def forward(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns symlog-space vectors and ``[..., 64, 64, 3]`` images in [-0.5, 0.5]."""
-        out: dict[str, torch.Tensor] = {}
-        if self.vector_dims:
-            flat = self.vector_out(self.mlp(feat))
-            for key, part in zip(self.vector_dims, flat.split(list(self.vector_dims.values()), -1)):
-                out[key] = part
+        out = self.vectors(feat)
         if self.image_keys:
             lead = feat.shape[:-1]
             x = self.image_in(feat).reshape(-1, 8 * self.cnn_depth, 4, 4)
