@@ -11,11 +11,15 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 
 def resolve(spec: str) -> Path:
     if spec.startswith("shipped:"):
-        path = ASSETS / spec.split(":", 1)[1]
-        if not path.is_file():
+        name = spec.split(":", 1)[1]
+        path = ASSETS / name
+        if not path.is_file() and not name.endswith(".safetensors"):
+            path = ASSETS / f"{name}.safetensors"  # shipped:grasp_pixels
+        if not path.is_file() or path.parent != ASSETS:
+            there = ", ".join(sorted(p.stem for p in ASSETS.glob("*.safetensors")))
             raise CheckpointError(
-                f"the shipped model {path.name} is missing from {ASSETS}; "
-                "reinstall, or train one (see configs/sim_grasp.yaml's header)"
+                f"the shipped model {name!r} is not in {ASSETS} (shipped: {there}); "
+                "reinstall, or train one (see the .md beside each shipped model)"
             )
         return path
     path = Path(spec)

@@ -122,16 +122,9 @@ def train_grasp_on_dataset(
     """Success heads on the world model in ``init`` (from `kiwi train world-model` on a LeRobot
     dataset), from the training episodes of ``data``; writes ``out/GRASP_MODEL``. The settings
     are the world model's job with ``overrides`` (``gate.epochs=20``) laid over it."""
-    from .config import deep_merge, parse_override
-
     wm, meta, _ = WorldModel.load(init)
     wm.eval()
-    job = job_of(meta, init)
-    if overrides:
-        raw = job.model_dump(mode="json")
-        for text in overrides:
-            raw = deep_merge(raw, parse_override(text))
-        job = LeRobotJob.model_validate(raw)
+    job = job_of(meta, init, overrides)
     g = job.gate
     every = job.data.holdout_every
     with LeRobotReader(data) as reader:
@@ -170,7 +163,7 @@ def train_grasp_on_dataset(
     save_grasp_model(
         out / GRASP_MODEL,
         wm,
-        meta,
+        {**meta, "job_config": job.model_dump(mode="json")},  # with the --set overrides
         g,
         calib,
         calib_now,
@@ -205,8 +198,12 @@ def evaluate_grasp_on_dataset(
         raise CheckpointError(
             f"{checkpoint} has no success head: train one with `kiwi train grasp`"
         )
-    job = job_of(meta, checkpoint)
     g = meta["grasp"]
+    job = job_of(meta, checkpoint)
+    # the heads' own settings: a model whose heads were fitted with `--set gate.horizon=5` on a
+    # world model whose job said 20 is scored on 5-frame rollouts (its job may predate them)
+    gate = job.gate.model_copy(update={"horizon": g["horizon"], "obs_every": g["obs_every"]})
+    job = job.model_copy(update={"gate": gate})
     head, head_now = SuccessHead(wm.rssm.feat_dim), SuccessHead(wm.rssm.feat_dim)
     head.load_state_dict(groups["success_head"])
     head_now.load_state_dict(groups["success_head_now"])

@@ -8,7 +8,7 @@ The figures are computed by world_model/evaluate.py, the same code as the Pendul
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +28,19 @@ from .jsonout import write_json
 OUTPUTS = ("recon.png", "imagination.png", "horizon.png", "report.json")
 
 
-def job_of(meta: dict, checkpoint: Path) -> LeRobotJob:
+def job_of(meta: dict, checkpoint: Path, overrides: Sequence[str] = ()) -> LeRobotJob:
+    """The job a checkpoint was trained with, with ``overrides`` (``gate.horizon=5``) laid
+    over it."""
+    from .config import deep_merge, parse_override
+
     raw = meta.get("job_config") or {}
     if raw.get("task") != "lerobot":
         raise DatasetError(
             f"{checkpoint} was not trained on a LeRobot dataset (its job is "
             f"{raw.get('task', 'unknown')!r}); `kiwi lab pendulum` evaluates the Pendulum model"
         )
+    for text in overrides:
+        raw = deep_merge(raw, parse_override(text))
     return LeRobotJob.model_validate(raw)
 
 

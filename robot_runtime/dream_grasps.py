@@ -20,7 +20,7 @@ its own real episodes only; and scores AUROC, Brier and ECE on a test dataset no
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,12 +254,15 @@ def learning_curve(
     test_samples: int,
     lead: int = 10,
     timing: int = 8,
+    overrides: Sequence[str] = (),
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Heads on ``sizes`` real labelled grasps of ``data`` (up to ``repeats`` disjoint subsets
-    each) and on the smallest size plus ``plans`` dreamed attempts per start, all scored on
-    every decidable episode of ``test``. Returns the report (also ``out/curve.json``)."""
+        each) and on the smallest size plus ``plans`` dreamed attempts per start, all scored on
+        every decidable episode of ``test``. The settings (horizon, rollouts, epochs, calibration
+    share) are the world model's job's ``gate`` with ``overrides`` laid over it. Returns the
+    report."""
     from world_model.datasets.lerobot_format import DatasetError
     from world_model.datasets.lerobot_reader import LeRobotReader
 
@@ -269,7 +272,7 @@ def learning_curve(
 
     wm, meta, _ = WorldModel.load(init)
     wm.eval()
-    job = job_of(meta, init)
+    job = job_of(meta, init, overrides)
     g = job.gate
     if Path(test).resolve() == Path(data).resolve():
         raise DatasetError("--test must be another dataset than --data (a fresh collection)")
@@ -366,6 +369,8 @@ def learning_curve(
         "test": {"dataset": str(test), "grasps": len(test_eps), "samples": test_samples},
         "train": {"dataset": str(data), "grasps": len(train_eps)},
         "world_model": str(init),
+        "horizon": g.horizon,
+        "train_samples": g.train_samples,
         "plans_per_start": plans,
         "aim_degrees": list(AIM_DEGREES),
         "timing_frames": timing,
@@ -445,7 +450,8 @@ def plot_curve(report: dict, path: Path) -> None:
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[1].axhline(0.05, color="grey", ls="--", lw=1)
+    axes[1].axhline(0.05, color="grey", ls="--", lw=1, label="ECE 0.05")
+    axes[1].legend(fontsize=8)
     fig.suptitle(report["verdict"], fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -250,6 +250,7 @@ def cmd_eval_grasp_curve(args) -> int:
         args.test_samples,
         args.lead,
         args.timing,
+        args.overrides,
         not args.no_progress,
     )
     rows = [("real", "dreamed", "subsets", "AUROC", "Brier", "ECE")]
@@ -541,6 +542,14 @@ def register(sub) -> None:
         help="the dreamed close moves by up to +-this many frames",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting of the world model's job, e.g. --set gate.horizon=5",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier curve in OUT")
     p.add_argument("--no-progress", action="store_true")
 

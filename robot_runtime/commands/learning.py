@@ -315,14 +315,18 @@ def ship(name: str, source: Path | None, what: str, command: str, figures: dict)
     and what it measured (the file itself carries the same in its metadata)."""
     import shutil
 
+    from world_model.atomic import atomic_path, atomic_write_text
+
     from ..assets import ASSETS
 
     target = ASSETS / name
     if source is not None:
-        shutil.copyfile(source, target)
-    (ASSETS / f"{Path(name).stem}.md").write_text(
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+    atomic_write_text(
+        ASSETS / f"{Path(name).stem}.md",
         f"# {name}\n\n{what}\n\nMade by:\n\n```\n{command}\n```\n\n"
-        f"Figures at training: {jsonout.dumps(figures, indent=1)}\n"
+        f"Figures at training: {jsonout.dumps(figures, indent=1)}\n",
     )
     print(f"shipped as {target}")
     return target
@@ -464,6 +468,9 @@ def cmd_train_policy(args) -> int:
     return 0
 
 
+PIXEL_GRASP_MODEL = "grasp_pixels.safetensors"  # `kiwi train grasp --data DIR --ship`
+
+
 def train_grasp_on_lerobot(args) -> int:
     """`kiwi train grasp --data DIR` on a LeRobot dataset with next.success (robot_runtime/
     dataset_grasp.py); the settings are the world model's job (its `gate` section), with --set."""
@@ -491,6 +498,17 @@ def train_grasp_on_lerobot(args) -> int:
         f"calibrated on, success rate {report['holdout_success_rate']:.0%}; score held-out "
         f"episodes with `kiwi eval grasp --data {data} --checkpoint {out / GRASP_MODEL}`)"
     )
+    if args.ship:
+        ship(
+            PIXEL_GRASP_MODEL,
+            out / GRASP_MODEL,
+            "The grasp forecast from pixels (`--checkpoint shipped:grasp_pixels`): a world model "
+            "trained by `kiwi train world-model --config configs/so101_pixels.yaml` on a LeRobot "
+            "dataset (the command is in the file's metadata, `made_by` of its world model), with "
+            "success heads fitted on it by the command below.",
+            invoked_as(args),
+            report,
+        )
     return 0
 
 
@@ -596,7 +614,12 @@ def register(sub) -> None:
         "next.success (then --init is a world model trained on LeRobot data and the settings "
         "are its job's `gate` section)",
     )
-    p.add_argument("--ship", action="store_true", help="also replace the shipped model")
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help="also replace the shipped model (grasp_world_model; with a LeRobot --data: "
+        "grasp_pixels)",
+    )
     p.add_argument("--out", default="runs/grasp", help="output folder")
     add_resume_overwrite(p, resume=False)
     p.add_argument(

@@ -100,7 +100,7 @@ def test_the_curve_fits_real_and_dreamed_heads_and_scores_them_on_the_test_set(
     args = [
         "eval", "grasp-curve", "--init", wm, "--data", data, "--test", test, "--out", out,
         "--sizes", "12,24", "--repeats", "2", "--plans", "3", "--lead", "3", "--timing", "2",
-        "--test-samples", "4", "--no-progress",
+        "--test-samples", "4", "--set", "gate.horizon=3", "--no-progress",
     ]  # fmt: skip
     assert kiwi(*args) == 0
     printed = capsys.readouterr().out
@@ -114,6 +114,7 @@ def test_the_curve_fits_real_and_dreamed_heads_and_scores_them_on_the_test_set(
     assert len(report["labeller"]) == 2
     assert all(0 <= c["labeller_accuracy"] <= 1 for c in report["labeller"])
     assert report["test"]["grasps"] > 0 and report["test"]["dataset"] == str(test)
+    assert report["horizon"] == 3  # --set reached the gate's settings
     assert (out / "curve.png").stat().st_size > 10_000
     assert kiwi(*args) == 2  # a second run never writes over the first
     assert "already holds" in capsys.readouterr().err

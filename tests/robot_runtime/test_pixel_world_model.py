@@ -206,3 +206,38 @@ def test_grasp_on_a_dataset_without_success_labels_is_one_line(dataset, tmp_path
         reader.features = {k: v for k, v in reader.features.items() if k != "next.success"}
         with pytest.raises(DatasetError, match="no next.success labels"):
             labelled_episodes(reader, resolve_job(job, reader), [0], tmp_path, False, print)
+
+
+def test_heads_fitted_with_another_horizon_are_scored_on_their_own(dataset, tmp_path, monkeypatch):
+    """`kiwi train grasp --data --set gate.horizon=2` on a world model whose job says 4: the file
+    carries 2 and `kiwi eval grasp --data` rolls 2 frames (it once rolled the job's 4)."""
+    from safetensors import safe_open
+
+    import robot_runtime.dataset_grasp as dataset_grasp
+
+    assert kiwi(
+        "train", "world-model", "--config", "so101_pixels", "--quick", "--data", dataset,
+        "--out", tmp_path / "wm", "--no-progress",
+    ) == 0  # fmt: skip
+    grasp = tmp_path / "grasp" / "grasp_model.safetensors"
+    assert kiwi(
+        "train", "grasp", "--data", dataset, "--init", tmp_path / "wm" / "checkpoint.safetensors",
+        "--out", grasp.parent, "--set", "gate.horizon=2", "--no-progress",
+    ) == 0  # fmt: skip
+    with safe_open(grasp, "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["grasp"])["horizon"] == 2
+    assert json.loads(meta["job_config"])["gate"]["horizon"] == 2
+    horizons = []
+    real = dataset_grasp.build_decisions
+
+    def spy(wm, episodes, horizon, *args, **kw):
+        horizons.append(horizon)
+        return real(wm, episodes, horizon, *args, **kw)
+
+    monkeypatch.setattr(dataset_grasp, "build_decisions", spy)
+    assert kiwi(
+        "eval", "grasp", "--data", dataset, "--checkpoint", grasp, "--plot",
+        tmp_path / "r.png", "--no-progress",
+    ) == 0  # fmt: skip
+    assert horizons == [2]

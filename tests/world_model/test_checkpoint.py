@@ -130,7 +130,7 @@ def test_a_diverged_model_is_not_written_over_a_good_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
-@pytest.mark.parametrize("name", ["grasp_world_model", "pendulum_agent"])
+@pytest.mark.parametrize("name", ["grasp_world_model", "grasp_pixels", "pendulum_agent"])
 def test_shipped_models_carry_a_hash_and_verify(name):
     path = ASSETS / f"{name}.safetensors"
     header, _ = read_raw(path)
