@@ -504,8 +504,8 @@ def train_grasp_on_lerobot(args) -> int:
             out / GRASP_MODEL,
             "The grasp forecast from pixels (`--checkpoint shipped:grasp_pixels`): a world model "
             "trained by `kiwi train world-model --config configs/so101_pixels.yaml` on a LeRobot "
-            "dataset (the command is in the file's metadata, `made_by` of its world model), with "
-            "success heads fitted on it by the command below.",
+            "dataset (the recipe is in that config's header), with success heads fitted on it "
+            "by the command below.",
             invoked_as(args),
             report,
         )

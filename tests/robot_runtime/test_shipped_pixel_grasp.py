@@ -24,7 +24,7 @@ def test_the_shipped_pixel_model_reads_cameras_and_joints_and_says_how_it_was_ma
     assert list(wm.config.mlp_keys) == ["observation.state"]
     assert predictor.horizon >= 1 and predictor.samples >= 1
     with safe_open(resolve("shipped:grasp_pixels"), "pt") as f:
-        made_by = f.metadata()["made_by"]
+        made_by = json.loads(f.metadata()["made_by"])
     assert made_by.startswith("kiwi train grasp --data ")
 
 
