@@ -39,9 +39,15 @@ def job_of(meta: dict, checkpoint: Path, overrides: Sequence[str] = ()) -> LeRob
             f"{checkpoint} was not trained on a LeRobot dataset (its job is "
             f"{raw.get('task', 'unknown')!r}); `kiwi lab pendulum` evaluates the Pendulum model"
         )
+    job = LeRobotJob.model_validate(raw)
+    if not overrides:
+        return job
+    # laid over the validated job, not over the stored mapping: a section the checkpoint's job
+    # predates (``gate``) keeps the job's defaults for it, not the section class's own
+    full = job.model_dump(mode="json")
     for text in overrides:
-        raw = deep_merge(raw, parse_override(text))
-    return LeRobotJob.model_validate(raw)
+        full = deep_merge(full, parse_override(text))
+    return LeRobotJob.model_validate(full)
 
 
 def evaluate_dataset(

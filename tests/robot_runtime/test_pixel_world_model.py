@@ -241,3 +241,21 @@ def test_heads_fitted_with_another_horizon_are_scored_on_their_own(dataset, tmp_
         tmp_path / "r.png", "--no-progress",
     ) == 0  # fmt: skip
     assert horizons == [2]
+
+
+def test_an_override_on_a_job_without_a_gate_section_keeps_the_jobs_gate_defaults():
+    """A world model trained before `gate` was in its job: `--set gate.horizon=5` must not turn
+    the rest of the section into the simulator gate's defaults (obs_every 10, closed-loop
+    calibration): that once halved the pixel grasp curve's AUROC."""
+    from pathlib import Path
+
+    from robot_runtime.dataset_lab import job_of
+
+    full, _ = load_config("so101_pixels", LeRobotJob)
+    raw = full.model_dump(mode="json")
+    del raw["gate"]
+    plain = job_of({"job_config": raw}, Path("old.safetensors"))
+    job = job_of({"job_config": raw}, Path("old.safetensors"), ["gate.horizon=5"])
+    assert job.gate.horizon == 5
+    assert job.gate.model_dump(exclude={"horizon"}) == plain.gate.model_dump(exclude={"horizon"})
+    assert job.gate.obs_every == LeRobotJob.model_fields["gate"].default.obs_every == 1
