@@ -383,11 +383,15 @@ Job = TypeVar("Job", bound=BaseModel)
 
 
 def resolve_path(path: str | Path) -> Path:
-    """``pendulum`` or ``pendulum.yaml`` finds configs/pendulum.yaml; a real path wins."""
+    """``pendulum``, ``pendulum.yaml`` or ``configs/pendulum.yaml`` (as the README writes it,
+    from any working directory) finds the project's configs/pendulum.yaml; a real path wins."""
     p = Path(path)
     if p.is_file():
         return p
-    for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+    shipped = (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml")
+    if not p.is_absolute() and p.parts[:1] == (CONFIG_DIR.name,):
+        shipped += (CONFIG_DIR.parent / p,)
+    for candidate in shipped:
         if candidate.is_file():
             return candidate
     raise ConfigError(f"config file not found: {path}")

@@ -47,3 +47,18 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(write(tmp_path, "model: [unclosed\n"), PendulumJob)
     with pytest.raises(ConfigError, match="no preset 'fast'"):
         load_config("pendulum", PendulumJob, preset="fast")
+
+
+def test_the_readmes_config_paths_resolve_from_any_working_directory(tmp_path, monkeypatch):
+    from robot_runtime.config import CONFIG_DIR, ConfigError, resolve_path
+
+    monkeypatch.chdir(tmp_path)
+    expected = CONFIG_DIR / "so101_pixels.yaml"
+    assert resolve_path("configs/so101_pixels.yaml") == expected
+    assert resolve_path("so101_pixels") == resolve_path("so101_pixels.yaml") == expected
+    (tmp_path / "configs").mkdir()
+    mine = tmp_path / "configs" / "so101_pixels.yaml"
+    mine.write_text("task: lerobot\n")
+    assert resolve_path("configs/so101_pixels.yaml").resolve() == mine  # a real path wins
+    with pytest.raises(ConfigError, match="config file not found: configs/nope.yaml"):
+        resolve_path("configs/nope.yaml")
