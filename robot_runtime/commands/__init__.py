@@ -14,17 +14,17 @@ class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsH
         return super()._get_help_string(action)
 
 
+def add_set_arg(p: argparse.ArgumentParser, help: str) -> None:
+    """--set KEY=VALUE (repeatable), collected in ``args.overrides``."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def add_config_args(p: argparse.ArgumentParser, default: str, presets: bool = True) -> None:
     """--config, --set (and, with ``presets``, --quick and --no-progress)."""
     p.add_argument("--config", default=default, help="job config (YAML) under configs/ or a path")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key, e.g. --set train.steps=200 (repeatable)",
-    )
+    add_set_arg(p, "override one config key, e.g. --set train.steps=200 (repeatable)")
     if not presets:
         return
     p.add_argument(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import Formatter, command
+from . import Formatter, add_set_arg, command
 
 
 def cmd_bench_world_model(args) -> int:
@@ -236,14 +236,7 @@ def register(sub) -> None:
     p.add_argument("--stall-ms", type=float, default=50.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample-s", type=float, default=30.0, help="seconds between samples")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a config override for `kiwi run`, e.g. runtime.faults.bus_timeout_ms=8",
-    )
+    add_set_arg(p, "a config override for `kiwi run`, e.g. runtime.faults.bus_timeout_ms=8")
     p.add_argument(
         "--json", nargs="?", const="bench-faults.json", metavar="FILE", help="write JSON"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Formatter, add_config_args, command
+from . import Formatter, add_config_args, add_set_arg, command
 
 
 def cmd_eval_latency(args) -> int:
@@ -542,14 +542,7 @@ def register(sub) -> None:
         help="the dreamed close moves by up to +-this many frames",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting of the world model's job, e.g. --set gate.horizon=5",
-    )
+    add_set_arg(p, "override a setting of the world model's job, e.g. --set gate.horizon=5")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier curve in OUT")
     p.add_argument("--no-progress", action="store_true")
 
