@@ -106,8 +106,8 @@ def dream_attempts(
 ) -> Dreams:
     """``plans`` varied commit plans per episode (``recorded``: one, the recorded plan unvaried),
     each dreamed ``samples`` times from the belief ``lead`` frames before the episode's close
-    to its last frame. Episodes without a close, or too short to dream ``timing + horizon``
-    frames past it, are skipped."""
+    to its last frame (the close moves by at most ``lead - 1`` frames earlier). Episodes without
+    a close, or too short to dream ``timing + horizon`` frames past it, are skipped."""
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     chosen, starts, lengths = [], [], []
@@ -139,7 +139,8 @@ def dream_attempts(
                 if recorded
                 else rng.uniform(-1, 1, ARM_JOINTS) * np.array(AIM_DEGREES)
             )
-            shift = 0 if recorded else int(rng.integers(-timing, timing + 1))
+            # never earlier than the dream's first frame: the dreamed close stays in the dream
+            shift = 0 if recorded else int(rng.integers(-min(timing, lead - 1), timing + 1))
             batch.append(vary_plan(recorded_actions, column, offset, shift, lead))
             these_offsets.append(offset)
             these_shifts.append(shift)

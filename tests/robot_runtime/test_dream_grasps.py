@@ -128,3 +128,31 @@ def test_the_curve_refuses_its_training_data_as_the_test_set(two_datasets, tmp_p
     ) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "--test must be another dataset" in err and "Traceback" not in err
+
+
+def test_a_dreamed_close_never_moves_before_the_dream_and_its_feature_is_after_it(
+    two_datasets, tmp_path
+):
+    """With a lead of 2 frames and a timing of 8, the close may move 1 frame earlier at most, so
+    the state read `horizon` frames after it is inside the dream (a negative index would have
+    read the dream's end)."""
+    from robot_runtime.dataset_grasp import close_frame
+    from robot_runtime.dataset_lab import job_of
+    from robot_runtime.dataset_world_model import cached_episodes
+    from robot_runtime.dream_grasps import dream_attempts
+    from world_model.datasets import LeRobotReader
+    from world_model.model import WorldModel
+
+    data, _, wm_path = two_datasets
+    wm, meta, _ = WorldModel.load(wm_path)
+    with LeRobotReader(data) as reader:
+        cache = cached_episodes(
+            reader, job_of(meta, wm_path), list(range(6)), tmp_path, False, print
+        )
+    dreams = dream_attempts(
+        wm.eval(), cache.episodes, lambda a: close_frame(a, 5), 5, plans=6, samples=2,
+        horizon=1, seed=0, lead=2, timing=8,
+    )  # fmt: skip
+    assert dreams.shifts.min() >= -1 and dreams.shifts.max() <= 8
+    assert dreams.feat.shape[:2] == (len(dreams.shifts), 2)
+    assert torch.isfinite(dreams.feat).all() and torch.isfinite(dreams.grip_end).all()
