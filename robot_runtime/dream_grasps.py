@@ -284,6 +284,10 @@ def learning_curve(
             check_spec(wm.spec, reader)
             column = gripper_column(reader)
             ids = list(range(reader.num_episodes))[:count]
+            if name == "train" and len(ids) < min(sizes):  # before decoding anything
+                raise DatasetError(
+                    f"{root}: {len(ids)} episodes, fewer than the smallest size {min(sizes)}"
+                )
             eps, _ = labelled_episodes(reader, job, ids, out / "cache" / name, progress, log)
         sets[name] = [eps[i] for i in decidable(eps, column, g.horizon)]
     state_column(wm, column)

@@ -44,6 +44,7 @@ def cmd_eval_grasp_curve(args) -> int:
 
     from world_model.errors import OutputError
 
+    from ..assets import resolve
     from ..dream_grasps import learning_curve, plot_curve
     from ..jsonout import write_json
     from ..textui import format_table
@@ -61,7 +62,7 @@ def cmd_eval_grasp_curve(args) -> int:
         f"{args.data}, and {sizes[0]} plus dreams; scored on {args.test}"
     )
     report = learning_curve(
-        Path(args.init),
+        resolve(args.init),
         Path(args.data),
         Path(args.test),
         out,

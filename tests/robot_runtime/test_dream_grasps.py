@@ -156,3 +156,16 @@ def test_a_dreamed_close_never_moves_before_the_dream_and_its_feature_is_after_i
     assert dreams.shifts.min() >= -1 and dreams.shifts.max() <= 8
     assert dreams.feat.shape[:2] == (len(dreams.shifts), 2)
     assert torch.isfinite(dreams.feat).all() and torch.isfinite(dreams.grip_end).all()
+
+
+def test_the_curve_refuses_too_few_episodes_before_decoding_and_names_a_missing_model(
+    two_datasets, tmp_path, capsys
+):
+    data, test, wm = two_datasets
+    out = tmp_path / "c"
+    common = ["--data", data, "--test", test, "--out", out, "--no-progress"]
+    assert kiwi("eval", "grasp-curve", "--init", wm, "--sizes", "500", *common) == 2
+    assert "56 episodes, fewer than the smallest size 500" in capsys.readouterr().err
+    assert not (out / "cache").exists()  # nothing decoded for a run that cannot happen
+    assert kiwi("eval", "grasp-curve", "--init", "shipped:nope", *common) == 2
+    assert "'nope' is not in" in capsys.readouterr().err
