@@ -154,6 +154,7 @@ def cmd_eval_world_model(args) -> int:
 
     from world_model.errors import OutputError
 
+    from ..assets import resolve
     from ..dataset_lab import OUTPUTS, evaluate_dataset
 
     torch.set_num_threads(args.threads)
@@ -165,7 +166,7 @@ def cmd_eval_world_model(args) -> int:
         )
     print(f"kiwi eval world-model: {args.checkpoint} on the held-out episodes of {args.data}")
     report = evaluate_dataset(
-        Path(args.checkpoint), Path(args.data), out, args.episodes, not args.no_progress
+        resolve(args.checkpoint), Path(args.data), out, args.episodes, not args.no_progress
     )
     from ..textui import format_table
 

@@ -367,6 +367,7 @@ def invoked_as(args) -> str:
 
 
 def cmd_train_grasp(args) -> int:
+    from ..assets import resolve
     from ..config import GraspJob, dump_config, load_config
     from ..dataset_world_model import is_lerobot_dataset
     from ..grasp_training import GRASP_MODEL, train_grasp
@@ -377,6 +378,7 @@ def cmd_train_grasp(args) -> int:
     job, _ = load_config(args.config, GraspJob, args.overrides, "quick" if args.quick else None)
     set_threads(job.train.threads)
     device, _ = training_device(args)
+    init = resolve(args.init)  # before anything is written
     out = Path(args.out)
     check_out(out, GRASP_MODEL, args, resumable=False)
     remove_temp_files(out)
@@ -385,9 +387,7 @@ def cmd_train_grasp(args) -> int:
     command = invoked_as(args)
     data = Path(args.data or job.data.episodes)
     print(f"kiwi train grasp: success head on {args.init} with episodes from {data} -> {out}")
-    report = train_grasp(
-        job, Path(args.init), data, out, command, not args.no_progress, device=device
-    )
+    report = train_grasp(job, init, data, out, command, not args.no_progress, device=device)
     rows = [("decisions", "head", "AUROC", "Brier", "ECE")]
     sets = [("recorded, held out", report)]
     if report.get("closed_loop_calibration"):
@@ -474,17 +474,19 @@ PIXEL_GRASP_MODEL = "grasp_pixels.safetensors"  # `kiwi train grasp --data DIR -
 def train_grasp_on_lerobot(args) -> int:
     """`kiwi train grasp --data DIR` on a LeRobot dataset with next.success (robot_runtime/
     dataset_grasp.py); the settings are the world model's job (its `gate` section), with --set."""
+    from ..assets import resolve
     from ..dataset_grasp import train_grasp_on_dataset
     from ..grasp_training import GRASP_MODEL
 
     set_threads(1)
+    init = resolve(args.init)  # before anything is written
     out = Path(args.out)
     check_out(out, GRASP_MODEL, args, resumable=False)
     remove_temp_files(out, out / "cache")
     data = Path(args.data)
     print(f"kiwi train grasp: success heads on {args.init} from the episodes of {data} -> {out}")
     report = train_grasp_on_dataset(
-        Path(args.init), data, out, invoked_as(args), args.overrides, not args.no_progress
+        init, data, out, invoked_as(args), args.overrides, not args.no_progress
     )
     rows = [("decisions", "head", "AUROC", "Brier", "ECE")]
     for name in ("rollout", "no_rollout"):
