@@ -188,7 +188,7 @@ def evaluate_grasp_on_dataset(
     model learned from this dataset, every episode when it never saw it. Returns the summary
     (``auroc``, ``brier``, ``ece``, ``episodes``, ...) and per-decision records for the plot."""
     from world_model.checkpoint import CheckpointError
-    from world_model.grasp import auroc, brier
+    from world_model.grasp import auroc, brier, ece_if_calibrated
 
     from .grasp_eval import DecisionRecord
 
@@ -241,6 +241,7 @@ def evaluate_grasp_on_dataset(
         "auroc": auroc(p, labels),
         "brier": brier(p, labels),
         "ece": ece,
+        "ece_if_calibrated": ece_if_calibrated(p),
         "episodes": int(len(labels)),
         "reliability": table,
         "auroc_no_rollout": auroc(p_now, labels),

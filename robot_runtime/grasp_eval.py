@@ -18,7 +18,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from world_model.grasp import Calibration, auroc, brier, load_grasp_predictor, reliability
+from world_model.grasp import (
+    Calibration,
+    auroc,
+    brier,
+    ece_if_calibrated,
+    load_grasp_predictor,
+    reliability,
+)
 
 from .gate import commit_plan
 from .lockstep import Condition, GraspLockstep
@@ -152,6 +159,7 @@ def summarize(
         "auroc": auroc(p, y),
         "brier": brier(p, y),
         "ece": ece,
+        "ece_if_calibrated": ece_if_calibrated(p) if len(p) else None,
         "reliability": table,
         "auroc_no_rollout": auroc(p_now, y),
         "brier_no_rollout": brier(p_now, y),
@@ -226,6 +234,13 @@ def plot_reliability(summary: dict, records: list[DecisionRecord], path: Path) -
     plt.close(fig)
 
 
+def noise_floor(pair) -> str:
+    """``ece_if_calibrated`` as ``0.051 / 0.075`` ("-" when absent)."""
+    if not pair or any(v is None or v != v for v in pair):
+        return "-"
+    return f"{pair[0]:.3f} / {pair[1]:.3f}"
+
+
 def print_summary(s: dict) -> None:
     fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
     print(
@@ -236,6 +251,11 @@ def print_summary(s: dict) -> None:
                 ("AUROC, no rollout (ablation)", fmt(s["auroc_no_rollout"]), ""),
                 ("Brier", fmt(s["brier"]), ""),
                 ("ECE", fmt(s["ece"]), "<= 0.05"),
+                (
+                    "ECE a calibrated forecast gets by chance",
+                    noise_floor(s.get("ece_if_calibrated")),
+                    "(median / 95th pct)",
+                ),
                 ("success rate, ungated", fmt(s["success_rate_ungated"], ".1%"), ""),
                 (
                     "success rate of committed grasps, gated",

@@ -319,7 +319,7 @@ def calibrate_closed_loop(
         calib_now,
         {
             "decisions": len(records),
-            "success_rate": float(y.mean()),
+            "success_rate": float(y.mean()) if len(y) else None,
             "rollout": scores(z, y, calib),
             "no_rollout": scores(z_now, y, calib_now),
             # in-sample, for comparison: the temperature alone

@@ -129,7 +129,7 @@ def eval_grasp_on_lerobot(args) -> int:
 
     from ..assets import resolve
     from ..dataset_grasp import evaluate_grasp_on_dataset
-    from ..grasp_eval import write
+    from ..grasp_eval import noise_floor, write
 
     torch.set_num_threads(1)
     if not args.checkpoint:
@@ -144,6 +144,11 @@ def eval_grasp_on_lerobot(args) -> int:
         f"AUROC {summary['auroc']:.3f} (no rollout {summary['auroc_no_rollout']:.3f}), Brier "
         f"{summary['brier']:.3f}, ECE {summary['ece']:.3f} on {summary['episodes']} episodes "
         f"({summary['which_episodes']}; success rate {summary['success_rate']:.0%})"
+    )
+    print(
+        f"(a perfectly calibrated forecast would score ECE "
+        f"{noise_floor(summary['ece_if_calibrated'])} (median / 95th percentile) by chance on "
+        "this many decisions)"
     )
     write(summary, records, args.json, Path(args.plot))
     return 0

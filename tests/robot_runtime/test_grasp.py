@@ -329,3 +329,21 @@ def test_a_flood_of_grasp_queries_runs_at_most_one_forecast_per_interval(gated_r
     assert forecasts <= k * rt.period / 0.2 + 1
     assert forecasts >= 1 and kinds.count("error") == 60 - forecasts
     assert rt.rejections.get("busy") == 60 - forecasts
+
+
+def test_the_ece_of_a_calibrated_forecast_by_chance_shrinks_with_more_decisions():
+    """`ece_if_calibrated`: what a perfectly calibrated forecast scores by chance, so a user can
+    tell a miscalibrated model from a small test set."""
+    from world_model.grasp import ece_if_calibrated, reliability
+
+    rng = np.random.default_rng(1)
+    small, large = rng.random(300), rng.random(3000)
+    median_small, p95_small = ece_if_calibrated(small, draws=300)
+    median_large, _ = ece_if_calibrated(large, draws=100)
+    assert 0.02 < median_small < p95_small < 0.12
+    assert median_large < median_small / 2  # ~1/sqrt(n)
+    # a forecast that says 0.9 where 0.6 happens is far outside the chance band
+    p = np.full(300, 0.9)
+    y = (rng.random(300) < 0.6).astype(float)
+    assert reliability(p, y)[0] > ece_if_calibrated(p, draws=300)[1] + 0.2
+    assert np.isnan(ece_if_calibrated(np.array([]))[0])
