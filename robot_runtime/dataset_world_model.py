@@ -171,10 +171,13 @@ def train_on_dataset(
     resume: bool,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    options: dict | None = None,
 ) -> dict:
     """Trains (or resumes) the job's world model on the training episodes of ``data`` into
     ``out`` (checkpoint, metrics.jsonl, config.yaml; decoded frames under ``out/cache``).
-    Returns what it did: steps, episodes, frames, the held-out rule, wall time."""
+    ``options``: the trainer's device, autocast dtype and compile flag (default: the CPU,
+    float32, eager). Returns what it did: steps, episodes, frames, the held-out rule, wall
+    time."""
     import time
 
     from world_model.model import WorldModel
@@ -207,7 +210,7 @@ def train_on_dataset(
     replay = Replay()
     for episode in cache.episodes:
         replay.add(episode, save=False)
-    trainer = WorldModelTrainer(wm, job.train)
+    trainer = WorldModelTrainer(wm, job.train, **(options or {}))
     if resume:
         trainer.restore(groups, meta)
         log(f"resuming from {ckpt} at step {trainer.step}")

@@ -94,6 +94,12 @@ def cmd_train_world_model(args) -> int:
 
     ctx = distributed.from_environment()
     if args.nproc > 1 and not ctx.enabled:
+        from world_model.datasets.lerobot_format import DatasetError
+
+        from ..dataset_world_model import is_lerobot_dataset
+
+        if args.data and is_lerobot_dataset(Path(args.data)):  # refused before any launch
+            raise DatasetError(ONE_PROCESS)
         return launch_torchrun(args)
     device, dtype = training_device(args, ctx.local_rank if ctx.enabled else None)
     try:
@@ -121,7 +127,7 @@ def train_world_model_here(args, ctx, device, dtype) -> int:
     ckpt = out / CHECKPOINT
     data_arg = args.data or getattr(job.data, "path", None) or getattr(job.data, "episodes", None)
     if (data_arg and is_lerobot_dataset(Path(data_arg))) or isinstance(job, LeRobotJob):
-        return train_on_lerobot(args, job, path, Path(data_arg or "."))
+        return train_on_lerobot(args, job, path, Path(data_arg or "."), ctx, device, dtype)
     resume = check_out(out, CHECKPOINT, args)
     distributed.init(ctx, device)  # every rank has checked OUT before rank 0 writes in it
     say = print if ctx.is_main else (lambda *a, **k: None)
@@ -216,10 +222,18 @@ def launch_torchrun(args) -> int:
     return subprocess.call(cmd)
 
 
-def train_on_lerobot(args, job, path: Path, data: Path) -> int:
+ONE_PROCESS = (
+    "a LeRobot dataset trains in one process for now (its frame cache is built and read by "
+    "one): drop --nproc, and use --device cuda for a GPU"
+)
+
+
+def train_on_lerobot(args, job, path: Path, data: Path, ctx, device, dtype) -> int:
     """`kiwi train world-model` on a LeRobotDataset v3.0 folder (robot_runtime/
-    dataset_world_model.py)."""
+    dataset_world_model.py), in one process, on ``device`` (--device, --precision, --compile as
+    for replay episodes)."""
     from world_model.datasets.lerobot_format import DatasetError
+    from world_model.device import describe
     from world_model.train import CHECKPOINT
 
     from ..config import LeRobotJob
@@ -235,12 +249,18 @@ def train_on_lerobot(args, job, path: Path, data: Path) -> int:
             f"{data} is not a LeRobotDataset v3.0 folder (no meta/info.json); {path} learns "
             "from one: --data DIR (e.g. from `kiwi collect --format lerobot`)"
         )
+    if ctx.enabled:  # under torchrun: every rank would write the same folder
+        raise DatasetError(ONE_PROCESS)
     out = Path(args.out)
     resume = check_out(out, CHECKPOINT, args)
     remove_temp_files(out, out / "cache")
     steps = args.steps if args.steps is not None else job.train.steps
-    print(f"kiwi train world-model: {path} ({job.task}) on {data} -> {out}")
-    done = train_on_dataset(job, data, out, steps, resume, not args.no_progress)
+    print(
+        f"kiwi train world-model: {path} ({job.task}) on {data} -> {out}, on "
+        f"{describe(device, dtype, args.compile)}"
+    )
+    options = dict(device=device, autocast_dtype=dtype, compile=args.compile)
+    done = train_on_dataset(job, data, out, steps, resume, not args.no_progress, options=options)
     print(
         f"trained to step {done['steps']} in {done['wall_s']:.0f} s; wrote {out / CHECKPOINT} "
         f"and {out / 'metrics.jsonl'}; evaluate with `kiwi eval world-model --data {data} "

@@ -259,3 +259,21 @@ def test_an_override_on_a_job_without_a_gate_section_keeps_the_jobs_gate_default
     assert job.gate.horizon == 5
     assert job.gate.model_dump(exclude={"horizon"}) == plain.gate.model_dump(exclude={"horizon"})
     assert job.gate.obs_every == LeRobotJob.model_fields["gate"].default.obs_every == 1
+
+
+def test_a_lerobot_dataset_trains_on_the_device_asked_and_refuses_several_processes(
+    dataset, tmp_path, capsys, monkeypatch
+):
+    """--device reaches the trainer (it was ignored on this path); --nproc 2 is refused before
+    torchrun is launched: two ranks would have written one folder."""
+    import robot_runtime.commands.learning as learning
+
+    launched = []
+    monkeypatch.setattr(learning, "launch_torchrun", lambda args: launched.append(args) or 0)
+    out = tmp_path / "wm"
+    common = ["--config", "so101_pixels", "--quick", "--data", dataset, "--no-progress"]
+    assert kiwi("train", "world-model", *common, "--out", out, "--nproc", 2) == 2
+    assert "trains in one process for now" in capsys.readouterr().err
+    assert not launched and not out.exists()
+    assert kiwi("train", "world-model", *common, "--out", out, "--device", "cpu") == 0
+    assert "on cpu" in capsys.readouterr().out
