@@ -398,9 +398,9 @@ def cmd_train_grasp(args) -> int:
     job, _ = load_config(args.config, GraspJob, args.overrides, "quick" if args.quick else None)
     set_threads(job.train.threads)
     device, _ = training_device(args)
-    init = resolve(args.init)  # before anything is written
     out = Path(args.out)
     check_out(out, GRASP_MODEL, args, resumable=False)
+    init = resolve(args.init)  # before anything is written
     remove_temp_files(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(job))
@@ -499,9 +499,9 @@ def train_grasp_on_lerobot(args) -> int:
     from ..grasp_training import GRASP_MODEL
 
     set_threads(1)
-    init = resolve(args.init)  # before anything is written
     out = Path(args.out)
     check_out(out, GRASP_MODEL, args, resumable=False)
+    init = resolve(args.init)  # before anything is written
     remove_temp_files(out, out / "cache")
     data = Path(args.data)
     print(f"kiwi train grasp: success heads on {args.init} from the episodes of {data} -> {out}")
