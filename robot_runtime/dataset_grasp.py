@@ -202,7 +202,9 @@ def evaluate_grasp_on_dataset(
     job = job_of(meta, checkpoint)
     # the heads' own settings: a model whose heads were fitted with `--set gate.horizon=5` on a
     # world model whose job said 20 is scored on 5-frame rollouts (its job may predate them)
-    gate = job.gate.model_copy(update={"horizon": g["horizon"], "obs_every": g["obs_every"]})
+    gate = job.gate.model_copy(
+        update={"horizon": g["horizon"], "obs_every": g.get("obs_every", job.gate.obs_every)}
+    )
     job = job.model_copy(update={"gate": gate})
     head, head_now = SuccessHead(wm.rssm.feat_dim), SuccessHead(wm.rssm.feat_dim)
     head.load_state_dict(groups["success_head"])
