@@ -601,17 +601,11 @@ def register(sub) -> None:
         action="store_true",
         help="also replace the shipped agent (robot_runtime/assets/pendulum_agent.safetensors)",
     )
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=["auto", "cpu", "cuda", "mps"],
-        help="where the networks learn and act (auto: cuda if torch sees a GPU, else cpu)",
-    )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "float32", "bfloat16"],
-        help="of the world model's updates; auto: bfloat16 autocast on CUDA, float32 elsewhere",
+    add_device_args(
+        p,
+        "where the networks learn and act",
+        precision="of the world model's updates; ",
+        compile=False,
     )
     p = command(
         train_sub,
@@ -644,12 +638,12 @@ def register(sub) -> None:
     )
     p.add_argument("--out", default="runs/grasp", help="output folder")
     add_resume_overwrite(p, resume=False)
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=["auto", "cpu", "cuda", "mps"],
-        help="where the world model's rollouts run (auto: cuda if torch sees a GPU); the heads "
-        "and the closed-loop calibration stay on the CPU",
+    add_device_args(
+        p,
+        "where the world model's rollouts run (the heads and the closed-loop calibration stay "
+        "on the CPU)",
+        precision=None,
+        compile=False,
     )
 
     p = command(
@@ -679,26 +673,35 @@ def register(sub) -> None:
     add_resume_overwrite(p, resume=False)
 
 
-def add_device_args(p, nproc: bool = False) -> None:
-    """--device, --precision, --compile (and --nproc where the command runs under torchrun)."""
+def add_device_args(
+    p,
+    where: str = "where to train",
+    precision: str | None = "",
+    compile: bool = True,
+    nproc: bool = False,
+) -> None:
+    """--device (``where``: its help), --precision (unless ``precision`` is None; its help's
+    prefix), --compile, and --nproc where the command runs under torchrun."""
     p.add_argument(
         "--device",
         default="auto",
         choices=["auto", "cpu", "cuda", "mps"],
-        help="where to train (auto: cuda if torch sees a GPU, else cpu)",
+        help=f"{where} (auto: cuda if torch sees a GPU, else cpu)",
     )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "float32", "bfloat16"],
-        help="auto: bfloat16 autocast on CUDA, float32 elsewhere",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="run the update through torch.compile (first steps compile; see the README's "
-        "figures before using it on a CPU)",
-    )
+    if precision is not None:
+        p.add_argument(
+            "--precision",
+            default="auto",
+            choices=["auto", "float32", "bfloat16"],
+            help=f"{precision}auto: bfloat16 autocast on CUDA, float32 elsewhere",
+        )
+    if compile:
+        p.add_argument(
+            "--compile",
+            action="store_true",
+            help="run the update through torch.compile (first steps compile; see the README's "
+            "figures before using it on a CPU)",
+        )
     if nproc:
         p.add_argument(
             "--nproc",
