@@ -31,9 +31,9 @@ from .grasp_training import (
     GRASP_MODEL,
     build_decisions,
     fit_heads,
+    heads_report,
     mean_logits,
     save_grasp_model,
-    scores,
 )
 
 CLOSE_DROP = 5.0  # gripper units (LeRobot's 0..100): a smaller dip is not a close
@@ -149,15 +149,7 @@ def train_grasp_on_dataset(
     head, head_now, logits, logits_now, labels = fit_heads(fit, cal, g.epochs, log)
     calib, calib_now = fit_platt(logits, labels), fit_platt(logits_now, labels)
     report = {
-        "rollout": scores(logits, labels, calib),
-        "no_rollout": scores(logits_now, labels, calib_now),
-        "temperature": calib.temperature,
-        "bias": calib.bias,
-        "temperature_now": calib_now.temperature,
-        "bias_now": calib_now.bias,
-        "holdout_decisions": int(len(labels)),
-        "train_decisions": int(len(fit.labels)),
-        "holdout_success_rate": float(labels.mean()),
+        **heads_report(logits, logits_now, labels, calib, calib_now, len(fit.labels)),
         "calibrated_on": "recorded decisions of the last training episodes (in-sample figures)",
     }
     save_grasp_model(

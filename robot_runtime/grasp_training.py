@@ -211,6 +211,26 @@ def train_grasp(
             job, wm, head, head_now, progress, log
         )
     report = {
+        **heads_report(logits, logits_now, labels, calib, calib_now, len(train.labels)),
+        "closed_loop_calibration": closed_loop,
+    }
+    save_grasp_model(
+        out / GRASP_MODEL, wm, meta, g, calib, calib_now, report, command, head, head_now
+    )
+    return report
+
+
+def heads_report(
+    logits: np.ndarray,
+    logits_now: np.ndarray,
+    labels: np.ndarray,
+    calib: Calibration,
+    calib_now: Calibration,
+    fitted: int,
+) -> dict:
+    """What `kiwi train grasp` reports (and writes into the file) of both heads on the held-out
+    decisions (``labels``) and their calibrations; ``fitted``: decisions the heads learned."""
+    return {
         "rollout": scores(logits, labels, calib),
         "no_rollout": scores(logits_now, labels, calib_now),
         "temperature": calib.temperature,
@@ -218,14 +238,9 @@ def train_grasp(
         "temperature_now": calib_now.temperature,
         "bias_now": calib_now.bias,
         "holdout_decisions": int(len(labels)),
-        "train_decisions": int(len(train.labels)),
+        "train_decisions": int(fitted),
         "holdout_success_rate": float(labels.mean()),
-        "closed_loop_calibration": closed_loop,
     }
-    save_grasp_model(
-        out / GRASP_MODEL, wm, meta, g, calib, calib_now, report, command, head, head_now
-    )
-    return report
 
 
 def fit_heads(train: Decisions, hold: Decisions, epochs: int, log: Callable[[str], None]):
