@@ -166,7 +166,7 @@ def dream_attempts(
     )
 
 
-def state_column(wm: WorldModel, column: int) -> None:
+def check_gripper_decodable(wm: WorldModel, column: int) -> None:
     """The labeller reads the gripper from the first vector key (observation.state), whose
     columns follow the action's: refuse a model where that cannot hold."""
     keys = list(wm.config.mlp_keys)
@@ -260,8 +260,8 @@ def learning_curve(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Heads on ``sizes`` real labelled grasps of ``data`` (up to ``repeats`` disjoint subsets
-        each) and on the smallest size plus ``plans`` dreamed attempts per start, all scored on
-        every decidable episode of ``test``. The settings (horizon, rollouts, epochs, calibration
+    each) and on the smallest size plus ``plans`` dreamed attempts per start, all scored on
+    every decidable episode of ``test``. The settings (horizon, rollouts, epochs, calibration
     share) are the world model's job's ``gate`` with ``overrides`` laid over it. Returns the
     report."""
     from world_model.datasets.lerobot_format import DatasetError
@@ -283,6 +283,7 @@ def learning_curve(
         with LeRobotReader(root) as reader:
             check_spec(wm.spec, reader)
             column = gripper_column(reader)
+            check_gripper_decodable(wm, column)  # before decoding anything
             ids = list(range(reader.num_episodes))[:count]
             if name == "train" and len(ids) < min(sizes):  # before decoding anything
                 raise DatasetError(
@@ -290,7 +291,6 @@ def learning_curve(
                 )
             eps, _ = labelled_episodes(reader, job, ids, out / "cache" / name, progress, log)
         sets[name] = [eps[i] for i in decidable(eps, column, g.horizon)]
-    state_column(wm, column)
     train_eps, test_eps = sets["train"], sets["test"]
     if len(train_eps) < min(sizes):
         raise DatasetError(
